@@ -1,0 +1,168 @@
+"""The Starlette application: routes, error rendering, request ids and the lifespan
+that owns the outbox, the Roark client and the forwarder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+
+import httpx
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from relay import __version__
+from relay.errors import HTTPError, MethodNotAllowed, NotFound, StoreUnavailable
+from relay.forwarder import Forwarder
+from relay.ingest import receive_webhook
+from relay.outbox import AsyncOutbox, open_backend
+from relay.settings import PROVIDER_NAMES, Settings
+from relay.upstream import RoarkClient
+
+log = structlog.get_logger("relay.app")
+
+REQUEST_ID_HEADER = "x-request-id"
+# A caller's request id is echoed only if it is plainly an id, never arbitrary text.
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+HEALTH_TIMEOUT_SECONDS = 2.0
+
+
+class RequestIdMiddleware:
+    """Gives every request an id, exposed as `request.state.request_id` and a header."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        request_id = incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else f"req_{secrets.token_hex(8)}"
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def error_response(request: Request, error: HTTPError) -> JSONResponse:
+    return JSONResponse(
+        error.to_response_body(_request_id(request)),
+        status_code=error.status_code,
+        headers=error.headers,
+    )
+
+
+async def handle_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPError)
+    return error_response(request, exc)
+
+
+async def handle_starlette_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return error_response(request, MethodNotAllowed(f"{request.method} is not allowed here"))
+    return error_response(request, NotFound(f"no route for {request.url.path}"))
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled_error", request_id=_request_id(request), path=request.url.path)
+    error = HTTPError("internal error; the request id identifies it in the relay's logs")
+    response = error_response(request, error)
+    if request_id := _request_id(request):
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+async def health(request: Request) -> JSONResponse:
+    state = request.app.state
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+            await state.outbox.ping()
+        database = "healthy"
+    except (StoreUnavailable, TimeoutError):
+        database = "unhealthy"
+    forwarder: Forwarder = state.forwarder
+    delivery = "degraded" if forwarder.paused else "healthy"
+    if database == "unhealthy":
+        status = "unhealthy"
+    else:
+        status = delivery
+    data = {
+        "status": status,
+        "version": __version__,
+        "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "uptime_seconds": int(time.monotonic() - state.started_monotonic),
+        "dependencies": {"database": database, "roark_delivery": delivery},
+    }
+    if forwarder.paused:
+        data["delivery_paused_reason"] = forwarder.pause_reason
+    return JSONResponse({"data": data}, status_code=503 if status == "unhealthy" else 200)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    roark_transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for provider in PROVIDER_NAMES:
+            if provider in settings.insecure_skip_verification:
+                log.warning("verification_disabled", provider=provider,
+                            danger="anyone can post forged webhooks to this relay")
+            elif settings.verification_missing(provider):
+                log.warning("provider_not_configured", provider=provider,
+                            consequence="all its webhooks are refused with 401")
+        outbox = AsyncOutbox(open_backend(settings.database_url))
+        version = await outbox.migrate()
+        client = RoarkClient(settings, transport=roark_transport)
+        forwarder = Forwarder(outbox, client, settings)
+        app.state.outbox = outbox
+        app.state.forwarder = forwarder
+        forwarder.start()
+        log.info("relay_started", version=__version__, schema_version=version,
+                 upstream=settings.roark_base_url)
+        try:
+            yield
+        finally:
+            await forwarder.stop()
+            await client.aclose()
+            await outbox.close()
+
+    app = Starlette(
+        routes=[
+            Route("/webhooks/{provider:str}", receive_webhook, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+        ],
+        exception_handlers={
+            HTTPError: handle_http_error,
+            HTTPException: handle_starlette_error,
+            Exception: handle_unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    app.state.settings = settings
+    app.state.started_monotonic = time.monotonic()
+    return app

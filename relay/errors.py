@@ -1,0 +1,142 @@
+"""Every error the relay raises on purpose.
+
+    RelayError
+    ├── ConfigError               a setting is missing or invalid (names the variable)
+    ├── StoreError                the outbox could not do what was asked
+    │   └── StoreUnavailable      the store is locked, full, read-only or unreachable;
+    │                             the caller may try again later
+    └── HTTPError                 answered to a client as the spec's ErrorResponse
+        ├── BadRequest            400 validation      (invalid JSON, not an object...)
+        ├── Unauthorized          401 authentication  (missing/invalid signature or token)
+        ├── Forbidden             403 forbidden
+        ├── NotFound              404 not_found
+        ├── MethodNotAllowed      405 validation
+        ├── RequestTimeout        408 validation      (body arrived too slowly)
+        ├── PayloadTooLarge       413 validation
+        ├── UnsupportedMediaType  415 validation
+        └── ServiceUnavailable    503 internal        (with Retry-After: try again soon)
+
+HTTP-facing errors carry their status, `error_type` and `error_code`, so a route raises
+them and one handler renders them; nothing else decides a status code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RelayError(Exception):
+    """Base class of the relay's own errors."""
+
+
+class ConfigError(RelayError):
+    """Configuration is missing or invalid. The message names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        self.variable = variable
+        self.problem = problem
+        super().__init__(f"{variable}: {problem}")
+
+
+class StoreError(RelayError):
+    """The outbox failed in a way retrying will not fix."""
+
+
+class StoreUnavailable(StoreError):
+    """The outbox cannot take the operation right now (locked, full, read-only, down)."""
+
+
+class HTTPError(RelayError):
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal"
+    error_code: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_code: str | None = None,
+        parameter: str | None = None,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if error_code is not None:
+            self.error_code = error_code
+        self.parameter = parameter
+        self.details = details
+        self.headers = headers or {}
+
+    def to_response_body(self, request_id: str | None) -> dict[str, Any]:
+        """The spec's `ErrorResponse` object."""
+        body: dict[str, Any] = {
+            "error_type": self.error_type,
+            "error_code": self.error_code,
+            "message": self.message,
+        }
+        if self.parameter is not None:
+            body["parameter"] = self.parameter
+        if self.details:
+            body["details"] = self.details
+        if request_id is not None:
+            body["request_id"] = request_id
+        return body
+
+
+class BadRequest(HTTPError):
+    status_code = 400
+    error_type = "validation"
+    error_code = "invalid_request"
+
+
+class Unauthorized(HTTPError):
+    status_code = 401
+    error_type = "authentication"
+    error_code = "unauthorized"
+
+
+class Forbidden(HTTPError):
+    status_code = 403
+    error_type = "forbidden"
+    error_code = "forbidden"
+
+
+class NotFound(HTTPError):
+    status_code = 404
+    error_type = "not_found"
+    error_code = "resource_not_found"
+
+
+class MethodNotAllowed(HTTPError):
+    status_code = 405
+    error_type = "validation"
+    error_code = "method_not_allowed"
+
+
+class RequestTimeout(HTTPError):
+    status_code = 408
+    error_type = "validation"
+    error_code = "request_timeout"
+
+
+class PayloadTooLarge(HTTPError):
+    status_code = 413
+    error_type = "validation"
+    error_code = "payload_too_large"
+
+
+class UnsupportedMediaType(HTTPError):
+    status_code = 415
+    error_type = "validation"
+    error_code = "unsupported_media_type"
+
+
+class ServiceUnavailable(HTTPError):
+    status_code = 503
+    error_type = "internal"
+    error_code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after_seconds: int, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", str(retry_after_seconds))

@@ -1,0 +1,201 @@
+"""The background forwarder: claims due deliveries and sends them to Roark.
+
+It runs inside the server process, started and stopped by the app's lifespan. Nothing
+here sleeps on a retry schedule: every outcome is written back to the row (next attempt
+time, attempts, last error), so a restart resumes exactly where the store says.
+
+Two conditions hold back all claims for a while, in memory:
+- a pause, when Roark rejects our credentials or URL (401/403/3xx): rows go back to
+  pending with their attempt refunded, and /health reports degraded until a later try
+  succeeds;
+- a rate-limit gate, when Roark answers with Retry-After: nothing is sent before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Callable
+
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from relay.errors import StoreUnavailable
+from relay.outbox import AsyncOutbox, Attempt, Completion, Delivery, State
+from relay.retry import Delivered, GiveUp, PauseDelivery, RetryAt, decide, parse_retry_after
+from relay.settings import Settings
+from relay.upstream import Outcome, RoarkClient
+
+log = structlog.get_logger("relay.forwarder")
+
+
+class Forwarder:
+    def __init__(
+        self,
+        outbox: AsyncOutbox,
+        client: RoarkClient,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._outbox = outbox
+        self._client = client
+        self._settings = settings
+        self._clock = clock
+        self._rand = rand
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._inflight: dict[int, tuple[Delivery, str, asyncio.Task[None]]] = {}
+        self._slot_freed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.paused_until = 0.0
+        self.pause_reason: str | None = None
+        self.rate_limited_until = 0.0
+
+    @property
+    def paused(self) -> bool:
+        return self.pause_reason is not None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="relay-forwarder")
+
+    def wake(self) -> None:
+        """New work was stored: claim now instead of at the next poll."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop claiming; let in-flight deliveries finish within the grace period, then
+        cancel the rest and hand their rows back so the next start delivers them."""
+        self._stopping = True
+        self._wake.set()
+        self._slot_freed.set()
+        if self._task is not None:
+            await self._task
+        tasks = [task for _, _, task in self._inflight.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._settings.shutdown_grace_seconds)
+        unfinished = list(self._inflight.values())
+        for _, _, task in unfinished:
+            task.cancel()
+        await asyncio.gather(*(task for _, _, task in unfinished), return_exceptions=True)
+        for delivery, token, _ in unfinished:
+            completion = Completion(State.PENDING, self._clock(), next_attempt_at=self._clock(),
+                                    refund_attempt=True)
+            try:
+                await self._outbox.complete(delivery.id, token, completion)
+            except StoreUnavailable:
+                pass  # its lease expires and another start claims it again
+        log.info("forwarder_stopped", released=len(unfinished))
+
+    async def _idle(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.0))
+        except TimeoutError:
+            pass
+
+    async def _run(self) -> None:
+        settings = self._settings
+        token_prefix = uuid.uuid4().hex[:12]
+        while not self._stopping:
+            now = self._clock()
+            hold_until = max(self.paused_until, self.rate_limited_until)
+            if hold_until > now:
+                await self._idle(min(hold_until - now, settings.poll_interval_seconds))
+                continue
+            free = settings.forward_concurrency - len(self._inflight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            token = f"{token_prefix}-{uuid.uuid4().hex[:12]}"
+            try:
+                claimed = await self._outbox.claim(token, settings.lease_seconds, free)
+            except StoreUnavailable as error:
+                log.warning("claim_failed", error=str(error))
+                await self._idle(settings.poll_interval_seconds)
+                continue
+            for delivery in claimed:
+                task = asyncio.create_task(self._deliver(delivery, token))
+                self._inflight[delivery.id] = (delivery, token, task)
+            if len(claimed) < free:
+                await self._idle(settings.poll_interval_seconds)
+
+    async def _deliver(self, delivery: Delivery, token: str) -> None:
+        started = self._clock()
+        start = time.perf_counter()
+        try:
+            outcome = await self._client.deliver(delivery)
+            duration_ms = (time.perf_counter() - start) * 1000
+            await self._record(delivery, token, outcome, started, duration_ms)
+        except StoreUnavailable as error:
+            log.error("delivery_result_not_recorded", delivery_id=delivery.id, error=str(error),
+                      consequence="sent again once its lease expires")
+        finally:
+            self._inflight.pop(delivery.id, None)
+            self._slot_freed.set()
+
+    async def _record(
+        self, delivery: Delivery, token: str, outcome: Outcome, started: float, duration_ms: float
+    ) -> None:
+        now = self._clock()
+        result = outcome.result
+        decision = decide(self._settings.retry, delivery.attempts, result, now, self._rand)
+        attempt = Attempt(delivery.attempts, started, duration_ms, result.status_code,
+                          outcome.error, type(decision).__name__.lower())
+        base = dict(now=now, status_code=result.status_code, error=outcome.error, attempt=attempt)
+        match decision:
+            case Delivered():
+                completion = Completion(State.DELIVERED, roark_call_id=outcome.roark_call_id, **base)
+            case RetryAt(at=at):
+                completion = Completion(State.PENDING, next_attempt_at=at, **base)
+            case GiveUp(reason=reason):
+                completion = Completion(State.FAILED, **{**base, "error": f"{reason}; {outcome.error}"})
+            case PauseDelivery(reason=reason):
+                completion = Completion(State.PENDING, next_attempt_at=now, refund_attempt=True, **base)
+                self._pause(reason, now)
+        if isinstance(decision, Delivered) and self.paused:
+            log.info("delivery_resumed", after=self.pause_reason)
+            self.pause_reason = None
+        if result.status_code in (429, 503):
+            wait = parse_retry_after(result.headers, now)
+            if wait is not None:
+                self.rate_limited_until = max(
+                    self.rate_limited_until, now + min(wait, self._settings.retry.max_retry_after)
+                )
+        kept = await self._complete_with_retries(delivery.id, token, completion)
+        log.info(
+            "delivery_attempt",
+            delivery_id=delivery.id,
+            provider=delivery.provider,
+            call_id=delivery.call_id,
+            attempt=delivery.attempts,
+            status=result.status_code,
+            outcome=attempt.outcome,
+            state=completion.state.value,
+            error=outcome.error,
+            next_attempt_in=round(completion.next_attempt_at - now, 3)
+            if completion.next_attempt_at is not None else None,
+            duration_ms=round(duration_ms, 1),
+            lease_lost=not kept,
+        )
+
+    def _pause(self, reason: str, now: float) -> None:
+        if not self.paused:
+            log.error("delivery_paused", reason=reason,
+                      retry_in_seconds=self._settings.auth_pause_seconds)
+        self.pause_reason = reason
+        self.paused_until = now + self._settings.auth_pause_seconds
+
+    async def _complete_with_retries(self, delivery_id: int, token: str, completion: Completion) -> bool:
+        # A result we fail to record would be sent again after the lease expires, so keep
+        # trying through short store hiccups (a locked database) for part of the lease.
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StoreUnavailable),
+            stop=stop_after_delay(self._settings.lease_seconds / 2),
+            wait=wait_exponential(multiplier=0.05, max=2.0),
+            reraise=True,
+        )
+        return await retrying(self._outbox.complete, delivery_id, token, completion)

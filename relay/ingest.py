@@ -1,0 +1,134 @@
+"""Receiving a webhook: bound the body, verify it, store it durably, then acknowledge.
+
+The order matters. The body is capped and timed before it is read whole; the signature
+is checked against the exact bytes received, before any parsing; and the 200 is sent
+only after the outbox commit that holds the webhook. If the store cannot take the write
+the provider gets 503 + Retry-After and sends it again later: a 2xx never stands for
+data the relay does not hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+
+from relay.errors import (
+    BadRequest,
+    HTTPError,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+    StoreUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from relay.outbox import NewDelivery
+from relay.providers import PROVIDERS, Provider, parse_envelope
+from relay.settings import Settings
+from relay.verification import verify_retell, verify_vapi
+
+log = structlog.get_logger("relay.ingest")
+
+
+async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes:
+    """The whole body, refusing more than `max_bytes` and clients slower than `timeout`."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("Content-Length is not a number", parameter="content-length")
+        if int(declared) > max_bytes:
+            raise PayloadTooLarge(f"body exceeds the {max_bytes}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"body exceeds the {max_bytes}-byte limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"body not received within {timeout:g} s") from None
+    except ClientDisconnect:
+        raise BadRequest("client disconnected before sending the whole body") from None
+    return b"".join(chunks)
+
+
+def check_content_type(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType(
+            "webhooks must be sent as application/json", parameter="content-type"
+        )
+
+
+def verify(settings: Settings, provider: Provider, raw_body: bytes, request: Request) -> None:
+    if provider.name in settings.insecure_skip_verification:
+        return
+    now = time.time()
+    if provider.name == "retell":
+        if not settings.retell_api_keys:
+            raise Unauthorized(
+                "Retell webhooks are refused: RETELL_API_KEY is not configured on this relay",
+                error_code="provider_not_configured",
+            )
+        keys = [key.reveal() for key in settings.retell_api_keys]
+        verify_retell(keys, raw_body, request.headers, now)
+    else:
+        verify_vapi(settings.vapi_token, settings.vapi_hmac, raw_body, request.headers, now)
+
+
+async def receive_webhook(request: Request) -> JSONResponse:
+    state = request.app.state
+    settings: Settings = state.settings
+    provider = PROVIDERS.get(request.path_params["provider"])
+    if provider is None:
+        raise NotFound(f"no webhook endpoint for {request.path_params['provider']!r}")
+    started = time.perf_counter()
+    fields = {"request_id": request.state.request_id, "provider": provider.name}
+    try:
+        check_content_type(request)
+        raw_body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
+        verify(settings, provider, raw_body, request)
+        envelope = parse_envelope(provider, raw_body)
+        fields.update(event_type=envelope.event, call_id=envelope.call_id)
+        if envelope.event != provider.forwarded_event:
+            outcome, data = "ignored", {
+                "status": "ignored",
+                "reason": f"only {provider.forwarded_event} is forwarded to Roark",
+            }
+        else:
+            try:
+                inserted = await state.outbox.insert(NewDelivery(
+                    provider=provider.name,
+                    event=envelope.event,
+                    call_id=envelope.call_id,
+                    dedupe_key=envelope.dedupe_key(),
+                    body=raw_body,
+                    received_at=time.time(),
+                ))
+            except StoreUnavailable as error:
+                log.error("store_unavailable", error=str(error), **fields)
+                raise ServiceUnavailable(
+                    "the relay cannot store webhooks right now; retry later",
+                    error_code="store_unavailable",
+                    retry_after_seconds=settings.store_retry_after_seconds,
+                ) from None
+            outcome = "duplicate" if inserted.duplicate else "accepted"
+            data = {"status": outcome, "delivery_id": inserted.delivery_id}
+            fields["delivery_id"] = inserted.delivery_id
+            if not inserted.duplicate:
+                state.forwarder.wake()
+    except HTTPError as error:
+        log.info("webhook_received", outcome="rejected", status=error.status_code,
+                 error_code=error.error_code,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
+        raise
+    log.info("webhook_received", outcome=outcome, status=200,
+             duration_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
+    return JSONResponse({"data": data})

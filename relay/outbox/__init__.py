@@ -1,0 +1,33 @@
+"""The durable outbox: what the relay owes Roark, with one backend per store."""
+
+from __future__ import annotations
+
+from relay.outbox.model import (
+    Attempt,
+    Backend,
+    Completion,
+    Delivery,
+    Inserted,
+    NewDelivery,
+    State,
+)
+from relay.outbox.runner import AsyncOutbox
+
+__all__ = [
+    "Attempt",
+    "AsyncOutbox",
+    "Backend",
+    "Completion",
+    "Delivery",
+    "Inserted",
+    "NewDelivery",
+    "State",
+    "open_backend",
+]
+
+
+def open_backend(database_url: str) -> Backend:
+    """The backend for a validated `RELAY_DATABASE_URL` (see `relay.settings`)."""
+    from relay.outbox.sqlite import SQLiteBackend
+
+    return SQLiteBackend(database_url.removeprefix("sqlite:///"))

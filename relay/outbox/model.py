@@ -1,0 +1,137 @@
+"""The outbox's records and the contract every storage backend fulfils.
+
+A delivery is one webhook the relay has acknowledged and owes to Roark. Its life:
+
+    pending ──claim──> delivering ──2xx──────────> delivered
+       ^                   │ ──retryable error──> pending (next_attempt_at later)
+       │                   │ ──permanent / spent─> failed   (dead letter, error kept)
+       └──lease expired────┘ ──paused / shutdown─> pending (attempt refunded)
+
+A claim is a lease: it names a token and an expiry. Only the holder of a live lease may
+complete a delivery, and nobody else can claim it until the lease expires, so a process
+that dies mid-delivery delays that delivery by one lease but never loses it.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class State(str, enum.Enum):
+    PENDING = "pending"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    provider: str
+    event: str
+    call_id: str | None
+    dedupe_key: str
+    body: bytes
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Inserted:
+    delivery_id: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    provider: str
+    event: str
+    call_id: str | None
+    dedupe_key: str
+    body: bytes
+    received_at: float
+    state: State
+    attempts: int
+    next_attempt_at: float
+    lease_token: str | None
+    lease_expires_at: float | None
+    last_status: int | None
+    last_error: str | None
+    roark_call_id: str | None
+    delivered_at: float | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One POST to Roark, kept for operators to see what failed and why."""
+
+    attempt: int
+    started_at: float
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    outcome: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    """How a claimed delivery ends; applied only while the claimer's lease is alive."""
+
+    state: State
+    now: float
+    next_attempt_at: float | None = None
+    status_code: int | None = None
+    error: str | None = None
+    roark_call_id: str | None = None
+    refund_attempt: bool = False
+    attempt: Attempt | None = None
+
+
+class Backend(abc.ABC):
+    """A durable outbox store. Methods block; `relay.outbox.runner` calls them off the loop.
+
+    Every method raises `StoreUnavailable` when the store cannot do the work right now.
+    """
+
+    @abc.abstractmethod
+    def migrate(self) -> int:
+        """Bring the schema up to date; returns the schema version."""
+
+    @abc.abstractmethod
+    def insert_many(self, items: Sequence[NewDelivery], now: float) -> list[Inserted]:
+        """Store new deliveries durably (committed and synced) in one transaction.
+
+        A delivery whose (provider, dedupe_key) is already stored is not stored again;
+        its result names the existing row with `duplicate=True`.
+        """
+
+    @abc.abstractmethod
+    def claim(self, token: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
+        """Lease up to `limit` due deliveries (pending and due, or with an expired lease)."""
+
+    @abc.abstractmethod
+    def complete(self, delivery_id: int, token: str, completion: Completion) -> bool:
+        """Apply `completion` if `token` still holds the lease; False if the lease was lost."""
+
+    @abc.abstractmethod
+    def get(self, delivery_id: int) -> Delivery | None: ...
+
+    @abc.abstractmethod
+    def attempts(self, delivery_id: int) -> list[Attempt]: ...
+
+    @abc.abstractmethod
+    def counts(self) -> dict[State, int]:
+        """Number of deliveries in each state (every state present, zero when empty)."""
+
+    @abc.abstractmethod
+    def oldest_pending_received_at(self) -> float | None: ...
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,124 @@
+"""What the relay knows about each provider's webhooks and Roark's matching endpoint.
+
+Inbound: which event a verified body carries, its call id, and whether Roark wants it
+(VAPI `end-of-call-report`, Retell `call_ended`). Outbound: the exact request body
+Roark's spec defines for a stored webhook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from relay.errors import BadRequest
+
+#: Longer "ids" are not ids; such payloads dedupe by content hash instead.
+MAX_CALL_ID_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    forwarded_event: str
+    upstream_path: str
+    payload_field: str
+    camel_payload_field: str
+
+
+VAPI = Provider(
+    "vapi", "end-of-call-report", "/v1/vapi/call",
+    "vapi_end_of_call_report_payload", "vapiEndOfCallReportPayload",
+)
+RETELL = Provider(
+    "retell", "call_ended", "/v1/retell/call",
+    "retell_call_ended_payload", "retellCallEndedPayload",
+)
+PROVIDERS = {p.name: p for p in (VAPI, RETELL)}
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The facts the relay needs from a verified webhook body."""
+
+    event: str
+    call_id: str | None
+    content_hash: str
+
+    def dedupe_key(self) -> str:
+        if self.call_id is not None:
+            return f"{self.event}:{self.call_id}"
+        return f"{self.event}:sha256:{self.content_hash}"
+
+
+def parse_json_object(raw_body: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(raw_body)
+    except RecursionError:
+        raise BadRequest("JSON nested too deeply", error_code="invalid_json") from None
+    except ValueError as error:  # also UnicodeDecodeError for invalid UTF-8
+        raise BadRequest(f"body is not valid JSON: {error}", error_code="invalid_json") from None
+    if not isinstance(document, dict):
+        raise BadRequest("body must be a JSON object", error_code="invalid_payload")
+    return document
+
+
+def _call_id(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = str(value)
+    return text if 0 < len(text) <= MAX_CALL_ID_LENGTH else None
+
+
+def _event(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 100:
+        raise BadRequest(f"{field} must be a non-empty string", error_code="invalid_payload",
+                         parameter=field)
+    return value
+
+
+def parse_envelope(provider: Provider, raw_body: bytes) -> Envelope:
+    document = parse_json_object(raw_body)
+    content_hash = hashlib.sha256(raw_body).hexdigest()
+    if provider is VAPI:
+        message = document.get("message")
+        if not isinstance(message, dict):
+            raise BadRequest('VAPI body must be {"message": {...}}', error_code="invalid_payload",
+                             parameter="message")
+        call = message.get("call")
+        call_id = _call_id(call.get("id")) if isinstance(call, dict) else None
+        return Envelope(_event(message.get("type"), "message.type"), call_id, content_hash)
+    call = document.get("call")
+    call_id = _call_id(call.get("call_id")) if isinstance(call, dict) else None
+    return Envelope(_event(document.get("event"), "event"), call_id, content_hash)
+
+
+def upstream_body(
+    provider: Provider,
+    raw_body: bytes,
+    properties: Mapping[str, Any],
+    field_case: str = "snake",
+) -> bytes:
+    """The JSON body Roark's spec defines for this stored webhook."""
+    document = json.loads(raw_body)
+    # VAPI's endpoint takes the unwrapped message; Retell's takes the whole envelope.
+    payload = document["message"] if provider is VAPI else document
+    camel = field_case == "camel"
+    body: dict[str, Any] = {
+        provider.camel_payload_field if camel else provider.payload_field: payload,
+        "skipAlreadyImported" if camel else "skip_already_imported": True,
+    }
+    if properties:
+        body["properties"] = dict(properties)
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def roark_call_id(response_json: object) -> str | None:
+    """Roark's id for the imported call, from `{"data": {"call_id": ...}}` (or `callId`)."""
+    if isinstance(response_json, dict) and isinstance(response_json.get("data"), dict):
+        data = response_json["data"]
+        value = data.get("call_id", data.get("callId"))
+        return value if isinstance(value, str) else None
+    return None

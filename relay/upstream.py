@@ -1,0 +1,86 @@
+"""The Roark API client: one shared connection pool, explicit timeouts, no retries.
+
+Retrying is the forwarder's job (persisted per row); this module makes exactly one
+attempt and reports what happened in a form `relay.retry.decide` understands.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import httpx
+
+from relay import __version__
+from relay.outbox import Delivery
+from relay.providers import PROVIDERS, roark_call_id, upstream_body
+from relay.retry import AttemptResult
+from relay.settings import Settings
+
+#: How much of an upstream error we keep; Roark's ErrorResponse messages are short.
+MAX_ERROR_TEXT = 500
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: AttemptResult
+    roark_call_id: str | None = None
+    error: str | None = None  # what an operator should read: upstream message or transport error
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:MAX_ERROR_TEXT]}".strip()
+    if isinstance(body, dict) and "message" in body:
+        code = body.get("error_code") or body.get("error_type") or "error"
+        return f"HTTP {response.status_code} {code}: {str(body['message'])[:MAX_ERROR_TEXT]}"
+    return f"HTTP {response.status_code}: {json.dumps(body)[:MAX_ERROR_TEXT]}"
+
+
+class RoarkClient:
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._settings = settings
+        self._client = httpx.AsyncClient(
+            base_url=settings.roark_base_url,
+            headers={
+                "Authorization": f"Bearer {settings.roark_api_key.reveal()}",
+                "User-Agent": f"roark-relay/{__version__}",
+            },
+            timeout=httpx.Timeout(settings.roark_timeout_seconds, connect=5.0),
+            limits=httpx.Limits(
+                max_connections=settings.forward_concurrency,
+                max_keepalive_connections=settings.forward_concurrency,
+            ),
+            transport=transport,
+        )
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        provider = PROVIDERS[delivery.provider]
+        body = upstream_body(
+            provider, delivery.body, self._settings.roark_properties, self._settings.roark_field_case
+        )
+        try:
+            response = await self._client.post(
+                provider.upstream_path,
+                content=body,
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.TimeoutException as error:
+            message = f"timeout ({type(error).__name__})"
+            return Outcome(AttemptResult(None, error=message), error=message)
+        except httpx.TransportError as error:
+            message = f"{type(error).__name__}: {error}"[:MAX_ERROR_TEXT]
+            return Outcome(AttemptResult(None, error=message), error=message)
+        result = AttemptResult(response.status_code, dict(response.headers))
+        if response.is_success:
+            try:
+                call_id = roark_call_id(response.json())
+            except ValueError:
+                call_id = None
+            return Outcome(result, roark_call_id=call_id)
+        return Outcome(result, error=_error_text(response))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

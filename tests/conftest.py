@@ -1,0 +1,50 @@
+"""Fixtures shared by every tier: the upstream spec, a fake Roark, relay settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from relay.settings import Settings
+from relay.testing.fake_roark import FakeRoark
+from tests.helpers import RETELL_KEY, ROARK_KEY, SHARED, VAPI_SECRET
+
+
+@pytest.fixture(scope="session")
+def roark_spec() -> dict:
+    """The authoritative upstream spec from ../shared; tests needing it skip without it."""
+    path = SHARED / "roark-openapi.json"
+    if not path.exists():
+        pytest.skip(f"{path} not present (it is in CI)")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture
+def fake_roark():
+    with FakeRoark(api_key=ROARK_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def relay_env(tmp_path, fake_roark) -> dict[str, str]:
+    """Environment for a relay talking to `fake_roark`, with a fast retry schedule."""
+    return {
+        "ROARK_API_KEY": ROARK_KEY,
+        "ROARK_BASE_URL": fake_roark.url,
+        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}",
+        "RETELL_API_KEY": RETELL_KEY,
+        "VAPI_SECRET": VAPI_SECRET,
+        "RELAY_RETRY_BASE_SECONDS": "0.05",
+        "RELAY_RETRY_MAX_DELAY_SECONDS": "0.2",
+        "RELAY_RETRY_MAX_ATTEMPTS": "4",
+        "RELAY_POLL_INTERVAL_SECONDS": "0.05",
+        "RELAY_AUTH_PAUSE_SECONDS": "0.3",
+        "ROARK_TIMEOUT_SECONDS": "5",
+        "RELAY_LOG_FORMAT": "json",
+    }
+
+
+@pytest.fixture
+def relay_settings(relay_env) -> Settings:
+    return Settings.from_env(relay_env)

@@ -1,0 +1,145 @@
+"""The outbox contract. Every backend must pass this file unchanged."""
+
+import threading
+
+import pytest
+
+from relay.errors import StoreUnavailable
+from relay.outbox import Attempt, Completion, NewDelivery, State, open_backend
+
+NOW = 1_700_000_000.0
+LEASE = 60.0
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request, tmp_path):
+    store = open_backend(f"sqlite:///{tmp_path / 'outbox.db'}")
+    store.migrate()
+    yield store
+    store.close()
+
+
+def new(call_id="call-1", provider="vapi", body=b'{"message": {}}', event="end-of-call-report"):
+    return NewDelivery(provider, event, call_id, f"{event}:{call_id}", body, NOW)
+
+
+def test_migrate_is_idempotent(backend):
+    assert backend.migrate() == backend.migrate() >= 1
+
+
+def test_insert_stores_the_raw_body_and_metadata(backend):
+    body = '{"message": {"name": "Zoë 日本語"}}'.encode()
+    [inserted] = backend.insert_many([new(body=body)], NOW)
+    assert not inserted.duplicate
+    stored = backend.get(inserted.delivery_id)
+    assert stored.body == body
+    assert (stored.provider, stored.event, stored.call_id) == ("vapi", "end-of-call-report", "call-1")
+    assert stored.state is State.PENDING and stored.attempts == 0
+    assert stored.next_attempt_at == NOW and stored.received_at == NOW
+
+
+def test_duplicates_collapse_onto_one_row(backend):
+    first, again, other_provider, in_batch = backend.insert_many(
+        [new(), new(), new(provider="retell"), new("call-2")], NOW
+    )
+    assert again.duplicate and again.delivery_id == first.delivery_id
+    assert not other_provider.duplicate and not in_batch.duplicate
+    [later] = backend.insert_many([new()], NOW + 5)
+    assert later == again
+    assert backend.counts()[State.PENDING] == 3
+
+
+def test_claim_leases_due_rows_once(backend):
+    backend.insert_many([new("a"), new("b"), new("c")], NOW)
+    first = backend.claim("worker-1", NOW, LEASE, limit=2)
+    assert len(first) == 2
+    assert all(d.state is State.DELIVERING and d.attempts == 1 for d in first)
+    assert all(d.lease_token == "worker-1" and d.lease_expires_at == NOW + LEASE for d in first)
+    second = backend.claim("worker-2", NOW + 1, LEASE, limit=10)
+    assert [d.call_id for d in second] == ["c"]
+    assert backend.claim("worker-3", NOW + LEASE - 1, LEASE, limit=10) == []
+
+
+def test_rows_not_yet_due_are_not_claimed(backend):
+    [row] = backend.insert_many([new()], NOW)
+    [claimed] = backend.claim("w", NOW, LEASE, 1)
+    backend.complete(row.delivery_id, "w", Completion(State.PENDING, NOW, next_attempt_at=NOW + 30))
+    assert backend.claim("w2", NOW + 29, LEASE, 1) == []
+    assert [d.id for d in backend.claim("w2", NOW + 30, LEASE, 1)] == [row.delivery_id]
+
+
+def test_an_expired_lease_is_claimed_again_and_the_old_holder_is_locked_out(backend):
+    [row] = backend.insert_many([new()], NOW)
+    backend.claim("crashed", NOW, LEASE, 1)
+    [again] = backend.claim("survivor", NOW + LEASE, LEASE, 1)
+    assert again.id == row.delivery_id and again.attempts == 2
+    late = Completion(State.DELIVERED, NOW + LEASE + 1, status_code=201)
+    assert backend.complete(row.delivery_id, "crashed", late) is False
+    assert backend.complete(row.delivery_id, "survivor", late) is True
+    assert backend.get(row.delivery_id).state is State.DELIVERED
+
+
+def test_delivered_keeps_roark_call_id_and_attempt_history(backend):
+    [row] = backend.insert_many([new()], NOW)
+    backend.claim("w", NOW, LEASE, 1)
+    attempt = Attempt(1, NOW, 12.5, 201, None, "delivered")
+    done = Completion(State.DELIVERED, NOW + 1, status_code=201, roark_call_id="rk-uuid", attempt=attempt)
+    assert backend.complete(row.delivery_id, "w", done)
+    stored = backend.get(row.delivery_id)
+    assert stored.roark_call_id == "rk-uuid" and stored.delivered_at == NOW + 1
+    assert stored.last_status == 201 and stored.lease_token is None
+    assert backend.attempts(row.delivery_id) == [attempt]
+    assert backend.claim("w", NOW + 10**6, LEASE, 10) == []
+
+
+def test_failed_keeps_the_last_error(backend):
+    [row] = backend.insert_many([new()], NOW)
+    backend.claim("w", NOW, LEASE, 1)
+    attempt = Attempt(1, NOW, 3.0, 400, "HTTP 400 invalid_parameter: bad", "giveup")
+    backend.complete(row.delivery_id, "w", Completion(
+        State.FAILED, NOW, status_code=400, error="HTTP 400 invalid_parameter: bad", attempt=attempt))
+    stored = backend.get(row.delivery_id)
+    assert stored.state is State.FAILED and stored.last_status == 400
+    assert "invalid_parameter" in stored.last_error
+    assert backend.counts() == {State.PENDING: 0, State.DELIVERING: 0, State.DELIVERED: 0, State.FAILED: 1}
+
+
+def test_release_refunds_the_attempt(backend):
+    [row] = backend.insert_many([new()], NOW)
+    backend.claim("w", NOW, LEASE, 1)
+    backend.complete(row.delivery_id, "w", Completion(State.PENDING, NOW, next_attempt_at=NOW, refund_attempt=True))
+    stored = backend.get(row.delivery_id)
+    assert stored.state is State.PENDING and stored.attempts == 0
+
+
+def test_oldest_pending(backend):
+    assert backend.oldest_pending_received_at() is None
+    backend.insert_many([new("a")], NOW)
+    backend.insert_many([NewDelivery("vapi", "e", "b", "e:b", b"{}", NOW - 50)], NOW)
+    assert backend.oldest_pending_received_at() == NOW - 50
+
+
+def test_concurrent_claims_never_share_a_row(backend):
+    backend.insert_many([new(f"c{i}") for i in range(200)], NOW)
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name):
+        while rows := backend.claim(name, NOW, LEASE, 7):
+            with lock:
+                claimed.extend(d.id for d in rows)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(claimed) == len(set(claimed)) == 200
+
+
+def test_unusable_location_raises_store_unavailable(tmp_path):
+    store = open_backend(f"sqlite:///{tmp_path / 'missing-dir' / 'outbox.db'}")
+    with pytest.raises(StoreUnavailable):
+        store.migrate()
+    with pytest.raises(StoreUnavailable):
+        store.insert_many([new()], NOW)
