@@ -47,6 +47,7 @@ def serve(host: str | None, port: int | None) -> None:
         host=host or settings.host,
         port=settings.port if port is None else port,
         log_level=settings.log_level,
+        log_config=None,  # relay.logs already routed the standard library's logging
         access_log=False,
         # The forwarder gets its own grace period during lifespan shutdown.
         timeout_graceful_shutdown=max(settings.shutdown_grace_seconds, 1.0),

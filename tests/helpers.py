@@ -38,3 +38,18 @@ def with_call_id(name: str, call_id: str) -> bytes:
     else:
         document["call"]["call_id"] = call_id
     return json.dumps(document, ensure_ascii=False).encode()
+
+
+def eventually(condition, timeout: float = 15.0, interval: float = 0.02, message: str = ""):
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds.
+
+    For state the test cannot be notified about (a row in another process's database).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(message or f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -195,6 +195,9 @@ class FakeRoark:
         self._server.close_connections()
         if self._thread is not None:
             self._thread.join()
+        # Woken handlers finish in moments; waiting for them makes `requests` final.
+        with self._changed:
+            self._changed.wait_for(lambda: self._in_flight == 0, timeout=1.0)
 
     def __enter__(self) -> FakeRoark:
         return self.start()
