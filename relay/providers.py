@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,9 +54,22 @@ class Envelope:
         return f"{self.event}:sha256:{self.content_hash}"
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_json_object(raw_body: bytes) -> dict[str, Any]:
+    # NaN, Infinity and overflowing floats parse in Python but would turn into invalid
+    # JSON on the way to Roark, so they are refused here, while the sender can still retry.
     try:
-        document = json.loads(raw_body)
+        document = json.loads(raw_body, parse_float=_finite_float, parse_constant=_reject_constant)
     except RecursionError:
         raise BadRequest("JSON nested too deeply", error_code="invalid_json") from None
     except ValueError as error:  # also UnicodeDecodeError for invalid UTF-8

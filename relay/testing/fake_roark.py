@@ -46,6 +46,8 @@ _ERROR_TYPES = {400: "validation", 401: "authentication", 403: "forbidden", 404:
                 429: "rate_limit"}
 # Schema messages quote the offending value, which can be a multi-megabyte transcript.
 _MAX_PROBLEM_CHARS = 300
+# VAPI reports with transcripts and assistant config can exceed several MB.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ class FakeRoark:
 
     def __init__(self, api_key: str = "rk_test", field_case: str = "snake",
                  host: str = "127.0.0.1", port: int = 0, *,
-                 max_body_bytes: int = 32 * 1024 * 1024) -> None:  # VAPI reports reach MBs
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         if field_case not in ("snake", "camel"):
             raise ValueError(f"field_case must be 'snake' or 'camel', not {field_case!r}")
         self.api_key, self.field_case = api_key, field_case
@@ -167,7 +169,7 @@ class FakeRoark:
         self._control = threading.Lock()
         self._script: deque[Behaviour] = deque()
         self._default: Behaviour = Accept()
-        self._chaos: tuple[float, tuple[Behaviour, ...], random.Random] = (0.0, (), random.Random())
+        self._chaos: tuple[float, tuple[Behaviour, ...], random.Random] = (0, (), random.Random())
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -293,7 +295,8 @@ class FakeRoark:
             return _rejection(401, "unauthorized", "bearer token is not a valid API key")
         if is_health:
             now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-            health = {"status": "healthy", "version": "fake", "timestamp": now.replace("+00:00", "Z"),
+            health = {"status": "healthy", "version": "fake",
+                      "timestamp": now.replace("+00:00", "Z"),
                       "uptime_seconds": int(time.monotonic() - self._started_at)}
             return _Outcome(200, {"data": health}, ())
         problems = self._body_problems(path, headers, body)
@@ -398,7 +401,7 @@ class _Handler(BaseHTTPRequestHandler):
             fake._record(ReceivedRequest(self.command, path, headers, body, parsed, status,
                                          received_at, problems))
 
-        if outcome is not None:  # unreadable body: nothing else can follow on this connection
+        if outcome is not None:  # the framing is suspect, so nothing may follow on this connection
             self.close_connection = True
             record(outcome.status, outcome.problems)
             self._send(outcome.status, outcome.body)
@@ -413,19 +416,21 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             behaviour = behaviour.then or Accept()
 
-        status, response, extra_headers = outcome.status, outcome.body, {}
         if isinstance(behaviour, Reset):
             record(0, outcome.problems)
             # Linger 0 turns close() into an RST, which is what a crashed proxy looks like.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            linger_zero = struct.pack("ii", 1, 0)
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
             self.connection.close()
             self.close_connection = True
             return
+        status, response, extra_headers = outcome.status, outcome.body, {}
         if isinstance(behaviour, Respond):
             status, response, extra_headers = behaviour.status, behaviour.body, behaviour.headers
             if response is None and status != 204:
                 phrase = self.responses.get(status, ("Error",))[0]
-                response = fake._success_body() if 200 <= status < 300 else error_body(status, phrase)
+                success = 200 <= status < 300
+                response = fake._success_body() if success else error_body(status, phrase)
         elif isinstance(behaviour, RateLimited):
             status, response = 429, error_body(429, "Rate limit exceeded", "rate_limit_exceeded")
             extra_headers = {"Retry-After": behaviour.retry_after}
@@ -435,21 +440,26 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, response, extra_headers)
 
     def _read_body(self, headers: dict[str, str], limit: int) -> tuple[bytes, _Outcome | None]:
-        if "transfer-encoding" in headers:
-            return b"", _rejection(411, "length_required",
-                                   "Transfer-Encoding is not supported; send Content-Length")
         declared = headers.get("content-length")
+        if "transfer-encoding" in headers or (declared is None and self.command == "POST"):
+            return b"", _rejection(411, "length_required",
+                                   "Content-Length is required (chunked bodies are not supported)")
         if declared is None:
-            if self.command != "POST":
-                return b"", None
-            return b"", _rejection(411, "length_required", "Content-Length is required")
+            return b"", None
         if not declared.isdigit():
             return b"", _rejection(400, "invalid_content_length",
                                    f"Content-Length {declared!r} is not a byte count")
-        if int(declared) > limit:
-            return b"", _rejection(400, "payload_too_large",
-                                   f"a {declared} byte body exceeds the fake's {limit} byte limit")
-        return self.rfile.read(int(declared)), None
+        remaining = int(declared)
+        if remaining <= limit:
+            return self.rfile.read(remaining), None
+        # Drain instead of closing early: a client still sending would see a reset, not the 400.
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 16))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+        return b"", _rejection(400, "payload_too_large",
+                               f"a {declared} byte body exceeds the fake's {limit} byte limit")
 
     def _send(self, status: int, body: dict[str, Any] | None,
               headers: dict[str, str] | None = None) -> None:

@@ -39,6 +39,7 @@ RETELL_ENDED = {
 }
 VAPI_BODY = {"vapi_end_of_call_report_payload": VAPI_REPORT, "skip_already_imported": True}
 RETELL_BODY = {"retell_call_ended_payload": RETELL_ENDED, "properties": {"campaign": "spring"}}
+JSON_CONTENT = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -150,8 +151,9 @@ def test_camel_mode_accepts_camel_and_rejects_snake() -> None:
 
 
 def test_wrong_content_type_and_bad_json_are_400(client: httpx.Client) -> None:
-    text = client.post("/v1/vapi/call", content=json.dumps(VAPI_BODY), headers={"Content-Type": "text/plain"})
-    broken = client.post("/v1/vapi/call", content=b"{not json", headers={"Content-Type": "application/json"})
+    as_text = {"Content-Type": "text/plain"}
+    text = client.post("/v1/vapi/call", content=json.dumps(VAPI_BODY), headers=as_text)
+    broken = client.post("/v1/vapi/call", content=b"{not json", headers=JSON_CONTENT)
 
     assert_error(text, 400, "validation")
     assert "Content-Type" in text.json()["message"]
@@ -162,15 +164,16 @@ def test_wrong_content_type_and_bad_json_are_400(client: httpx.Client) -> None:
 def test_chunked_body_is_411_not_a_hang(fake: FakeRoark, client: httpx.Client) -> None:
     chunks = iter([json.dumps(VAPI_BODY).encode()])
 
-    response = client.post("/v1/vapi/call", content=chunks, headers={"Content-Type": "application/json"})
+    response = client.post("/v1/vapi/call", content=chunks, headers=JSON_CONTENT)
 
     assert_error(response, 411, "validation")
     assert client.post("/v1/vapi/call", json=VAPI_BODY).status_code == 201
 
 
-def test_oversized_body_is_rejected_unread() -> None:
+def test_oversized_body_is_answered_400_not_reset() -> None:
     with FakeRoark(api_key=API_KEY, max_body_bytes=1024) as small:
-        big = {"vapi_end_of_call_report_payload": {**VAPI_REPORT, "padding": "x" * 4096}}
+        # Larger than the socket buffers, so the fake must drain it to get the 400 through.
+        big = {"vapi_end_of_call_report_payload": {**VAPI_REPORT, "padding": "x" * 8_000_000}}
         with connect(small) as http:
             response = http.post("/v1/vapi/call", json=big)
 
@@ -192,7 +195,9 @@ def test_script_of_500_then_accept(fake: FakeRoark, client: httpx.Client) -> Non
 def test_failure_behaviour_still_records_problems(fake: FakeRoark, client: httpx.Client) -> None:
     fake.set_default(Respond(503, headers={"Retry-After": "3"}))
 
-    response = client.post("/v1/vapi/call", json={"vapi_end_of_call_report_payload": {"message": {}}})
+    wrapped = {"vapi_end_of_call_report_payload": {"message": {}}}
+
+    response = client.post("/v1/vapi/call", json=wrapped)
 
     assert_error(response, 503, "internal")
     assert response.headers["retry-after"] == "3"
@@ -209,7 +214,9 @@ def test_rate_limited_sends_retry_after(fake: FakeRoark, client: httpx.Client) -
     assert response.headers["retry-after-ms"] == "6500"
 
 
-def test_reset_makes_the_client_see_a_transport_error(fake: FakeRoark, client: httpx.Client) -> None:
+def test_reset_makes_the_client_see_a_transport_error(
+    fake: FakeRoark, client: httpx.Client
+) -> None:
     fake.script(Reset())
 
     with pytest.raises(httpx.TransportError):
@@ -242,7 +249,9 @@ def test_slow_request_does_not_block_others(fake: FakeRoark, client: httpx.Clien
     assert [r.path for r in fake.requests] == ["/v1/retell/call", "/v1/vapi/call"]
 
 
-def test_chaos_share_one_fails_every_request_and_zero_none(fake: FakeRoark, client: httpx.Client) -> None:
+def test_chaos_share_one_fails_every_request_and_zero_none(
+    fake: FakeRoark, client: httpx.Client
+) -> None:
     fake.chaos(1.0, [Respond(502), RateLimited()], seed=7)
     failed = [client.post("/v1/vapi/call", json=VAPI_BODY).status_code for _ in range(10)]
     fake.chaos(0, [], 0)
@@ -305,10 +314,10 @@ def test_wait_for_returns_once_the_predicate_holds(fake: FakeRoark, client: http
     assert fake.requests == []
 
 
-@pytest.mark.skipif(not SPEC_PATH.exists(), reason=f"{SPEC_PATH} is not available to compare against")
+@pytest.mark.skipif(not SPEC_PATH.exists(), reason=f"no spec at {SPEC_PATH} to compare against")
 def test_embedded_contract_matches_the_spec() -> None:
     spec_schemas = json.loads(SPEC_PATH.read_text(encoding="utf-8"))["components"]["schemas"]
     embedded = load_contract()["components"]["schemas"]
 
     for name, schema in embedded.items():
-        assert schema == spec_schemas[name], f"{name} drifted from {SPEC_PATH}; re-copy it"
+        assert schema == spec_schemas.get(name), f"{name} drifted from {SPEC_PATH}; re-copy it"

@@ -134,7 +134,9 @@ def test_insecure_opt_out_accepts_unsigned(relay_env):
 
 
 def test_invalid_json_is_400(client):
-    for body in (b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'"text"', b"[" * 100_000 + b"]" * 100_000):
+    for body in (b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'"text"', b"[" * 100_000 + b"]" * 100_000,
+                 b'{"message": {"cost": NaN}}', b'{"message": {"cost": 1e999}}',
+                 b'{"message": {"n": ' + b"9" * 5000 + b"}}"):
         assert_error(client.post("/webhooks/vapi", content=body, headers=vapi_headers()), 400)
 
 
@@ -194,7 +196,7 @@ def test_health_reports_database(client):
 
 def test_store_failure_answers_503_with_retry_after(client, relay_settings):
     path = relay_settings.database_url.removeprefix("sqlite:///")
-    blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
+    blocker = sqlite3.connect(path, isolation_level=None, timeout=10)
     blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the database
     try:
         body = sample("vapi/end-of-call-report")
