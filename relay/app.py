@@ -21,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay import __version__
+from relay.admin import admin_routes
 from relay.errors import HTTPError, MethodNotAllowed, NotFound, StoreUnavailable
 from relay.forwarder import Forwarder
 from relay.ingest import receive_webhook
@@ -154,6 +155,7 @@ def create_app(
         routes=[
             Route("/webhooks/{provider:str}", receive_webhook, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
+            *admin_routes(settings),
         ],
         exception_handlers={
             HTTPError: handle_http_error,

@@ -50,6 +50,7 @@ class Forwarder:
         self._inflight: dict[int, tuple[Delivery, str, asyncio.Task[None]]] = {}
         self._slot_freed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._unlisten: Callable[[], None] | None = None
         self.paused_until = 0.0
         self.pause_reason: str | None = None
         self.rate_limited_until = 0.0
@@ -59,6 +60,8 @@ class Forwarder:
         return self.pause_reason is not None
 
     def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._unlisten = self._outbox.backend.listen(lambda: loop.call_soon_threadsafe(self.wake))
         self._task = asyncio.create_task(self._run(), name="relay-forwarder")
 
     def wake(self) -> None:
@@ -71,6 +74,8 @@ class Forwarder:
         self._stopping = True
         self._wake.set()
         self._slot_freed.set()
+        if self._unlisten is not None:
+            self._unlisten()
         if self._task is not None:
             await self._task
         tasks = [task for _, _, task in self._inflight.values()]

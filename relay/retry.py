@@ -48,6 +48,7 @@ class AttemptResult:
     status_code: int | None
     headers: Mapping[str, str] = field(default_factory=dict)
     error: str | None = None
+    permanent: bool = False  # the request could not even be built; retrying cannot help
 
     @property
     def summary(self) -> str:
@@ -137,7 +138,9 @@ def decide(
     if status is not None and 300 <= status < 400:
         location = result.headers.get("location") or result.headers.get("Location") or "?"
         return PauseDelivery(f"Roark answered {status} redirecting to {location}: check ROARK_BASE_URL")
-    retryable = status is None or status in RETRYABLE_STATUSES or 500 <= status < 600
+    retryable = not result.permanent and (
+        status is None or status in RETRYABLE_STATUSES or 500 <= status < 600
+    )
     if not retryable:
         return GiveUp(f"permanent error: {result.summary}")
     if attempt >= policy.max_attempts:

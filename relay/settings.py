@@ -57,6 +57,12 @@ class Settings:
     roark_field_case: str = "snake"
 
     database_url: str = "sqlite:///relay.db"
+    retention_days: float = 30.0
+    pending_age_degraded_seconds: float = 900.0
+
+    admin_token: Secret | None = None
+    redact_keys: tuple[str, ...] = ()
+    strip_secrets_upstream: bool = False
 
     retell_api_keys: tuple[Secret, ...] = ()
     vapi_token: VapiTokenScheme | None = field(default=None, repr=False)
@@ -101,6 +107,13 @@ class Settings:
             roark_properties=env.json_object("ROARK_PROPERTIES"),
             roark_field_case=env.choice("ROARK_FIELD_CASE", "snake", ("snake", "camel")),
             database_url=env.database_url(),
+            retention_days=env.number("RELAY_RETENTION_DAYS", 30.0, float, minimum=0),
+            pending_age_degraded_seconds=env.number(
+                "RELAY_PENDING_AGE_DEGRADED_SECONDS", 900.0, float, minimum=1
+            ),
+            admin_token=env.admin_token(),
+            redact_keys=tuple(k.strip() for k in (env.text("RELAY_REDACT_KEYS") or "").split(",") if k.strip()),
+            strip_secrets_upstream=env.flag("RELAY_STRIP_SECRETS_UPSTREAM"),
             retell_api_keys=env.secrets("RETELL_API_KEY"),
             vapi_token=env.vapi_token(),
             vapi_hmac=env.vapi_hmac(),
@@ -217,16 +230,27 @@ class _Env:
         return chosen
 
     def database_url(self) -> str:
-        raw = self.text("RELAY_DATABASE_URL") or "sqlite:///relay.db"
+        # Heroku's Postgres add-on sets DATABASE_URL; our own variable wins when both are set.
+        name = "RELAY_DATABASE_URL" if self.text("RELAY_DATABASE_URL") else "DATABASE_URL"
+        raw = self.text(name) or "sqlite:///relay.db"
         scheme = urlsplit(raw).scheme
         if scheme == "":
             return f"sqlite:///{raw}"  # a bare path is a SQLite file
+        if scheme in ("postgres", "postgresql"):
+            return raw
         if scheme != "sqlite" or not raw.startswith("sqlite:///") or raw == "sqlite:///":
             raise ConfigError(
-                "RELAY_DATABASE_URL",
-                f"must be sqlite:///path/to/file.db or a file path, got scheme {scheme!r}",
+                name,
+                "must be sqlite:///path/to/file.db, a file path, or postgresql://..., "
+                f"got scheme {scheme!r}",
             )
         return raw
+
+    def admin_token(self) -> Secret | None:
+        token = self.text("RELAY_ADMIN_TOKEN")
+        if token is not None and len(token) < 16:
+            raise ConfigError("RELAY_ADMIN_TOKEN", "must be at least 16 characters (use a random string)")
+        return None if token is None else Secret(token)
 
     def vapi_token(self) -> VapiTokenScheme | None:
         tokens = self.secrets("VAPI_SECRET")

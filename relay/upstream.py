@@ -58,9 +58,14 @@ class RoarkClient:
 
     async def deliver(self, delivery: Delivery) -> Outcome:
         provider = PROVIDERS[delivery.provider]
-        body = upstream_body(
-            provider, delivery.body, self._settings.roark_properties, self._settings.roark_field_case
-        )
+        try:
+            body = upstream_body(
+                provider, delivery.body, self._settings.roark_properties, self._settings.roark_field_case
+            )
+        except (ValueError, RecursionError) as error:
+            # Verified and parsed at ingest, so this is a payload no retry will fix.
+            message = f"payload cannot be encoded for Roark: {type(error).__name__}"
+            return Outcome(AttemptResult(None, error=message, permanent=True), error=message)
         try:
             response = await self._client.post(
                 provider.upstream_path,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pytest
 
@@ -48,3 +50,29 @@ def relay_env(tmp_path, fake_roark) -> dict[str, str]:
 @pytest.fixture
 def relay_settings(relay_env) -> Settings:
     return Settings.from_env(relay_env)
+
+
+def _service(env_name: str, what: str) -> str:
+    """A real service the tests need; skipped where absent, but CI
+    (RELAY_TEST_REQUIRE_SERVICES=1, set by .ci/run) fails instead of skipping."""
+    value = os.environ.get(env_name)
+    if value:
+        return value
+    reason = f"{what} not available: set {env_name} (.ci/run does)"
+    if os.environ.get("RELAY_TEST_REQUIRE_SERVICES"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """URL of a PostgreSQL database the tests may freely create tables in."""
+    return _service("RELAY_TEST_POSTGRES_URL", "PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    found = shutil.which("chromium")
+    if found:
+        return found
+    return _service("RELAY_TEST_CHROMIUM", "Chromium (Debian package chromium)")

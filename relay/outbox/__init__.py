@@ -7,6 +7,7 @@ from relay.outbox.model import (
     Backend,
     Completion,
     Delivery,
+    DeliveryFilter,
     Inserted,
     NewDelivery,
     State,
@@ -19,6 +20,7 @@ __all__ = [
     "Backend",
     "Completion",
     "Delivery",
+    "DeliveryFilter",
     "Inserted",
     "NewDelivery",
     "State",
@@ -28,6 +30,10 @@ __all__ = [
 
 def open_backend(database_url: str) -> Backend:
     """The backend for a validated `RELAY_DATABASE_URL` (see `relay.settings`)."""
+    if database_url.startswith(("postgres://", "postgresql://")):
+        from relay.outbox.postgres import PostgresBackend
+
+        return PostgresBackend(database_url)
     from relay.outbox.sqlite import SQLiteBackend
 
     return SQLiteBackend(database_url.removeprefix("sqlite:///"))

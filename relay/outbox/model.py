@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -50,7 +50,7 @@ class Delivery:
     event: str
     call_id: str | None
     dedupe_key: str
-    body: bytes
+    body: bytes | None  # None in listings, which leave the (possibly large) bodies out
     received_at: float
     state: State
     attempts: int
@@ -62,6 +62,15 @@ class Delivery:
     roark_call_id: str | None
     delivered_at: float | None
     updated_at: float
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    """Which deliveries a listing or bulk replay covers; empty fields match everything."""
+
+    states: tuple[State, ...] = ()
+    provider: str | None = None
+    call_id_prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,11 +129,34 @@ class Backend(abc.ABC):
     def get(self, delivery_id: int) -> Delivery | None: ...
 
     @abc.abstractmethod
+    def list_deliveries(self, where: DeliveryFilter, before_id: int | None, limit: int) -> list[Delivery]:
+        """Newest first, without bodies. Paging by `before_id` (the last id of the previous
+        page) is stable under inserts: new rows only ever get higher ids."""
+
+    @abc.abstractmethod
+    def replay(self, ids: Sequence[int] | None, where: DeliveryFilter, now: float) -> list[int]:
+        """Put failed (or still pending) deliveries back to pending, due now, attempts
+        reset; `ids` None means every delivery `where` matches. Rows being delivered
+        are left alone, so it is safe while forwarders run. Returns the ids replayed."""
+
+    @abc.abstractmethod
+    def prune(self, received_before: float, states: Sequence[State]) -> int:
+        """Delete deliveries in `states` received before the cutoff; returns how many."""
+
+    @abc.abstractmethod
     def attempts(self, delivery_id: int) -> list[Attempt]: ...
 
     @abc.abstractmethod
+    def counts_by_provider(self) -> dict[str, dict[State, int]]:
+        """Deliveries per provider and state (providers with none are absent)."""
+
     def counts(self) -> dict[State, int]:
-        """Number of deliveries in each state (every state present, zero when empty)."""
+        """Deliveries per state, every state present."""
+        totals = dict.fromkeys(State, 0)
+        for per_state in self.counts_by_provider().values():
+            for state, count in per_state.items():
+                totals[state] += count
+        return totals
 
     @abc.abstractmethod
     def oldest_pending_received_at(self) -> float | None: ...
@@ -132,6 +164,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call `callback` (from any thread) whenever any process stores new work.
+
+        Returns a function that stops listening, or None when the store cannot push
+        (then the forwarder relies on polling, which is fine within one process)."""
+        return None
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 
-from relay.outbox.model import Attempt, Backend, Completion, Delivery, Inserted, NewDelivery, State
+from relay.outbox.model import (
+    Attempt,
+    Backend,
+    Completion,
+    Delivery,
+    DeliveryFilter,
+    Inserted,
+    NewDelivery,
+    State,
+)
 
 T = TypeVar("T")
 
@@ -79,8 +88,20 @@ class AsyncOutbox:
     async def attempts(self, delivery_id: int) -> list[Attempt]:
         return await self._read(self.backend.attempts, delivery_id)
 
+    async def list_deliveries(self, where: DeliveryFilter, before_id: int | None, limit: int) -> list[Delivery]:
+        return await self._read(self.backend.list_deliveries, where, before_id, limit)
+
+    async def replay(self, ids: Sequence[int] | None, where: DeliveryFilter) -> list[int]:
+        return await self._write(self.backend.replay, ids, where, self._clock())
+
+    async def prune(self, received_before: float, states: Sequence[State]) -> int:
+        return await self._write(self.backend.prune, received_before, states)
+
     async def counts(self) -> dict[State, int]:
         return await self._read(self.backend.counts)
+
+    async def counts_by_provider(self) -> dict[str, dict[State, int]]:
+        return await self._read(self.backend.counts_by_provider)
 
     async def oldest_pending_received_at(self) -> float | None:
         return await self._read(self.backend.oldest_pending_received_at)

@@ -22,6 +22,7 @@ from relay.outbox.model import (
     Backend,
     Completion,
     Delivery,
+    DeliveryFilter,
     Inserted,
     NewDelivery,
     State,
@@ -32,13 +33,32 @@ COLUMNS = (
     "next_attempt_at, lease_token, lease_expires_at, last_status, last_error, "
     "roark_call_id, delivered_at, updated_at"
 )
+LISTING_COLUMNS = COLUMNS.replace(" body,", " NULL,")
+REPLAYABLE = (State.FAILED.value, State.PENDING.value)
 
 
 def _delivery(row: tuple) -> Delivery:
     values = list(row)
-    values[5] = bytes(values[5])
+    if values[5] is not None:
+        values[5] = bytes(values[5])
     values[7] = State(values[7])
     return Delivery(*values)
+
+
+def _where(where: DeliveryFilter) -> tuple[list[str], list[object]]:
+    clauses: list[str] = []
+    params: list[object] = []
+    if where.states:
+        clauses.append(f"state IN ({','.join('?' * len(where.states))})")
+        params += [state.value for state in where.states]
+    if where.provider is not None:
+        clauses.append("provider = ?")
+        params.append(where.provider)
+    if where.call_id_prefix:
+        # substr instead of LIKE, so % and _ in a searched id are just characters
+        clauses.append("substr(call_id, 1, ?) = ?")
+        params += [len(where.call_id_prefix), where.call_id_prefix]
+    return clauses, params
 
 
 class SQLiteBackend(Backend):
@@ -200,6 +220,45 @@ class SQLiteBackend(Backend):
             ).fetchone()
         return None if row is None else _delivery(row)
 
+    def list_deliveries(self, where: DeliveryFilter, before_id: int | None, limit: int) -> list[Delivery]:
+        clauses, params = _where(where)
+        if before_id is not None:
+            clauses.append("id < ?")
+            params.append(before_id)
+        sql = f"SELECT {LISTING_COLUMNS} FROM deliveries"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        with self._read() as conn:
+            rows = conn.execute(f"{sql} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def replay(self, ids: Sequence[int] | None, where: DeliveryFilter, now: float) -> list[int]:
+        clauses, params = _where(where)
+        clauses.append(f"state IN ({','.join('?' * len(REPLAYABLE))})")
+        params += REPLAYABLE
+        if ids is not None:
+            if not ids:
+                return []
+            clauses.append(f"id IN ({','.join('?' * len(ids))})")
+            params += list(ids)
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, "
+                f"updated_at = ? WHERE {' AND '.join(clauses)} RETURNING id",
+                (now, now, *params),
+            ).fetchall()
+        return sorted(i for (i,) in rows)
+
+    def prune(self, received_before: float, states: Sequence[State]) -> int:
+        if not states:
+            return 0
+        with self._write() as conn:
+            return conn.execute(
+                f"DELETE FROM deliveries WHERE state IN ({','.join('?' * len(states))}) "
+                "AND received_at < ?",
+                (*(s.value for s in states), received_before),
+            ).rowcount
+
     def attempts(self, delivery_id: int) -> list[Attempt]:
         with self._read() as conn:
             rows = conn.execute(
@@ -209,10 +268,14 @@ class SQLiteBackend(Backend):
             ).fetchall()
         return [Attempt(*row) for row in rows]
 
-    def counts(self) -> dict[State, int]:
+    def counts_by_provider(self) -> dict[str, dict[State, int]]:
+        counts: dict[str, dict[State, int]] = {}
         with self._read() as conn:
-            found = dict(conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
-        return {state: found.get(state.value, 0) for state in State}
+            for provider, state, count in conn.execute(
+                "SELECT provider, state, count(*) FROM deliveries GROUP BY provider, state"
+            ):
+                counts.setdefault(provider, dict.fromkeys(State, 0))[State(state)] = count
+        return counts
 
     def oldest_pending_received_at(self) -> float | None:
         with self._read() as conn:

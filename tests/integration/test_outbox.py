@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from relay.errors import StoreUnavailable
-from relay.outbox import Attempt, Completion, NewDelivery, State, open_backend
+from relay.outbox import Attempt, Completion, DeliveryFilter, NewDelivery, State, open_backend
 
 NOW = 1_700_000_000.0
 LEASE = 60.0
@@ -143,3 +143,82 @@ def test_unusable_location_raises_store_unavailable(tmp_path):
         store.migrate()
     with pytest.raises(StoreUnavailable):
         store.insert_many([new()], NOW)
+
+
+def test_listing_is_newest_first_without_bodies_and_pages_stably(backend):
+    backend.insert_many([new(f"c{i}") for i in range(5)], NOW)
+    first = backend.list_deliveries(DeliveryFilter(), None, 2)
+    assert [d.call_id for d in first] == ["c4", "c3"]
+    assert all(d.body is None for d in first)
+    backend.insert_many([new("late")], NOW)  # an insert between pages shifts nothing
+    second = backend.list_deliveries(DeliveryFilter(), first[-1].id, 2)
+    third = backend.list_deliveries(DeliveryFilter(), second[-1].id, 2)
+    assert [d.call_id for d in second + third] == ["c2", "c1", "c0"]
+
+
+def test_listing_filters(backend):
+    backend.insert_many([new("abc-1"), new("abc-2", provider="retell"), new("xyz-1"), new("a%_")], NOW)
+    [claimed] = backend.claim("w", NOW, LEASE, 1)
+    backend.complete(claimed.id, "w", Completion(State.FAILED, NOW, error="boom"))
+    ids = lambda where: sorted(d.call_id for d in backend.list_deliveries(where, None, 50))
+    assert ids(DeliveryFilter(provider="retell")) == ["abc-2"]
+    assert ids(DeliveryFilter(call_id_prefix="abc")) == ["abc-1", "abc-2"]
+    assert ids(DeliveryFilter(call_id_prefix="a%")) == ["a%_"]
+    assert ids(DeliveryFilter(states=(State.FAILED,))) == [claimed.call_id]
+    assert len(ids(DeliveryFilter(states=(State.PENDING, State.FAILED)))) == 4
+
+
+def fail(backend, call_id):
+    [row] = backend.insert_many([new(call_id)], NOW)
+    [claimed] = backend.claim("w", NOW, LEASE, 1)
+    assert claimed.id == row.delivery_id
+    backend.complete(row.delivery_id, "w", Completion(State.FAILED, NOW, status_code=400, error="bad",
+                                                     attempt=Attempt(1, NOW, 1.0, 400, "bad", "giveup")))
+    return row.delivery_id
+
+
+def test_replay_one_resets_attempts_and_is_idempotent(backend):
+    failed = fail(backend, "f1")
+    assert backend.replay([failed], DeliveryFilter(), NOW + 100) == [failed]
+    again = backend.replay([failed], DeliveryFilter(), NOW + 101)
+    assert again == [failed]
+    stored = backend.get(failed)
+    assert (stored.state, stored.attempts, stored.next_attempt_at) == (State.PENDING, 0, NOW + 101)
+    assert len(backend.attempts(failed)) == 1  # history is kept
+
+
+def test_replay_leaves_rows_in_flight_and_delivered_alone(backend):
+    failed = fail(backend, "f1")
+    backend.insert_many([new("busy"), new("done")], NOW)
+    busy, done = backend.claim("w2", NOW, LEASE, 2)
+    backend.complete(done.id, "w2", Completion(State.DELIVERED, NOW))
+    assert backend.replay([failed, busy.id, done.id], DeliveryFilter(), NOW) == [failed]
+    assert backend.get(busy.id).state is State.DELIVERING
+    assert backend.complete(busy.id, "w2", Completion(State.DELIVERED, NOW))  # lease still valid
+
+
+def test_replay_all_failed_with_a_filter(backend):
+    a, b = fail(backend, "a"), fail(backend, "b")
+    where = DeliveryFilter(states=(State.FAILED,), call_id_prefix="b")
+    assert backend.replay(None, where, NOW) == [b]
+    assert backend.replay(None, DeliveryFilter(states=(State.FAILED,)), NOW) == [a]
+    assert backend.counts()[State.FAILED] == 0
+
+
+def test_prune_deletes_only_old_rows_in_the_given_states(backend):
+    backend.insert_many([NewDelivery("vapi", "e", "old", "e:old", b"{}", NOW - 100)], NOW)
+    backend.insert_many([new("new")], NOW)
+    for row in backend.claim("w", NOW, LEASE, 2):
+        backend.complete(row.id, "w", Completion(State.DELIVERED, NOW))
+    failed = fail(backend, "failed-old")
+    assert backend.prune(NOW - 50, [State.DELIVERED]) == 1
+    assert backend.prune(NOW + 1, []) == 0
+    assert sorted(d.call_id for d in backend.list_deliveries(DeliveryFilter(), None, 10)) == ["failed-old", "new"]
+    assert backend.get(failed).state is State.FAILED
+
+
+def test_counts_by_provider(backend):
+    backend.insert_many([new("a"), new("b"), new("c", provider="retell")], NOW)
+    counts = backend.counts_by_provider()
+    assert counts["vapi"][State.PENDING] == 2 and counts["retell"][State.PENDING] == 1
+    assert counts["vapi"][State.FAILED] == 0

@@ -134,3 +134,8 @@ def test_huge_retry_after_is_capped():
 def test_invalid_policies_are_refused(kwargs):
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)
+
+
+def test_a_request_that_cannot_be_built_is_permanent():
+    decision = decide(POLICY, 1, AttemptResult(None, error="payload cannot be encoded", permanent=True), NOW)
+    assert isinstance(decision, GiveUp)

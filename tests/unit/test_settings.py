@@ -125,3 +125,22 @@ def test_scheme_errors_become_config_errors():
     with pytest.raises(ConfigError) as caught:
         settings(VAPI_SECRET="tok", VAPI_SECRET_PREFIX="Token ")
     assert caught.value.variable == "VAPI_SECRET_PREFIX"
+
+
+def test_heroku_database_url_is_used_when_ours_is_unset():
+    url = "postgres://u:p@db.example:5432/relay"
+    assert settings(DATABASE_URL=url).database_url == url
+    assert settings(DATABASE_URL=url, RELAY_DATABASE_URL="sqlite:///x.db").database_url == "sqlite:///x.db"
+    with pytest.raises(ConfigError) as caught:
+        settings(DATABASE_URL="mysql://x/y")
+    assert caught.value.variable == "DATABASE_URL"
+
+
+def test_admin_token_must_be_long_and_is_secret():
+    assert settings().admin_token is None
+    token = "a" * 32
+    assert settings(RELAY_ADMIN_TOKEN=token).admin_token.reveal() == token
+    assert token not in repr(settings(RELAY_ADMIN_TOKEN=token))
+    with pytest.raises(ConfigError) as caught:
+        settings(RELAY_ADMIN_TOKEN="short")
+    assert caught.value.variable == "RELAY_ADMIN_TOKEN"

@@ -1,0 +1,35 @@
+import json
+
+import pytest
+
+from relay.redaction import MASK, Redactor
+from tests.helpers import sample
+
+
+def test_vapi_sample_twilio_credentials_are_masked_and_nothing_else_changes():
+    document = json.loads(sample("vapi/end-of-call-report"))
+    masked = Redactor().mask(document)
+    phone = masked["message"]["phoneNumber"]
+    assert phone["twilioAuthToken"] == MASK
+    assert "REDACT-ME" not in json.dumps(masked)
+    assert phone["number"] == document["message"]["phoneNumber"]["number"]
+    assert masked["message"]["costs"] == document["message"]["costs"]  # promptTokens are counts
+    assert document["message"]["phoneNumber"]["twilioAuthToken"] != MASK  # input untouched
+
+
+@pytest.mark.parametrize("key", ["twilioApiSecret", "client_secret", "apiKey", "X-Api-Key", "password",
+                                 "accessToken", "Authorization", "stripeSecretKey", "privateKey"])
+def test_credential_like_keys_are_masked(key):
+    assert Redactor().mask({"a": [{key: "value"}]}) == {"a": [{key: MASK}]}
+
+
+@pytest.mark.parametrize("key", ["promptTokens", "number", "callId", "transcript", "summary"])
+def test_ordinary_keys_are_kept(key):
+    assert Redactor().mask({key: "value"}) == {key: "value"}
+
+
+def test_operator_keys_and_strip():
+    redactor = Redactor(["customerPin"])
+    document = {"customerPin": "1234", "nested": {"twilioAuthToken": "t", "keep": 1}}
+    assert redactor.mask(document) == {"customerPin": MASK, "nested": {"twilioAuthToken": MASK, "keep": 1}}
+    assert redactor.strip(document) == {"nested": {"keep": 1}}
