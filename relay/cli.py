@@ -1,14 +1,25 @@
-"""The `relay` command."""
+"""The `relay` command: run the server, inspect and repair the outbox, try it out."""
 
 from __future__ import annotations
 
+import json
+import re
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 
 import click
 
 from relay import __version__
 from relay.errors import ConfigError, StoreUnavailable
-from relay.settings import Settings
+from relay.outbox import Backend, Delivery, DeliveryFilter, State, open_backend
+from relay.redaction import Redactor
+from relay.settings import PROVIDER_NAMES, Settings
+
+DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def load_settings() -> Settings:
@@ -18,6 +29,49 @@ def load_settings() -> Settings:
     except ConfigError as error:
         click.echo(f"relay: configuration error: {error}", err=True)
         sys.exit(2)
+
+
+@contextmanager
+def outbox(settings: Settings) -> Iterator[Backend]:
+    """The configured outbox, migrated; store failures end the command with a message."""
+    backend = open_backend(settings.database_url)
+    try:
+        backend.migrate()
+        yield backend
+    except StoreUnavailable as error:
+        click.echo(f"relay: the outbox is unavailable: {error}", err=True)
+        sys.exit(1)
+    finally:
+        backend.close()
+
+
+def iso(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_duration(text: str) -> float:
+    match = DURATION.fullmatch(text.strip())
+    if not match:
+        raise click.BadParameter("use a number and a unit: 90s, 15m, 12h, 30d")
+    return float(match[1]) * UNIT_SECONDS[match[2]]
+
+
+def summary(delivery: Delivery) -> dict[str, object]:
+    return {
+        "id": delivery.id,
+        "provider": delivery.provider,
+        "event": delivery.event,
+        "call_id": delivery.call_id,
+        "state": delivery.state.value,
+        "received_at": iso(delivery.received_at),
+        "attempts": delivery.attempts,
+        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.state is State.PENDING else None,
+        "last_status": delivery.last_status,
+        "last_error": delivery.last_error,
+        "roark_call_id": delivery.roark_call_id,
+    }
 
 
 @click.group()
@@ -35,37 +89,127 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="Port to listen on (default PORT or 8000).")
 def serve(host: str | None, port: int | None) -> None:
     """Run the relay: webhook endpoints, health check and the background forwarder."""
-    import uvicorn
-
-    from relay import logs
-    from relay.app import create_app
+    from relay.server import run
 
     settings = load_settings()
-    logs.configure(settings.log_level, settings.log_format)
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=settings.port if port is None else port,
-        log_level=settings.log_level,
-        log_config=None,  # relay.logs already routed the standard library's logging
-        access_log=False,
-        # The forwarder gets its own grace period during lifespan shutdown.
-        timeout_graceful_shutdown=max(settings.shutdown_grace_seconds, 1.0),
-    )
+    run(settings, host=host or settings.host, port=settings.port if port is None else port)
 
 
 @main.command()
 def migrate() -> None:
     """Create or upgrade the outbox schema in the configured database, then exit."""
-    from relay.outbox import open_backend
-
-    settings = load_settings()
-    backend = open_backend(settings.database_url)
-    try:
+    with outbox(load_settings()) as backend:
         version = backend.migrate()
-    except StoreUnavailable as error:
-        click.echo(f"relay: cannot migrate: {error}", err=True)
-        sys.exit(1)
-    finally:
-        backend.close()
     click.echo(f"outbox schema at version {version}")
+
+
+@main.group()
+def deliveries() -> None:
+    """Inspect the outbox: what was received and whether it reached Roark."""
+
+
+@deliveries.command("list")
+@click.option("--state", type=click.Choice([s.value for s in State]), multiple=True,
+              help="Only deliveries in this state (repeatable).")
+@click.option("--provider", type=click.Choice(PROVIDER_NAMES), help="Only this provider's deliveries.")
+@click.option("--call-id", help="Only calls whose id starts with this.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True,
+              help="How many to show.")
+@click.option("--before", "before_id", type=int, help="Page: only deliveries with a smaller id.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def list_deliveries(state: tuple[str, ...], provider: str | None, call_id: str | None,
+                    limit: int, before_id: int | None, as_json: bool) -> None:
+    """List deliveries, newest first."""
+    where = DeliveryFilter(tuple(State(s) for s in state), provider, call_id)
+    with outbox(load_settings()) as backend:
+        rows = backend.list_deliveries(where, before_id, limit)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(summary(row)))
+        return
+    if not rows:
+        click.echo("no deliveries match")
+        return
+    click.echo(f"{'ID':>7}  {'PROVIDER':8}  {'STATE':10}  {'RECEIVED':20}  {'TRIES':>5}  {'LAST':>4}  CALL ID / LAST ERROR")
+    for row in rows:
+        line = (f"{row.id:>7}  {row.provider:8}  {row.state.value:10}  {iso(row.received_at):20}  "
+                f"{row.attempts:>5}  {row.last_status or '-':>4}  {row.call_id or '-'}")
+        if row.state is State.FAILED and row.last_error:
+            line += f"  {row.last_error[:80]}"
+        click.echo(line)
+    if len(rows) == limit:
+        click.echo(f"more: relay deliveries list --before {rows[-1].id}")
+
+
+@deliveries.command("show")
+@click.argument("delivery_id", type=int)
+def show_delivery(delivery_id: int) -> None:
+    """Show one delivery: its state, attempt history and payload (secrets masked)."""
+    settings = load_settings()
+    with outbox(settings) as backend:
+        delivery = backend.get(delivery_id)
+        if delivery is None:
+            click.echo(f"relay: no delivery {delivery_id}", err=True)
+            sys.exit(1)
+        attempts = backend.attempts(delivery_id)
+    for key, value in summary(delivery).items():
+        click.echo(f"{key:>16}: {'-' if value is None else value}")
+    click.echo("\nattempts:")
+    for a in attempts or []:
+        click.echo(f"  #{a.attempt} {iso(a.started_at)} {a.duration_ms:.0f} ms "
+                   f"status={a.status_code or '-'} {a.outcome} {a.error or ''}".rstrip())
+    if not attempts:
+        click.echo("  none yet")
+    payload = Redactor(settings.redact_keys).mask(json.loads(delivery.body))
+    click.echo("\npayload (secrets masked):")
+    click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+@main.command()
+@click.argument("delivery_ids", nargs=-1, type=int)
+@click.option("--all-failed", is_flag=True, help="Replay every failed delivery (narrow with the options below).")
+@click.option("--provider", type=click.Choice(PROVIDER_NAMES), help="With --all-failed: only this provider.")
+@click.option("--call-id", help="With --all-failed: only calls whose id starts with this.")
+def replay(delivery_ids: tuple[int, ...], all_failed: bool, provider: str | None, call_id: str | None) -> None:
+    """Send deliveries again: back to pending, attempts reset, due now.
+
+    Safe while the relay runs: deliveries being sent right now are left alone, and
+    replaying twice is the same as once.
+    """
+    if bool(delivery_ids) == all_failed:
+        raise click.UsageError("give delivery ids, or --all-failed")
+    if delivery_ids and (provider or call_id):
+        raise click.UsageError("--provider and --call-id narrow --all-failed only")
+    where = DeliveryFilter((State.FAILED,), provider, call_id) if all_failed else DeliveryFilter()
+    with outbox(load_settings()) as backend:
+        replayed = backend.replay(list(delivery_ids) if delivery_ids else None, where, time.time())
+    click.echo(f"replayed {len(replayed)} deliver{'y' if len(replayed) == 1 else 'ies'}"
+               + (f": {', '.join(map(str, replayed))}" if replayed else ""))
+    skipped = sorted(set(delivery_ids) - set(replayed))
+    if skipped:
+        click.echo(f"not replayed (unknown, delivered or being delivered): {', '.join(map(str, skipped))}")
+
+
+@main.command()
+@click.option("--older-than", "older_than", required=True, metavar="AGE",
+              help="Delete deliveries received longer ago than this, e.g. 30d, 12h.")
+@click.option("--failed", is_flag=True, help="Also delete failed deliveries (they are kept otherwise).")
+def prune(older_than: str, failed: bool) -> None:
+    """Delete old delivered deliveries (and, with --failed, old failed ones)."""
+    cutoff = time.time() - parse_duration(older_than)
+    states = [State.DELIVERED, State.FAILED] if failed else [State.DELIVERED]
+    with outbox(load_settings()) as backend:
+        deleted = backend.prune(cutoff, states)
+    click.echo(f"deleted {deleted} deliveries received before {iso(cutoff)}")
+
+
+@main.command()
+@click.option("--port", type=int, default=8000, show_default=True, help="Port for the relay.")
+@click.option("--database", type=click.Path(dir_okay=False), default="relay-demo.db", show_default=True,
+              help="SQLite file for the demo's outbox.")
+def demo(port: int, database: str) -> None:
+    """Try the relay with no accounts: a local fake Roark, signed sample webhooks (some
+    that fail upstream), and the status page to look at them."""
+    from relay.demo import run_demo
+
+    run_demo(port, database)

@@ -157,7 +157,7 @@ class Forwarder:
             case RetryAt(at=at):
                 completion = Completion(State.PENDING, next_attempt_at=at, **base)
             case GiveUp(reason=reason):
-                completion = Completion(State.FAILED, **{**base, "error": f"{reason}; {outcome.error}"})
+                completion = Completion(State.FAILED, **{**base, "error": f"{reason}: {outcome.error}"})
             case PauseDelivery(reason=reason):
                 completion = Completion(State.PENDING, next_attempt_at=now, refund_attempt=True, **base)
                 self._pause(reason, now)

@@ -142,9 +142,9 @@ def decide(
         status is None or status in RETRYABLE_STATUSES or 500 <= status < 600
     )
     if not retryable:
-        return GiveUp(f"permanent error: {result.summary}")
+        return GiveUp(f"permanent error ({result.summary})")
     if attempt >= policy.max_attempts:
-        return GiveUp(f"gave up after {attempt} attempts; last: {result.summary}")
+        return GiveUp(f"gave up after {attempt} attempts ({result.summary})")
     delay = backoff_delay(policy, attempt, rand)
     asked = parse_retry_after(result.headers, now)
     if asked is not None:

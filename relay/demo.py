@@ -1,0 +1,91 @@
+"""`relay demo`: the whole relay on one machine with no accounts.
+
+A fake Roark runs on loopback; the relay forwards to it. Signed sample webhooks are sent
+to the relay, a few of which Roark "rejects" (400) or answers with an outage (503), so
+the status page has something to show: delivered calls, failed ones to replay, a
+duplicate, an ignored event and a forged request refused.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+
+import click
+import httpx
+
+from relay.settings import Settings
+from relay.testing.fake_roark import FakeRoark, Respond
+from relay.testing.webhooks import retell_headers, sample, vapi_headers, with_call_id
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _send_samples(base_url: str, vapi_secret: str, retell_key: str) -> None:
+    run = time.strftime("%H%M%S")
+    vapi = [with_call_id("vapi/end-of-call-report", f"demo-{run}-vapi-{n}") for n in (1, 2, 3)]
+    retell = with_call_id("retell/call_ended", f"demo-{run}-retell-1")
+    web = with_call_id("retell/call_ended_web", f"demo-{run}-retell-web")
+    ignored = sample("vapi/status-update")
+    webhooks = [
+        ("VAPI end-of-call-report", "/webhooks/vapi", vapi[0], vapi_headers(vapi_secret)),
+        ("VAPI end-of-call-report", "/webhooks/vapi", vapi[1], vapi_headers(vapi_secret)),
+        ("VAPI end-of-call-report", "/webhooks/vapi", vapi[2], vapi_headers(vapi_secret)),
+        ("Retell call_ended (phone)", "/webhooks/retell", retell, retell_headers(retell, retell_key)),
+        ("Retell call_ended (web)", "/webhooks/retell", web, retell_headers(web, retell_key)),
+        ("VAPI retry of the first report", "/webhooks/vapi", vapi[0], vapi_headers(vapi_secret)),
+        ("VAPI status-update", "/webhooks/vapi", ignored, vapi_headers(vapi_secret)),
+        ("forged Retell call_ended", "/webhooks/retell", retell, retell_headers(retell, "wrong-key")),
+    ]
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        for label, path, body, headers in webhooks:
+            response = client.post(path, content=body, headers=headers)
+            answer = response.json()
+            outcome = answer.get("data", {}).get("status") or answer.get("error_code")
+            click.echo(f"  {label:32} -> {response.status_code} {outcome}")
+
+
+def run_demo(port: int, database: str) -> None:
+    from relay.server import run
+
+    roark_key = f"rk_demo_{secrets.token_hex(8)}"
+    vapi_secret = secrets.token_urlsafe(16)
+    retell_key = f"key_demo_{secrets.token_hex(8)}"
+    admin_token = secrets.token_urlsafe(24)
+    fake = FakeRoark(api_key=roark_key, port=_free_port()).start()
+    # The first two calls forwarded are rejected for good; the third meets an outage first.
+    invalid = {"error_type": "validation", "error_code": "invalid_parameter",
+               "message": "Invalid VAPI payload (the demo's fake Roark rejects this one)"}
+    fake.script(Respond(400, invalid), Respond(400, invalid), Respond(503))
+    settings = Settings.from_env({
+        "ROARK_API_KEY": roark_key,
+        "ROARK_BASE_URL": fake.url,
+        "RELAY_DATABASE_URL": f"sqlite:///{database}",
+        "VAPI_SECRET": vapi_secret,
+        "RETELL_API_KEY": retell_key,
+        "RELAY_ADMIN_TOKEN": admin_token,
+        "RELAY_RETRY_BASE_SECONDS": "2",
+        "RELAY_LOG_LEVEL": "warning",
+        "RELAY_LOG_FORMAT": "console",
+    })
+
+    def started(base_url: str) -> None:
+        click.echo(f"Roark Relay demo: relay on {base_url}, fake Roark on {fake.url}\n")
+        click.echo("Sending signed sample webhooks:")
+        _send_samples(base_url, vapi_secret, retell_key)
+        click.echo(f"""
+Status page:  {base_url}/status
+Admin token:  {admin_token}
+Admin API:    curl -H 'Authorization: Bearer {admin_token}' '{base_url}/admin/api/deliveries?state=failed'
+CLI:          RELAY_DATABASE_URL=sqlite:///{database} ROARK_API_KEY=demo relay deliveries list
+Replay the failed ones from the page (the fake Roark accepts them now). Ctrl-C stops.""")
+
+    try:
+        run(settings, host="127.0.0.1", port=port, on_started=started)
+    finally:
+        fake.stop()

@@ -1,0 +1,134 @@
+"""The `relay` command, run in process against a temp SQLite outbox."""
+
+import json
+import time
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from relay.cli import main, parse_duration
+from relay.outbox import Attempt, Completion, NewDelivery, State, open_backend
+
+NOW = time.time()
+
+
+def all_commands(group: click.Group, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name), command
+        if isinstance(command, click.Group):
+            yield from all_commands(command, (*prefix, name))
+
+
+def test_every_command_has_help_text():
+    commands = list(all_commands(main))
+    assert {("serve",), ("migrate",), ("deliveries", "list"), ("deliveries", "show"), ("replay",),
+            ("prune",), ("demo",)} <= {path for path, _ in commands}
+    for path, command in commands:
+        assert command.help and len(command.help.strip()) > 20, f"relay {' '.join(path)} lacks help"
+        result = CliRunner().invoke(main, [*path, "--help"])
+        assert result.exit_code == 0 and "Usage: " in result.output
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                assert param.help, f"relay {' '.join(path)} {param.opts[0]} lacks help"
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {"ROARK_API_KEY": "rk_test", "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+
+
+@pytest.fixture
+def store(env):
+    backend = open_backend(env["RELAY_DATABASE_URL"])
+    backend.migrate()
+    yield backend
+    backend.close()
+
+
+def run(env, *args):
+    return CliRunner(env=env).invoke(main, list(args), catch_exceptions=False)
+
+
+def add(store, call_id, state, body=None, provider="vapi", received_at=NOW):
+    body = body or json.dumps({"message": {"type": "end-of-call-report", "call": {"id": call_id},
+                                           "phoneNumber": {"twilioAuthToken": "tw-secret-123"}}}).encode()
+    [row] = store.insert_many([NewDelivery(provider, "end-of-call-report", call_id, f"e:{call_id}", body, received_at)], NOW)
+    if state is not State.PENDING:
+        store.claim("cli-test", NOW, 60, 1)
+        status, error = (400, "HTTP 400 invalid_parameter: bad") if state is State.FAILED else (201, None)
+        attempt = Attempt(1, NOW, 5.0, status, error, state.value)
+        store.complete(row.delivery_id, "cli-test",
+                       Completion(state, NOW, status_code=status, error=error, attempt=attempt))
+    return row.delivery_id
+
+
+def test_configuration_errors_name_the_variable(tmp_path):
+    result = CliRunner(env={"ROARK_API_KEY": ""}).invoke(main, ["deliveries", "list"])
+    assert result.exit_code == 2 and "ROARK_API_KEY" in result.output
+
+
+def test_migrate(env):
+    result = run(env, "migrate")
+    assert result.exit_code == 0 and "version 1" in result.output
+
+
+def test_list_filters_and_json(env, store):
+    failed = add(store, "call-failed", State.FAILED)
+    add(store, "call-done", State.DELIVERED)
+    add(store, "retell-1", State.PENDING, provider="retell")
+    table = run(env, "deliveries", "list").output
+    assert "call-failed" in table and "call-done" in table and "invalid_parameter" in table
+    only_failed = [json.loads(line) for line in run(env, "deliveries", "list", "--state", "failed", "--json").output.splitlines()]
+    assert [r["id"] for r in only_failed] == [failed] and only_failed[0]["last_status"] == 400
+    assert "retell-1" in run(env, "deliveries", "list", "--provider", "retell").output
+    assert "call-done" not in run(env, "deliveries", "list", "--call-id", "call-f").output
+    paged = run(env, "deliveries", "list", "--limit", "1").output
+    assert "more: relay deliveries list --before" in paged
+
+
+def test_show_masks_secrets(env, store):
+    delivery_id = add(store, "call-x", State.FAILED)
+    result = run(env, "deliveries", "show", str(delivery_id))
+    assert result.exit_code == 0
+    assert "call-x" in result.output and "#1" in result.output and "invalid_parameter" in result.output
+    assert "tw-secret-123" not in result.output and "********" in result.output
+    missing = CliRunner(env=env).invoke(main, ["deliveries", "show", "999"])
+    assert missing.exit_code == 1 and "no delivery 999" in missing.output
+
+
+def test_replay_ids_and_all_failed(env, store):
+    a, b = add(store, "a", State.FAILED), add(store, "b", State.FAILED)
+    done = add(store, "c", State.DELIVERED)
+    result = run(env, "replay", str(a), str(done))
+    assert f"replayed 1 delivery: {a}" in result.output and f"not replayed" in result.output
+    assert store.get(a).state is State.PENDING and store.get(a).attempts == 0
+    assert f"replayed 1 delivery: {b}" in run(env, "replay", "--all-failed").output
+    assert store.counts()[State.FAILED] == 0
+
+
+def test_replay_usage_errors(env):
+    assert CliRunner(env=env).invoke(main, ["replay"]).exit_code == 2
+    assert CliRunner(env=env).invoke(main, ["replay", "1", "--all-failed"]).exit_code == 2
+    assert CliRunner(env=env).invoke(main, ["replay", "1", "--provider", "vapi"]).exit_code == 2
+
+
+def test_prune_keeps_recent_and_failed(env, store):
+    old = add(store, "old", State.DELIVERED, received_at=NOW - 40 * 86400)
+    recent = add(store, "recent", State.DELIVERED)
+    old_failed = add(store, "old-failed", State.FAILED, received_at=NOW - 40 * 86400)
+    assert "deleted 1 deliveries" in run(env, "prune", "--older-than", "30d").output
+    assert store.get(old) is None and store.get(recent) and store.get(old_failed)
+    assert "deleted 1 deliveries" in run(env, "prune", "--older-than", "30d", "--failed").output
+    assert CliRunner(env=env).invoke(main, ["prune", "--older-than", "soon"]).exit_code == 2
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("12h", 43200), ("30d", 2592000), ("1.5h", 5400)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_unavailable_store_is_a_clear_error(tmp_path):
+    env = {"ROARK_API_KEY": "rk", "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"}
+    result = CliRunner(env=env).invoke(main, ["deliveries", "list"])
+    assert result.exit_code == 1 and "outbox is unavailable" in result.output
