@@ -11,21 +11,24 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
-import httpx
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay import __version__
 from relay.admin import admin_routes
-from relay.errors import HTTPError, MethodNotAllowed, NotFound, StoreUnavailable
+from relay.admin.auth import AdminAuth
+from relay.errors import HTTPError, MethodNotAllowed, NotFound, ServiceUnavailable, StoreUnavailable
 from relay.forwarder import Forwarder
 from relay.ingest import receive_webhook
+from relay.metrics import Metrics
 from relay.outbox import AsyncOutbox, open_backend
+from relay.retention import run_retention
 from relay.settings import PROVIDER_NAMES, Settings
 from relay.upstream import RoarkClient
 
@@ -96,36 +99,55 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def health(request: Request) -> JSONResponse:
+    """Roark's HealthResponse shape: unhealthy (503) when the outbox is unreachable,
+    degraded when delivery is paused or the backlog is older than the threshold."""
     state = request.app.state
+    settings: Settings = state.settings
+    forwarder: Forwarder = state.forwarder
+    problems = []
+    backlog_age = None
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-            await state.outbox.ping()
+            oldest = await state.outbox.oldest_pending_received_at()
         database = "healthy"
+        backlog_age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
     except (StoreUnavailable, TimeoutError):
         database = "unhealthy"
-    forwarder: Forwarder = state.forwarder
-    delivery = "degraded" if forwarder.paused else "healthy"
-    if database == "unhealthy":
-        status = "unhealthy"
-    else:
-        status = delivery
+        problems.append("the outbox database is unreachable")
+    if forwarder.paused:
+        problems.append(f"delivery paused: {forwarder.pause_reason}")
+    if backlog_age is not None and backlog_age > settings.pending_age_degraded_seconds:
+        problems.append(f"oldest undelivered webhook is {backlog_age:.0f} s old "
+                        f"(threshold {settings.pending_age_degraded_seconds:g} s)")
+    delivery = "degraded" if problems and database == "healthy" else "healthy"
+    status = "unhealthy" if database == "unhealthy" else delivery
     data = {
         "status": status,
         "version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
         "uptime_seconds": int(time.monotonic() - state.started_monotonic),
         "dependencies": {"database": database, "roark_delivery": delivery},
+        "oldest_pending_age_seconds": None if backlog_age is None else round(backlog_age, 1),
+        "delivery_paused": forwarder.paused,
+        "problems": problems,
     }
-    if forwarder.paused:
-        data["delivery_paused_reason"] = forwarder.pause_reason
     return JSONResponse({"data": data}, status_code=503 if status == "unhealthy" else 200)
 
 
-def create_app(
-    settings: Settings,
-    *,
-    roark_transport: httpx.AsyncBaseTransport | None = None,
-) -> Starlette:
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition; scrapers authenticate with the admin token as a Bearer."""
+    state = request.app.state
+    if state.metrics_auth is None:
+        raise NotFound("/metrics is disabled until RELAY_ADMIN_TOKEN is set")
+    state.metrics_auth.require_bearer(request)
+    try:
+        body = await state.metrics.render(state.outbox, state.forwarder.paused)
+    except StoreUnavailable as error:
+        raise ServiceUnavailable(f"metrics need the outbox: {error}", retry_after_seconds=5) from None
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for provider in PROVIDER_NAMES:
@@ -137,16 +159,18 @@ def create_app(
                             consequence="all its webhooks are refused with 401")
         outbox = AsyncOutbox(open_backend(settings.database_url))
         version = await outbox.migrate()
-        client = RoarkClient(settings, transport=roark_transport)
-        forwarder = Forwarder(outbox, client, settings)
+        client = RoarkClient(settings)
+        forwarder = Forwarder(outbox, client, settings, app.state.metrics)
         app.state.outbox = outbox
         app.state.forwarder = forwarder
         forwarder.start()
+        retention = asyncio.create_task(run_retention(outbox, settings), name="relay-retention")
         log.info("relay_started", version=__version__, schema_version=version,
                  upstream=settings.roark_base_url)
         try:
             yield
         finally:
+            retention.cancel()
             await forwarder.stop()
             await client.aclose()
             await outbox.close()
@@ -155,6 +179,7 @@ def create_app(
         routes=[
             Route("/webhooks/{provider:str}", receive_webhook, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             *admin_routes(settings),
         ],
         exception_handlers={
@@ -166,5 +191,7 @@ def create_app(
     )
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.metrics_auth = AdminAuth(settings.admin_token) if settings.admin_token else None
     app.state.started_monotonic = time.monotonic()
     return app

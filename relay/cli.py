@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -101,6 +102,75 @@ def migrate() -> None:
     with outbox(load_settings()) as backend:
         version = backend.migrate()
     click.echo(f"outbox schema at version {version}")
+
+
+def display_url(url: str) -> str:
+    """A database URL fit to print: any password replaced."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":********@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@main.command()
+@click.option("--upstream", is_flag=True, help="Also call Roark's /health with the API key.")
+def check(upstream: bool) -> None:
+    """Validate the configuration and the database (creating or upgrading its schema, as
+    the relay would on start); with --upstream, prove that the Roark key and base URL
+    work. Exits 0 when all is well, 1 when a check failed, 2 on a configuration error."""
+    settings = load_settings()
+    failed = False
+    click.echo(f"configuration: ok (Roark at {settings.roark_base_url})")
+    for provider in PROVIDER_NAMES:
+        if provider in settings.insecure_skip_verification:
+            click.echo(f"{provider}: WARNING signature verification is disabled "
+                       "(RELAY_INSECURE_SKIP_VERIFICATION)")
+        elif settings.verification_missing(provider):
+            variable = "RETELL_API_KEY" if provider == "retell" else "VAPI_SECRET or VAPI_HMAC_SECRET"
+            click.echo(f"{provider}: WARNING no secret configured; its webhooks are refused. Set {variable}.")
+        else:
+            click.echo(f"{provider}: signature verification configured")
+    if settings.admin_token is None:
+        click.echo("status page, admin API and /metrics: disabled (set RELAY_ADMIN_TOKEN to enable)")
+    backend = open_backend(settings.database_url)
+    try:
+        version = backend.migrate()
+        click.echo(f"database: ok ({display_url(settings.database_url)}, schema version {version})")
+    except StoreUnavailable as error:
+        failed = True
+        click.echo(f"database: FAILED ({display_url(settings.database_url)}): {error}. "
+                   "Check RELAY_DATABASE_URL (or DATABASE_URL) and that the database is up.")
+    finally:
+        backend.close()
+    if upstream:
+        failed |= not check_upstream(settings)
+    sys.exit(1 if failed else 0)
+
+
+def check_upstream(settings: Settings) -> bool:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {settings.roark_api_key.reveal()}"}
+    try:
+        response = httpx.get(f"{settings.roark_base_url}/health", headers=headers, timeout=10)
+    except httpx.HTTPError as error:
+        click.echo(f"roark: FAILED cannot reach {settings.roark_base_url} ({type(error).__name__}). "
+                   "Check ROARK_BASE_URL and the network.")
+        return False
+    if response.status_code in (401, 403):
+        click.echo(f"roark: FAILED Roark answered {response.status_code}: ROARK_API_KEY is wrong or revoked.")
+        return False
+    if not response.is_success:
+        click.echo(f"roark: FAILED Roark answered {response.status_code} at {settings.roark_base_url}/health. "
+                   "Check ROARK_BASE_URL.")
+        return False
+    try:
+        status = response.json()["data"]["status"]
+    except (ValueError, KeyError, TypeError):
+        status = "unknown"
+    click.echo(f"roark: ok (key accepted; Roark reports {status})")
+    return True
 
 
 @main.group()

@@ -23,6 +23,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from relay.errors import StoreUnavailable
+from relay.metrics import Metrics, status_class
 from relay.outbox import AsyncOutbox, Attempt, Completion, Delivery, State
 from relay.retry import Delivered, GiveUp, PauseDelivery, RetryAt, decide, parse_retry_after
 from relay.settings import Settings
@@ -37,12 +38,14 @@ class Forwarder:
         outbox: AsyncOutbox,
         client: RoarkClient,
         settings: Settings,
+        metrics: Metrics,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._outbox = outbox
         self._client = client
         self._settings = settings
+        self._metrics = metrics
         self._clock = clock
         self._rand = rand
         self._wake = asyncio.Event()
@@ -170,6 +173,9 @@ class Forwarder:
                 self.rate_limited_until = max(
                     self.rate_limited_until, now + min(wait, self._settings.retry.max_retry_after)
                 )
+        self._metrics.attempts.labels(delivery.provider, attempt.outcome,
+                                      status_class(result.status_code)).inc()
+        self._metrics.attempt_seconds.labels(delivery.provider).observe(duration_ms / 1000)
         kept = await self._complete_with_retries(delivery.id, token, completion)
         log.info(
             "delivery_attempt",

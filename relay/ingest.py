@@ -53,7 +53,10 @@ async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes:
                     raise PayloadTooLarge(f"body exceeds the {max_bytes}-byte limit")
                 chunks.append(chunk)
     except TimeoutError:
-        raise RequestTimeout(f"body not received within {timeout:g} s") from None
+        # Close the connection too: kept alive, the client could go on trickling the
+        # rest of this body into a connection nobody reads a request from any more.
+        raise RequestTimeout(f"body not received within {timeout:g} s",
+                             headers={"Connection": "close"}) from None
     except ClientDisconnect:
         raise BadRequest("client disconnected before sending the whole body") from None
     return b"".join(chunks)
@@ -125,10 +128,13 @@ async def receive_webhook(request: Request) -> JSONResponse:
             if not inserted.duplicate:
                 state.forwarder.wake()
     except HTTPError as error:
-        log.info("webhook_received", outcome="rejected", status=error.status_code,
+        outcome = "unavailable" if isinstance(error, ServiceUnavailable) else "rejected"
+        state.metrics.webhooks.labels(provider.name, outcome).inc()
+        log.info("webhook_received", outcome=outcome, status=error.status_code,
                  error_code=error.error_code,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
         raise
+    state.metrics.webhooks.labels(provider.name, outcome).inc()
     log.info("webhook_received", outcome=outcome, status=200,
              duration_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
     return JSONResponse({"data": data})

@@ -58,6 +58,7 @@ class Settings:
 
     database_url: str = "sqlite:///relay.db"
     retention_days: float = 30.0
+    retention_interval_seconds: float = 3600.0
     pending_age_degraded_seconds: float = 900.0
 
     admin_token: Secret | None = None
@@ -108,6 +109,9 @@ class Settings:
             roark_field_case=env.choice("ROARK_FIELD_CASE", "snake", ("snake", "camel")),
             database_url=env.database_url(),
             retention_days=env.number("RELAY_RETENTION_DAYS", 30.0, float, minimum=0),
+            retention_interval_seconds=env.number(
+                "RELAY_RETENTION_INTERVAL_SECONDS", 3600.0, float, minimum=1
+            ),
             pending_age_degraded_seconds=env.number(
                 "RELAY_PENDING_AGE_DEGRADED_SECONDS", 900.0, float, minimum=1
             ),

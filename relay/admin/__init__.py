@@ -1,12 +1,84 @@
-"""Operators' status page and admin API (see issue: status page, admin API and CLI)."""
+"""Operators' status page and admin API.
+
+    GET  /status                         summary, filters, failed deliveries (HTML)
+    GET  /status/deliveries/{id}         one delivery: attempts, masked payload (HTML)
+    POST /status/replay                  replay selected / all failed (form, CSRF)
+    GET  /login, POST /login, POST /logout
+    GET  /admin/api/summary              JSON, Bearer only
+    GET  /admin/api/deliveries           ?state=&provider=&call_id=&cursor=&limit=
+    GET  /admin/api/deliveries/{id}
+    POST /admin/api/deliveries/{id}/replay
+    POST /admin/api/replay               {"ids": [...]} or {"all_failed": true, ...}
+    GET  /admin/openapi.json             the API's OpenAPI 3.1 document (Bearer or session)
+
+Without RELAY_ADMIN_TOKEN all of these answer 404: disabled, never open.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route, request_response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from relay.admin.api import AdminApi, api_routes
+from relay.admin.auth import BEARER_CHALLENGE, SECURITY_HEADERS, AdminAuth
+from relay.admin.openapi import openapi_document
+from relay.admin.pages import StatusPages, page_routes
+from relay.errors import NotFound, Unauthorized
+from relay.redaction import Redactor
 from relay.settings import Settings
+
+DISABLED_PATHS = ("/status", "/status/{rest:path}", "/login", "/logout", "/admin/{rest:path}")
+
+
+class Hardened:
+    """An endpoint whose every answer, refusals included, carries the security headers
+    (no caching, strict CSP, nosniff, no framing)."""
+
+    def __init__(self, endpoint: ASGIApp) -> None:
+        self.app = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_hardened(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", [])
+                           if k.decode("latin-1").lower() not in SECURITY_HEADERS]
+                headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_hardened)
+
+
+def _hardened(routes: list[Route]) -> list[BaseRoute]:
+    return [Route(r.path, Hardened(request_response(r.endpoint)), methods=sorted(r.methods or ()))
+            for r in routes]
+
+
+async def _disabled(request: Request) -> JSONResponse:
+    raise NotFound("the status page and admin API are disabled until RELAY_ADMIN_TOKEN is set",
+                   error_code="admin_disabled")
 
 
 def admin_routes(settings: Settings) -> list[BaseRoute]:
-    """Routes of the status page and admin API; none when RELAY_ADMIN_TOKEN is unset."""
-    return []
+    """Routes of the status page and admin API; 404s for all of them when
+    RELAY_ADMIN_TOKEN is unset."""
+    if settings.admin_token is None:
+        endpoint = Hardened(request_response(_disabled))
+        return [Route(path, endpoint, methods=None) for path in DISABLED_PATHS]  # any method
+    auth = AdminAuth(settings.admin_token)
+    redactor = Redactor(settings.redact_keys)
+    document = openapi_document()
+
+    async def openapi(request: Request) -> JSONResponse:
+        if auth.authenticate(request) is None:
+            raise Unauthorized("send the admin token as 'Authorization: Bearer <RELAY_ADMIN_TOKEN>'",
+                               headers=dict(BEARER_CHALLENGE))
+        return JSONResponse(document)
+
+    return _hardened([
+        *page_routes(StatusPages(auth, redactor)),
+        *api_routes(AdminApi(auth, redactor)),
+        Route("/admin/openapi.json", openapi, methods=["GET"]),
+    ])

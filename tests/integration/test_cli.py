@@ -132,3 +132,30 @@ def test_unavailable_store_is_a_clear_error(tmp_path):
     env = {"ROARK_API_KEY": "rk", "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"}
     result = CliRunner(env=env).invoke(main, ["deliveries", "list"])
     assert result.exit_code == 1 and "outbox is unavailable" in result.output
+
+
+def test_check_reports_each_part(env):
+    result = CliRunner(env=env).invoke(main, ["check"])
+    assert result.exit_code == 0, result.output
+    assert "configuration: ok" in result.output and "database: ok" in result.output
+    assert "vapi: WARNING no secret configured" in result.output
+    assert "retell: WARNING no secret configured" in result.output
+    assert "disabled (set RELAY_ADMIN_TOKEN" in result.output
+
+
+def test_check_upstream_proves_the_key(env, fake_roark):
+    good = {**env, "ROARK_BASE_URL": fake_roark.url, "ROARK_API_KEY": fake_roark.api_key}
+    result = CliRunner(env=good).invoke(main, ["check", "--upstream"])
+    assert result.exit_code == 0 and "roark: ok (key accepted; Roark reports healthy)" in result.output
+    wrong = CliRunner(env={**good, "ROARK_API_KEY": "rk_wrong_key"}).invoke(main, ["check", "--upstream"])
+    assert wrong.exit_code == 1 and "ROARK_API_KEY is wrong" in wrong.output
+    assert "rk_wrong_key" not in wrong.output
+    down = CliRunner(env={**good, "ROARK_BASE_URL": "http://127.0.0.1:9"}).invoke(main, ["check", "--upstream"])
+    assert down.exit_code == 1 and "cannot reach" in down.output
+
+
+def test_check_fails_on_bad_database_and_hides_passwords(tmp_path):
+    env = {"ROARK_API_KEY": "rk", "RELAY_DATABASE_URL": "postgresql://relay:hunter2@127.0.0.1:9/relay"}
+    result = CliRunner(env=env).invoke(main, ["check"])
+    assert result.exit_code == 1 and "database: FAILED" in result.output
+    assert "hunter2" not in result.output and "********" in result.output

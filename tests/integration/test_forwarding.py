@@ -161,7 +161,8 @@ def test_unauthorized_pauses_without_burning_attempts_then_resumes(relay_env, fa
         delivery_id = send_vapi(client)
         fake_roark.wait_for(lambda rs: len(rs) >= 1, WAIT)
         health = client.get("/health").json()["data"]
-        assert health["status"] == "degraded" and "ROARK_API_KEY" in health["delivery_paused_reason"]
+        assert health["status"] == "degraded" and health["delivery_paused"]
+        assert any("ROARK_API_KEY" in problem for problem in health["problems"])
         row = wait_state(relay_env, delivery_id, "delivered")
         assert client.get("/health").json()["data"]["status"] == "healthy"
     assert row["attempts"] == 1

@@ -1,0 +1,293 @@
+"""The admin JSON API: summary, list, inspect and replay deliveries.
+
+Only `Authorization: Bearer <RELAY_ADMIN_TOKEN>` is accepted here (never the page's
+cookie), so no request a browser makes on its own can reach it. Every input is
+validated; refusals are ErrorResponse JSON. The parsing and serialising helpers are
+shared with the status page, so both show and accept exactly the same things.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from relay.admin.auth import AdminAuth
+from relay.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from relay.outbox import Attempt, Delivery, DeliveryFilter, State
+from relay.redaction import Redactor
+from relay.settings import PROVIDER_NAMES
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+MAX_IDS = 500  # per replay request
+MAX_ID = 2**63 - 1
+MAX_CALL_ID = 256
+MAX_JSON_BODY = 64 * 1024
+STATES = tuple(state.value for state in State)
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+# --- validation ---------------------------------------------------------------------
+
+def parse_id(raw: object, parameter: str) -> int:
+    """A delivery id (or cursor): a positive integer the database can hold."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str) and _DIGITS.fullmatch(raw):
+        value = int(raw)
+    else:
+        raise BadRequest(f"{parameter} must be a positive integer", parameter=parameter)
+    if not 1 <= value <= MAX_ID:
+        raise BadRequest(f"{parameter} must be between 1 and {MAX_ID}", parameter=parameter)
+    return value
+
+
+def parse_provider(raw: object) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if raw not in PROVIDER_NAMES:
+        raise BadRequest(f"provider must be one of {', '.join(PROVIDER_NAMES)}", parameter="provider")
+    return str(raw)
+
+
+def parse_call_id(raw: object) -> str | None:
+    """A call id or its beginning (the search is a prefix match)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or len(raw) > MAX_CALL_ID or not raw.isprintable():
+        raise BadRequest(f"call_id must be printable text of at most {MAX_CALL_ID} characters",
+                         parameter="call_id")
+    return raw.strip() or None
+
+
+@dataclass(frozen=True)
+class Listing:
+    where: DeliveryFilter
+    state: str  # a state, or "all"
+    before_id: int | None
+    limit: int
+
+
+def _single(params: QueryParams, name: str) -> str | None:
+    values = params.getlist(name)
+    if len(values) > 1:
+        raise BadRequest(f"{name} may be given once", parameter=name)
+    return values[0] if values else None
+
+
+def parse_listing(params: QueryParams, *, default_state: str, extra: tuple[str, ...] = ()) -> Listing:
+    """state, provider, call_id, cursor, limit; anything else is refused (a typo such as
+    `status=failed` must not silently list everything)."""
+    unknown = set(params.keys()) - {"state", "provider", "call_id", "cursor", "limit", *extra}
+    if unknown:
+        raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}", parameter=sorted(unknown)[0])
+    state = _single(params, "state") or default_state
+    if state not in (*STATES, "all"):
+        raise BadRequest(f"state must be one of {', '.join(STATES)} or all", parameter="state")
+    cursor = _single(params, "cursor")
+    limit = _single(params, "limit")
+    if limit is not None and not (_DIGITS.fullmatch(limit) and 1 <= int(limit) <= MAX_LIMIT):
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", parameter="limit")
+    return Listing(
+        where=DeliveryFilter(
+            states=() if state == "all" else (State(state),),
+            provider=parse_provider(_single(params, "provider")),
+            call_id_prefix=parse_call_id(_single(params, "call_id")),
+        ),
+        state=state,
+        before_id=parse_id(cursor, "cursor") if cursor else None,
+        limit=DEFAULT_LIMIT if limit is None else int(limit),
+    )
+
+
+async def list_page(request: Request, listing: Listing) -> tuple[list[Delivery], str | None]:
+    """One page, newest first, and the opaque cursor of the next (older) page, if any.
+    The cursor is the last id shown; ids only grow, so inserts never shift a page."""
+    rows = await request.app.state.outbox.list_deliveries(listing.where, listing.before_id, listing.limit + 1)
+    page = rows[: listing.limit]
+    return page, (str(page[-1].id) if len(rows) > listing.limit else None)
+
+
+# --- what is shown ------------------------------------------------------------------
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def delivery_json(d: Delivery) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "provider": d.provider,
+        "event": d.event,
+        "call_id": d.call_id,
+        "state": d.state.value,
+        "received_at": iso(d.received_at),
+        "attempts": d.attempts,
+        "next_attempt_at": iso(d.next_attempt_at) if d.state is State.PENDING else None,
+        "last_status": d.last_status,
+        "last_error": d.last_error,
+        "roark_call_id": d.roark_call_id,
+        "delivered_at": iso(d.delivered_at),
+        "updated_at": iso(d.updated_at),
+    }
+
+
+def attempt_json(a: Attempt) -> dict[str, Any]:
+    return {
+        "attempt": a.attempt,
+        "started_at": iso(a.started_at),
+        "duration_ms": round(a.duration_ms, 1),
+        "status_code": a.status_code,
+        "outcome": a.outcome,
+        "error": a.error,
+    }
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def masked_payload(body: bytes | None, redactor: Redactor) -> tuple[Any, str | None]:
+    """The stored body with secrets masked, or None and why it cannot be shown. A body
+    that is not JSON is never shown: its secrets could not be found to mask them."""
+    if body is None:
+        return None, "the body is not stored"
+    try:
+        document = json.loads(body, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        return None, "not shown: the body is not valid JSON, so secrets in it cannot be masked"
+    return redactor.mask(document), None
+
+
+async def summary(request: Request) -> dict[str, Any]:
+    outbox, forwarder = request.app.state.outbox, request.app.state.forwarder
+    now = time.time()
+    per_provider = await outbox.counts_by_provider()
+    providers = {p: dict.fromkeys(STATES, 0) for p in (*PROVIDER_NAMES, *per_provider)}
+    counts = dict.fromkeys(STATES, 0)
+    for provider, per_state in per_provider.items():
+        for state, count in per_state.items():
+            providers[provider][State(state).value] += count
+            counts[State(state).value] += count
+    oldest = await outbox.oldest_pending_received_at()
+    return {
+        "counts": counts,
+        "providers": providers,
+        "oldest_pending_received_at": iso(oldest),
+        "oldest_pending_age_seconds": None if oldest is None else round(max(now - oldest, 0.0), 3),
+        "paused": forwarder.paused,
+        "pause_reason": forwarder.pause_reason,
+        "rate_limited_until": iso(forwarder.rate_limited_until) if forwarder.rate_limited_until > now else None,
+    }
+
+
+async def replay(request: Request, ids: list[int] | None, where: DeliveryFilter) -> dict[str, list[int]]:
+    """Back to pending with attempts reset (failed or pending rows only; rows being sent
+    and delivered rows are left alone), then wake the forwarder."""
+    replayed = await request.app.state.outbox.replay(ids, where)
+    if replayed:
+        request.app.state.forwarder.wake()
+    skipped = sorted(set(ids or ()) - set(replayed))
+    return {"replayed": replayed, "skipped": skipped}
+
+
+# --- endpoints ----------------------------------------------------------------------
+
+async def _json_body(request: Request) -> Mapping[str, Any]:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType("send the body as application/json")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise PayloadTooLarge(f"the body may be at most {MAX_JSON_BODY} bytes")
+    try:
+        document = json.loads(body, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise BadRequest("the body must be a JSON object")
+    return document
+
+
+class AdminApi:
+    def __init__(self, auth: AdminAuth, redactor: Redactor) -> None:
+        self.auth = auth
+        self.redactor = redactor
+
+    async def get_summary(self, request: Request) -> JSONResponse:
+        self.auth.require_bearer(request)
+        return JSONResponse({"data": await summary(request)})
+
+    async def list_deliveries(self, request: Request) -> JSONResponse:
+        self.auth.require_bearer(request)
+        listing = parse_listing(request.query_params, default_state="all")
+        page, next_cursor = await list_page(request, listing)
+        return JSONResponse({"data": [delivery_json(d) for d in page], "next_cursor": next_cursor})
+
+    async def get_delivery(self, request: Request) -> JSONResponse:
+        self.auth.require_bearer(request)
+        delivery_id = parse_id(request.path_params["id"], "id")
+        delivery = await request.app.state.outbox.get(delivery_id)
+        if delivery is None:
+            raise NotFound(f"no delivery {delivery_id}", parameter="id")
+        payload, note = masked_payload(delivery.body, self.redactor)
+        attempts = await request.app.state.outbox.attempts(delivery_id)
+        data = {**delivery_json(delivery), "attempt_history": [attempt_json(a) for a in attempts],
+                "payload": payload, "payload_note": note}
+        return JSONResponse({"data": data})
+
+    async def replay_one(self, request: Request) -> JSONResponse:
+        self.auth.require_bearer(request)
+        delivery_id = parse_id(request.path_params["id"], "id")
+        if await request.app.state.outbox.get(delivery_id) is None:
+            raise NotFound(f"no delivery {delivery_id}", parameter="id")
+        return JSONResponse({"data": await replay(request, [delivery_id], DeliveryFilter())})
+
+    async def replay_many(self, request: Request) -> JSONResponse:
+        self.auth.require_bearer(request)
+        document = await _json_body(request)
+        unknown = set(document) - {"ids", "all_failed", "provider", "call_id"}
+        if unknown:
+            raise BadRequest(f"unknown field {sorted(unknown)[0]!r}", parameter=sorted(unknown)[0])
+        if ("ids" in document) == ("all_failed" in document):
+            raise BadRequest('give either "ids": [...] or "all_failed": true')
+        if "ids" in document:
+            if "provider" in document or "call_id" in document:
+                raise BadRequest("provider and call_id filter all_failed; with ids, leave them out")
+            raw = document["ids"]
+            if (not isinstance(raw, list) or not 1 <= len(raw) <= MAX_IDS
+                    or not all(type(value) is int for value in raw)):
+                raise BadRequest(f"ids must be a list of 1 to {MAX_IDS} delivery ids", parameter="ids")
+            ids = sorted({parse_id(value, "ids") for value in raw})
+            return JSONResponse({"data": await replay(request, ids, DeliveryFilter())})
+        if document["all_failed"] is not True:
+            raise BadRequest("all_failed must be true", parameter="all_failed")
+        where = DeliveryFilter(
+            states=(State.FAILED,),
+            provider=parse_provider(document.get("provider")),
+            call_id_prefix=parse_call_id(document.get("call_id")),
+        )
+        return JSONResponse({"data": await replay(request, None, where)})
+
+
+def api_routes(api: AdminApi) -> list[Route]:
+    return [
+        Route("/admin/api/summary", api.get_summary, methods=["GET"]),
+        Route("/admin/api/deliveries", api.list_deliveries, methods=["GET"]),
+        Route("/admin/api/deliveries/{id}", api.get_delivery, methods=["GET"]),
+        Route("/admin/api/deliveries/{id}/replay", api.replay_one, methods=["POST"]),
+        Route("/admin/api/replay", api.replay_many, methods=["POST"]),
+    ]

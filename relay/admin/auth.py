@@ -1,0 +1,183 @@
+"""Who may use the status page and admin API: the admin token, sessions and CSRF.
+
+- Scripts send `Authorization: Bearer <RELAY_ADMIN_TOKEN>`; it works on the page and the
+  API. The API accepts nothing else, so a browser's cookie can never drive it (no CSRF).
+- People log in once with the token and get a session cookie. The cookie is not the
+  token: it is `v1.<issued_at>.<nonce>.<hmac>`, signed with a key derived from the token,
+  valid for 12 hours. Rotating the token therefore logs everyone out.
+- Every form carries a CSRF token, an HMAC of the session; forms posted with a session
+  must carry it. The login form, which has no session yet, is tied to a short-lived
+  login cookie the same way.
+
+All comparisons of secrets are constant-time; nothing here logs or echoes a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay.errors import Forbidden, Unauthorized
+from relay.settings import Secret
+
+SESSION_COOKIE = "__Host-relay_session"  # __Host-: Secure, Path=/, no Domain, by rule
+LOGIN_COOKIE = "__Host-relay_login"
+SESSION_SECONDS = 12 * 3600
+LOGIN_FORM_SECONDS = 3600
+CLOCK_SKEW_SECONDS = 60
+MAX_REVOKED = 10_000
+
+SECURITY_HEADERS = {
+    "cache-control": "no-store",
+    "content-security-policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="roark-relay admin"'}
+
+
+@dataclass(frozen=True)
+class Access:
+    """An authenticated request: by `bearer` header or by `session` cookie."""
+
+    via: str
+    session: str | None
+    csrf: str  # what this request's forms must send back
+
+
+class AdminAuth:
+    def __init__(self, token: Secret, clock: Callable[[], float] = time.time) -> None:
+        self._digest = hashlib.sha256(token.reveal().encode()).digest()
+        self._key = hmac.new(token.reveal().encode(), b"roark-relay admin session v1", hashlib.sha256).digest()
+        self._clock = clock
+        self._revoked: dict[str, float] = {}  # session nonce -> when it would expire anyway
+
+    # --- the token itself ---------------------------------------------------------
+
+    def token_matches(self, candidate: str) -> bool:
+        # Hashing first makes the comparison constant-time in the length too.
+        given = hashlib.sha256(candidate.encode("utf-8", "surrogatepass")).digest()
+        return hmac.compare_digest(given, self._digest)
+
+    def bearer(self, request: Request) -> bool | None:
+        """True for the right Bearer token, False for a wrong one, None when absent."""
+        header = request.headers.get("authorization")
+        if header is None:
+            return None
+        scheme, _, value = header.strip().partition(" ")
+        return scheme.lower() == "bearer" and self.token_matches(value.strip())
+
+    def require_bearer(self, request: Request) -> None:
+        """The API's check: a Bearer header with the admin token, nothing else."""
+        if not self.bearer(request):
+            raise Unauthorized(
+                "send the admin token as 'Authorization: Bearer <RELAY_ADMIN_TOKEN>'",
+                headers=dict(BEARER_CHALLENGE),
+            )
+
+    # --- sessions -----------------------------------------------------------------
+
+    def _sign(self, purpose: str, value: str) -> str:
+        mac = hmac.new(self._key, f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+    def _verify(self, purpose: str, value: str, signature: str) -> bool:
+        return hmac.compare_digest(self._sign(purpose, value).encode(), signature.encode("utf-8", "replace"))
+
+    def new_session(self) -> str:
+        payload = f"v1.{int(self._clock())}.{secrets.token_urlsafe(16)}"
+        return f"{payload}.{self._sign('session', payload)}"
+
+    def session_valid(self, value: str) -> bool:
+        parts = value.split(".")
+        if len(parts) != 4 or parts[0] != "v1" or not parts[1].isascii() or not parts[1].isdigit():
+            return False
+        payload = ".".join(parts[:3])
+        if not self._verify("session", payload, parts[3]):
+            return False
+        age = self._clock() - int(parts[1])
+        return -CLOCK_SKEW_SECONDS <= age < SESSION_SECONDS and parts[2] not in self._revoked
+
+    def revoke(self, session: str) -> None:
+        """Log a session out in this process (the cookie is also deleted in the browser)."""
+        now = self._clock()
+        self._revoked = {n: t for n, t in self._revoked.items() if t > now}
+        if len(self._revoked) < MAX_REVOKED:
+            _, issued, nonce, _ = session.split(".")
+            self._revoked[nonce] = int(issued) + SESSION_SECONDS
+
+    def authenticate(self, request: Request) -> Access | None:
+        """The page's check: a Bearer header, else a valid session cookie.
+
+        A wrong Bearer header is a refusal even with a valid cookie: the caller said who
+        it was, and was wrong."""
+        bearer = self.bearer(request)
+        if bearer is not None:
+            return Access("bearer", None, self._sign("csrf", "bearer")) if bearer else None
+        session = request.cookies.get(SESSION_COOKIE)
+        if session and self.session_valid(session):
+            return Access("session", session, self._sign("csrf", session))
+        return None
+
+    def check_csrf(self, access: Access, supplied: str | None) -> None:
+        """Forms posted with a session cookie must carry its CSRF token. A Bearer header is
+        never sent by a browser on its own, so Bearer requests need none."""
+        if access.via == "bearer":
+            return
+        if not supplied or not hmac.compare_digest(access.csrf.encode(), supplied.encode("utf-8", "replace")):
+            raise Forbidden("the form's CSRF token is missing or wrong; reload the page and try again",
+                            error_code="csrf_failed")
+
+    def set_session(self, response: Response, session: str) -> None:
+        response.set_cookie(SESSION_COOKIE, session, max_age=SESSION_SECONDS, path="/",
+                            secure=True, httponly=True, samesite="strict")
+
+    def clear_session(self, response: Response) -> None:
+        response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+
+    # --- the login form's CSRF (no session yet) ---------------------------------------
+
+    def new_login_form(self) -> tuple[str, str]:
+        """A login cookie value and the CSRF token the login form must carry with it."""
+        nonce = secrets.token_urlsafe(16)
+        return nonce, self._sign("login", nonce)
+
+    def set_login_cookie(self, response: Response, nonce: str) -> None:
+        response.set_cookie(LOGIN_COOKIE, nonce, max_age=LOGIN_FORM_SECONDS, path="/",
+                            secure=True, httponly=True, samesite="strict")
+
+    def check_login_csrf(self, request: Request, supplied: str | None) -> None:
+        nonce = request.cookies.get(LOGIN_COOKIE)
+        if not nonce or not supplied or not self._verify("login", nonce, supplied):
+            raise Forbidden("the login form expired or did not come from this relay; try again",
+                            error_code="csrf_failed")
+
+    def clear_login_form(self, response: Response) -> None:
+        response.delete_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+
+
+def safe_next(value: str | None) -> str:
+    """Where to go after logging in: only somewhere on the status page, never off-site."""
+    if (
+        value
+        and len(value) <= 2000
+        and value.isascii()
+        and value.isprintable()
+        and (value == "/status" or value.startswith(("/status/", "/status?")))
+        and "\\" not in value
+        and "//" not in value
+    ):
+        return value
+    return "/status"

@@ -1,0 +1,222 @@
+"""The OpenAPI 3.1 document of the admin API, served at GET /admin/openapi.json.
+
+Built from the same constants the API validates with, so limits and enums cannot drift.
+The schemas are plain JSON Schema 2020-12; the tests validate real answers against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay import __version__
+from relay.admin.api import DEFAULT_LIMIT, MAX_CALL_ID, MAX_ID, MAX_IDS, MAX_LIMIT, STATES
+from relay.settings import PROVIDER_NAMES
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": [kind, "null"], **extra}
+
+
+def _ok(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("ErrorResponse")}}}
+
+
+ERRORS = {"401": _error("missing or wrong Bearer token")}
+TIME = _nullable("string", format="date-time")
+ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+
+SCHEMAS: dict[str, Any] = {
+    "ErrorResponse": {
+        "type": "object",
+        "required": ["error_type", "error_code", "message"],
+        "properties": {
+            "error_type": {"type": "string"}, "error_code": {"type": "string"},
+            "message": {"type": "string"}, "parameter": {"type": "string"},
+            "details": {"type": "object"}, "request_id": {"type": "string"},
+        },
+    },
+    "StateCounts": {
+        "type": "object",
+        "required": list(STATES),
+        "properties": {state: {"type": "integer", "minimum": 0} for state in STATES},
+        "additionalProperties": False,
+    },
+    "Summary": {
+        "type": "object",
+        "required": ["counts", "providers", "oldest_pending_received_at", "oldest_pending_age_seconds",
+                     "paused", "pause_reason", "rate_limited_until"],
+        "properties": {
+            "counts": _ref("StateCounts"),
+            "providers": {"type": "object", "additionalProperties": _ref("StateCounts"),
+                          "description": "counts per provider; every known provider is present"},
+            "oldest_pending_received_at": TIME,
+            "oldest_pending_age_seconds": _nullable("number", minimum=0),
+            "paused": {"type": "boolean", "description": "delivery to Roark is paused (e.g. key rejected)"},
+            "pause_reason": _nullable("string"),
+            "rate_limited_until": {**TIME, "description": "Roark asked us to wait until then"},
+        },
+    },
+    "Delivery": {
+        "type": "object",
+        "required": ["id", "provider", "event", "call_id", "state", "received_at", "attempts",
+                     "next_attempt_at", "last_status", "last_error", "roark_call_id",
+                     "delivered_at", "updated_at"],
+        "properties": {
+            "id": ID,
+            "provider": {"type": "string", "enum": list(PROVIDER_NAMES)},
+            "event": {"type": "string"},
+            "call_id": _nullable("string"),
+            "state": {"type": "string", "enum": list(STATES)},
+            "received_at": {"type": "string", "format": "date-time"},
+            "attempts": {"type": "integer", "minimum": 0},
+            "next_attempt_at": {**TIME, "description": "set while pending"},
+            "last_status": _nullable("integer", description="Roark's last HTTP status"),
+            "last_error": _nullable("string", description="last error or Roark's message"),
+            "roark_call_id": _nullable("string"),
+            "delivered_at": TIME,
+            "updated_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Attempt": {
+        "type": "object",
+        "required": ["attempt", "started_at", "duration_ms", "status_code", "outcome", "error"],
+        "properties": {
+            "attempt": {"type": "integer"},
+            "started_at": {"type": "string", "format": "date-time"},
+            "duration_ms": {"type": "number"},
+            "status_code": _nullable("integer"),
+            "outcome": {"type": "string", "enum": ["delivered", "retryat", "giveup", "pausedelivery"]},
+            "error": _nullable("string"),
+        },
+    },
+    "DeliveryDetail": {
+        "allOf": [_ref("Delivery"), {
+            "type": "object",
+            "required": ["attempt_history", "payload", "payload_note"],
+            "properties": {
+                "attempt_history": {"type": "array", "items": _ref("Attempt")},
+                "payload": {"description": "the stored webhook body, secrets masked as ********; "
+                                           "null when it cannot be shown (see payload_note)"},
+                "payload_note": _nullable("string"),
+            },
+        }],
+    },
+    "DeliveryPage": {
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {
+            "data": {"type": "array", "items": _ref("Delivery")},
+            "next_cursor": _nullable("string", description="pass as cursor for the next (older) page"),
+        },
+    },
+    "ReplayRequest": {
+        "oneOf": [
+            {"type": "object", "required": ["ids"], "additionalProperties": False,
+             "properties": {"ids": {"type": "array", "items": ID, "minItems": 1, "maxItems": MAX_IDS}}},
+            {"type": "object", "required": ["all_failed"], "additionalProperties": False,
+             "properties": {"all_failed": {"const": True},
+                            "provider": {"type": "string", "enum": list(PROVIDER_NAMES)},
+                            "call_id": {"type": "string", "maxLength": MAX_CALL_ID,
+                                        "description": "call id or its beginning"}}},
+        ],
+    },
+    "ReplayResult": {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {
+            "type": "object",
+            "required": ["replayed", "skipped"],
+            "properties": {
+                "replayed": {"type": "array", "items": ID,
+                             "description": "back to pending, attempts reset, due now"},
+                "skipped": {"type": "array", "items": ID,
+                            "description": "asked for but not replayed: unknown, delivered or being sent"},
+            },
+        }},
+    },
+}
+
+PARAMETERS: dict[str, Any] = {
+    "id": {"name": "id", "in": "path", "required": True, "schema": ID},
+    "state": {"name": "state", "in": "query", "schema": {"type": "string", "enum": [*STATES, "all"],
+                                                          "default": "all"}},
+    "provider": {"name": "provider", "in": "query", "schema": {"type": "string", "enum": list(PROVIDER_NAMES)}},
+    "call_id": {"name": "call_id", "in": "query", "description": "call id or its beginning",
+                "schema": {"type": "string", "maxLength": MAX_CALL_ID}},
+    "cursor": {"name": "cursor", "in": "query", "description": "next_cursor of the previous page (opaque)",
+               "schema": {"type": "string"}},
+    "limit": {"name": "limit", "in": "query",
+              "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+}
+
+
+def _params(*names: str) -> list[dict[str, str]]:
+    return [{"$ref": f"#/components/parameters/{name}"} for name in names]
+
+
+def _data(schema: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["data"], "properties": {"data": _ref(schema)}}
+
+
+def openapi_document() -> dict[str, Any]:
+    schemas = {**SCHEMAS, "SummaryResponse": _data("Summary"), "DeliveryResponse": _data("DeliveryDetail")}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Roark Relay admin API",
+            "version": __version__,
+            "description": "Inspect and replay the relay's deliveries to Roark. Every request needs "
+                           "'Authorization: Bearer <RELAY_ADMIN_TOKEN>'; without that variable the API "
+                           "is disabled (404). Listings are newest first and paged with next_cursor, "
+                           "which stays stable while new webhooks arrive.",
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/admin/api/summary": {"get": {
+                "operationId": "getSummary", "summary": "Counts per state and provider, oldest pending, pause",
+                "responses": {"200": _ok("SummaryResponse", "the summary"), **ERRORS},
+            }},
+            "/admin/api/deliveries": {"get": {
+                "operationId": "listDeliveries", "summary": "Deliveries, newest first, without bodies",
+                "parameters": _params("state", "provider", "call_id", "cursor", "limit"),
+                "responses": {"200": _ok("DeliveryPage", "one page"), "400": _error("invalid parameter"),
+                              **ERRORS},
+            }},
+            "/admin/api/deliveries/{id}": {"get": {
+                "operationId": "getDelivery", "summary": "One delivery with its attempts and masked payload",
+                "parameters": _params("id"),
+                "responses": {"200": _ok("DeliveryResponse", "the delivery"), "400": _error("invalid id"),
+                              "404": _error("no such delivery"), **ERRORS},
+            }},
+            "/admin/api/deliveries/{id}/replay": {"post": {
+                "operationId": "replayDelivery",
+                "summary": "Put one failed or pending delivery back to pending, attempts reset (idempotent)",
+                "parameters": _params("id"),
+                "responses": {"200": _ok("ReplayResult", "replayed, or skipped when delivered or being sent"),
+                              "400": _error("invalid id"), "404": _error("no such delivery"), **ERRORS},
+            }},
+            "/admin/api/replay": {"post": {
+                "operationId": "replayDeliveries",
+                "summary": "Replay the given ids, or every failed delivery matching the filters",
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _ref("ReplayRequest")}}},
+                "responses": {"200": _ok("ReplayResult", "what was replayed"), "400": _error("invalid body"),
+                              "413": _error("body too large"), "415": _error("not application/json"),
+                              **ERRORS},
+            }},
+        },
+        "components": {
+            "schemas": schemas,
+            "parameters": PARAMETERS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "the value of RELAY_ADMIN_TOKEN"}},
+        },
+    }

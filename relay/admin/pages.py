@@ -1,0 +1,257 @@
+"""The status page: server-rendered HTML for people (and for scripts with a Bearer header).
+
+Templates autoescape everything; payloads, call ids and upstream errors are attacker-
+controlled text and are only ever rendered as text. No scripts are served at all, and
+the Content-Security-Policy forbids them anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from relay.admin import api
+from relay.admin.auth import BEARER_CHALLENGE, Access, AdminAuth, safe_next
+from relay.errors import BadRequest, HTTPError, NotFound, Unauthorized
+from relay.outbox import DeliveryFilter, State
+from relay.redaction import Redactor
+from relay.settings import PROVIDER_NAMES
+
+PAGE_SIZE = 50
+MAX_PAYLOAD_CHARS = 1_000_000  # a 25 MB transcript is not read in a browser
+OUTCOMES = {"delivered": "delivered", "retryat": "will retry", "giveup": "gave up",
+            "pausedelivery": "paused (not counted)"}
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def span(seconds: float) -> str:
+    """A rough duration: '45 s', '3 min', '5 h', '2 d'."""
+    seconds = abs(seconds)
+    for unit, size, limit in (("s", 1, 90), ("min", 60, 90 * 60), ("h", 3600, 36 * 3600)):
+        if seconds < limit:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds // 86400)} d"
+
+
+def ago(timestamp: float | None, now: float) -> str:
+    """'3 min ago' or 'in 20 s'."""
+    if timestamp is None:
+        return ""
+    return f"{span(now - timestamp)} ago" if now >= timestamp else f"in {span(now - timestamp)}"
+
+
+def pretty(payload: Any) -> str:
+    try:
+        text = json.dumps(payload, indent=2, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return "(nested too deeply to show)"
+    if len(text) > MAX_PAYLOAD_CHARS:
+        return text[:MAX_PAYLOAD_CHARS] + f"\n… (cut at {MAX_PAYLOAD_CHARS} characters; the API has it all)"
+    return text
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["iso"] = lambda ts: api.iso(ts) or "—"
+    env.globals.update(ago=ago, span=span, states=api.STATES, providers=PROVIDER_NAMES, outcomes=OUTCOMES)
+    return env
+
+
+def _status_url(**params: object) -> str:
+    kept = {k: v for k, v in params.items() if v not in (None, "")}
+    return "/status" + (f"?{urlencode(kept)}" if kept else "")
+
+
+def _flash(request: Request) -> int | None:
+    raw = request.query_params.get("replayed", "")
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 7 else None
+
+
+class StatusPages:
+    def __init__(self, auth: AdminAuth, redactor: Redactor) -> None:
+        self.auth = auth
+        self.redactor = redactor
+        self.templates = Jinja2Templates(env=_environment())
+
+    def render(self, request: Request, name: str, context: dict[str, Any], *,
+               access: Access | None = None, status_code: int = 200) -> Response:
+        context = {"access": access, "csrf": access.csrf if access else "", "now": time.time(), **context}
+        return self.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    def html_errors(self, handler: Handler) -> Handler:
+        """Refusals on the page are HTML pages (with the same status) instead of JSON."""
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except HTTPError as error:
+                return self.render(request, "error.html", {"error": error}, status_code=error.status_code,
+                                   access=self.auth.authenticate(request))
+        return endpoint
+
+    def _require(self, request: Request) -> Access:
+        access = self.auth.authenticate(request)
+        if access is None:
+            raise Unauthorized("log in first", headers=dict(BEARER_CHALLENGE))
+        return access
+
+    def _to_login(self, request: Request) -> Response | None:
+        """A person without credentials asking for a page is sent to log in first."""
+        if self.auth.authenticate(request) is None and "authorization" not in request.headers:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+        return None
+
+    # --- pages ----------------------------------------------------------------------
+
+    async def status(self, request: Request) -> Response:
+        if redirect := self._to_login(request):
+            return redirect
+        access = self._require(request)
+        listing = api.parse_listing(request.query_params, default_state="failed", extra=("replayed",))
+        listing = api.Listing(listing.where, listing.state, listing.before_id, min(listing.limit, PAGE_SIZE))
+        page, next_cursor = await api.list_page(request, listing)
+        filters = {"state": listing.state, "provider": listing.where.provider or "",
+                   "call_id": listing.where.call_id_prefix or ""}
+        return self.render(request, "status.html", {
+            "summary": await api.summary(request),
+            "rows": page,
+            "filters": filters,
+            "older_url": _status_url(**filters, cursor=next_cursor) if next_cursor else None,
+            "newest_url": _status_url(**filters) if listing.before_id else None,
+            "replayed": _flash(request),
+        }, access=access)
+
+    async def detail(self, request: Request) -> Response:
+        if redirect := self._to_login(request):
+            return redirect
+        access = self._require(request)
+        unknown = set(request.query_params.keys()) - {"replayed"}
+        if unknown:
+            raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}")
+        delivery_id = api.parse_id(request.path_params["id"], "id")
+        delivery = await request.app.state.outbox.get(delivery_id)
+        if delivery is None:
+            raise NotFound(f"no delivery {delivery_id}")
+        payload, note = api.masked_payload(delivery.body, self.redactor)
+        return self.render(request, "detail.html", {
+            "d": delivery,
+            "attempts": await request.app.state.outbox.attempts(delivery_id),
+            "payload": None if note else pretty(payload),
+            "payload_note": note,
+            "replayable": delivery.state in (State.FAILED, State.PENDING),
+            "replayed": _flash(request),
+        }, access=access)
+
+    async def replay(self, request: Request) -> Response:
+        access = self._require(request)
+        form = await _form(request, max_fields=api.MAX_IDS + 10)
+        self.auth.check_csrf(access, _field(form, "csrf_token"))
+        action = _field(form, "action")
+        if action == "selected":
+            raw_ids = form.getlist("ids")
+            if len(raw_ids) > api.MAX_IDS:
+                raise BadRequest(f"select at most {api.MAX_IDS} deliveries at a time", parameter="ids")
+            ids = sorted({api.parse_id(value, "ids") for value in raw_ids})
+            result = await api.replay(request, ids, DeliveryFilter())
+        elif action == "all_failed":
+            where = DeliveryFilter(states=(State.FAILED,),
+                                   provider=api.parse_provider(_field(form, "provider")),
+                                   call_id_prefix=api.parse_call_id(_field(form, "call_id")))
+            result = await api.replay(request, None, where)
+        else:
+            raise BadRequest("action must be selected or all_failed", parameter="action")
+        count = len(result["replayed"])
+        if detail_id := _field(form, "detail_id"):
+            return RedirectResponse(
+                f"/status/deliveries/{api.parse_id(detail_id, 'detail_id')}?replayed={count}", status_code=303)
+        state = _field(form, "state") or "failed"
+        if state not in (*api.STATES, "all"):
+            state = "failed"
+        return RedirectResponse(_status_url(state=state, provider=api.parse_provider(_field(form, "provider")),
+                                            call_id=api.parse_call_id(_field(form, "call_id")),
+                                            replayed=count), status_code=303)
+
+    # --- logging in and out -----------------------------------------------------------
+
+    def _login_form(self, request: Request, next_url: str, *, message: str | None = None,
+                    status_code: int = 200) -> Response:
+        nonce, csrf = self.auth.new_login_form()
+        response = self.render(request, "login.html", {"login_csrf": csrf, "next": next_url, "message": message},
+                               status_code=status_code)
+        self.auth.set_login_cookie(response, nonce)
+        return response
+
+    async def login_page(self, request: Request) -> Response:
+        next_url = safe_next(request.query_params.get("next"))
+        if self.auth.authenticate(request) is not None:
+            return RedirectResponse(next_url, status_code=303)
+        return self._login_form(request, next_url)
+
+    async def login(self, request: Request) -> Response:
+        form = await _form(request, max_fields=10)
+        next_url = safe_next(_field(form, "next"))
+        try:
+            self.auth.check_login_csrf(request, _field(form, "csrf_token"))
+        except HTTPError as error:
+            return self._login_form(request, next_url, message=error.message, status_code=error.status_code)
+        if not self.auth.token_matches(_field(form, "token") or ""):
+            return self._login_form(request, next_url, message="That token was not accepted.", status_code=401)
+        response = RedirectResponse(next_url, status_code=303)
+        self.auth.set_session(response, self.auth.new_session())
+        self.auth.clear_login_form(response)
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        access = self.auth.authenticate(request)
+        if access is not None and access.session is not None:
+            form = await _form(request, max_fields=10)
+            self.auth.check_csrf(access, _field(form, "csrf_token"))
+            self.auth.revoke(access.session)
+        response = RedirectResponse("/login", status_code=303)
+        self.auth.clear_session(response)
+        return response
+
+
+async def _form(request: Request, *, max_fields: int) -> FormData:
+    try:
+        return await request.form(max_files=0, max_fields=max_fields, max_part_size=64 * 1024)
+    except Exception as error:  # python-multipart's and Starlette's parse errors
+        if isinstance(error, HTTPError):
+            raise
+        raise BadRequest("the form could not be read") from None
+
+
+def _field(form: FormData, name: str) -> str | None:
+    values = form.getlist(name)
+    if len(values) > 1:
+        raise BadRequest(f"{name} may be given once", parameter=name)
+    if values and not isinstance(values[0], str):
+        raise BadRequest(f"{name} must be text", parameter=name)
+    return values[0] if values else None
+
+
+def page_routes(pages: StatusPages) -> list[Route]:
+    wrap = pages.html_errors
+    return [
+        Route("/status", wrap(pages.status), methods=["GET"]),
+        Route("/status/deliveries/{id}", wrap(pages.detail), methods=["GET"]),
+        Route("/status/replay", wrap(pages.replay), methods=["POST"]),
+        Route("/login", wrap(pages.login_page), methods=["GET"]),
+        Route("/login", wrap(pages.login), methods=["POST"]),
+        Route("/logout", wrap(pages.logout), methods=["POST"]),
+    ]

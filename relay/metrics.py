@@ -1,0 +1,71 @@
+"""Prometheus metrics: what arrived, what reached Roark, and how far behind we are.
+
+Counters and the latency histogram are updated as things happen; queue depth, backlog
+age and the pause flag are read from the outbox and forwarder when /metrics is scraped,
+so they are true across restarts and across instances sharing one database.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from relay.outbox import AsyncOutbox, State
+
+# `*_created` timestamps double the series count and tell operators nothing here.
+disable_created_metrics()
+
+
+def status_class(status_code: int | None) -> str:
+    return "transport_error" if status_code is None else f"{status_code // 100}xx"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        # One registry per app, so several apps in one process (tests) do not collide.
+        self.registry = CollectorRegistry()
+        self.webhooks = Counter(
+            "relay_webhooks_received", "Webhooks received, by provider and outcome "
+            "(accepted, duplicate, ignored, rejected, unavailable).",
+            ["provider", "outcome"], registry=self.registry,
+        )
+        self.attempts = Counter(
+            "relay_delivery_attempts", "Delivery attempts to Roark, by provider, outcome "
+            "(delivered, retryat, giveup, pausedelivery) and status class.",
+            ["provider", "outcome", "status_class"], registry=self.registry,
+        )
+        self.attempt_seconds = Histogram(
+            "relay_delivery_attempt_duration_seconds", "Duration of one POST to Roark.",
+            ["provider"], registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.queue_depth = Gauge(
+            "relay_queue_depth", "Deliveries in the outbox, by state.", ["state"],
+            registry=self.registry,
+        )
+        self.oldest_pending_age = Gauge(
+            "relay_oldest_pending_age_seconds",
+            "Age of the oldest delivery not yet delivered or failed (0 when none).",
+            registry=self.registry,
+        )
+        self.paused = Gauge(
+            "relay_delivery_paused", "1 while delivery is paused because Roark rejected our "
+            "credentials or URL.", registry=self.registry,
+        )
+
+    async def render(self, outbox: AsyncOutbox, paused: bool) -> bytes:
+        counts = await outbox.counts()
+        oldest = await outbox.oldest_pending_received_at()
+        for state in State:
+            self.queue_depth.labels(state.value).set(counts[state])
+        self.oldest_pending_age.set(0 if oldest is None else max(0.0, time.time() - oldest))
+        self.paused.set(int(paused))
+        return generate_latest(self.registry)

@@ -1,0 +1,142 @@
+"""The status page in real headless Chromium, against a real `relay serve` process.
+
+An operator logs in, sees a delivery Roark refused, opens it (secrets masked, a
+`<script>` in the payload shown as text and never run), replays it once Roark is
+fixed and watches it become delivered. Requests without the token or the CSRF token
+are refused, from inside the same browser.
+"""
+
+import json
+
+import httpx
+import pytest
+from playwright.sync_api import Dialog, sync_playwright
+
+from relay.admin.auth import SESSION_COOKIE
+from relay.testing.fake_roark import Accept, Respond
+from tests.helpers import eventually, retell_headers, vapi_headers, with_call_id
+
+pytestmark = pytest.mark.e2e
+TOKEN = "e2e-admin-token-0123456789abcdef"
+WAIT = 20
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+XSS_CALL_ID = 'call-<script>window.pwned=1;alert("call")</script>'
+XSS_TRANSCRIPT = '</pre><script>window.pwned=2;alert("transcript")</script><b>bold?</b>'
+
+
+def send(relay, provider: str, call_id: str, edit=None) -> int:
+    name = "vapi/end-of-call-report" if provider == "vapi" else "retell/call_ended"
+    document = json.loads(with_call_id(name, call_id))
+    if edit is not None:
+        edit(document)
+    body = json.dumps(document).encode()
+    headers = vapi_headers() if provider == "vapi" else retell_headers(body)
+    response = relay.post(f"/webhooks/{provider}", body, headers)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["delivery_id"]
+
+
+def state_of(relay, delivery_id: int) -> str:
+    response = httpx.get(f"{relay.url}/admin/api/deliveries/{delivery_id}",
+                         headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    return response.json()["data"]["state"]
+
+
+def test_operator_logs_in_sees_a_failure_opens_it_and_replays_it(
+    start_relay, relay_env, fake_roark, chromium_path, tmp_path
+):
+    fake_roark.set_default(Respond(400, {"error_type": "validation", "error_code": "invalid_parameter",
+                                         "message": "Invalid VAPI payload: <b>missing</b> call"}))
+    relay = start_relay({**relay_env, "RELAY_ADMIN_TOKEN": TOKEN})
+    target = send(relay, "vapi", XSS_CALL_ID,
+                  lambda d: d["message"]["artifact"].update(transcript=XSS_TRANSCRIPT))
+    others = [send(relay, "retell", "retell-still-failing"), send(relay, "vapi", "vapi-still-failing")]
+    for delivery_id in (target, *others):
+        eventually(lambda: state_of(relay, delivery_id) == "failed", WAIT)
+
+    dialogs: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            context.set_default_timeout(WAIT * 1000)
+            page = context.new_page()
+
+            def on_dialog(dialog: Dialog) -> None:
+                dialogs.append(dialog.message)
+                dialog.dismiss()
+            page.on("dialog", on_dialog)
+
+            # Not logged in: the page sends us to the login form; a wrong token is refused.
+            page.goto(f"{relay.url}/status")
+            assert page.url.startswith(f"{relay.url}/login?next=")
+            page.fill("input[name=token]", "not-the-token-at-all")
+            page.click("button[type=submit]")
+            assert "not accepted" in page.inner_text("[role=alert]")
+            page.fill("input[name=token]", TOKEN)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{relay.url}/status")
+
+            # The session cookie is Secure, HttpOnly and SameSite=Strict, and Chromium kept it
+            # on http://127.0.0.1 (a secure context).
+            [cookie] = [c for c in context.cookies() if c["name"] == SESSION_COOKIE]
+            assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert TOKEN not in cookie["value"]
+
+            # The failed delivery is listed, its call id shown as text.
+            row = page.locator(f"#delivery-{target}")
+            assert "failed" in row.inner_text()
+            assert XSS_CALL_ID in row.inner_text()
+            assert "Invalid VAPI payload: <b>missing</b> call" in row.inner_text()
+            assert page.inner_text("#count-failed") == "3"
+
+            # Without the CSRF token (or without the session) the same browser is refused.
+            forged = context.request.post(f"{relay.url}/status/replay", max_redirects=0,
+                                          form={"action": "selected", "ids": str(target)})
+            assert forged.status == 403
+            assert context.request.get(f"{relay.url}/admin/api/summary").status == 401  # API: Bearer only
+            anonymous = browser.new_context()
+            assert anonymous.request.post(f"{relay.url}/status/replay", max_redirects=0,
+                                          form={"action": "all_failed"}).status == 401
+            anonymous.close()
+            assert state_of(relay, target) == "failed"
+
+            # Open it: attempts, masked secrets, the <script> as plain text.
+            row.locator("a").first.click()
+            page.wait_for_url(f"{relay.url}/status/deliveries/{target}")
+            payload = page.inner_text("#payload")
+            assert '"twilioAuthToken": "********"' in payload
+            assert "REDACT-ME" not in page.content()
+            assert json.dumps(XSS_TRANSCRIPT) in payload  # as JSON text, quotes escaped
+            assert page.locator("script").count() == 0 and page.locator("pre b").count() == 0
+            assert page.evaluate("typeof window.pwned") == "undefined"
+            assert "gave up" in page.inner_text("#attempts")
+
+            # Roark is fixed; replay it and watch it become delivered.
+            fake_roark.set_default(Accept())
+            page.click("text=Replay this delivery")
+            page.wait_for_url(f"{relay.url}/status/deliveries/{target}?replayed=1")
+            assert "Replayed" in page.inner_text("#flash")
+
+            def delivered() -> bool:
+                page.reload()
+                return page.inner_text("#state") == "delivered"
+            eventually(delivered, WAIT, interval=0.2, message="the replayed delivery never became delivered")
+            assert page.locator("text=Replay this delivery").count() == 0
+
+            page.goto(f"{relay.url}/status?state=all")
+            assert "delivered" in page.inner_text(f"#delivery-{target}")
+            assert page.inner_text("#count-failed") == "2" and page.inner_text("#count-delivered") == "1"
+            page.screenshot(path=str(tmp_path / "status.png"), full_page=True)
+            assert dialogs == []
+
+            # Logging out ends the session.
+            page.click("text=Log out")
+            page.wait_for_url(f"{relay.url}/login")
+            page.goto(f"{relay.url}/status")
+            assert page.url.startswith(f"{relay.url}/login")
+        finally:
+            browser.close()
+    assert [r for r in fake_roark.accepted() if r.json["vapi_end_of_call_report_payload"]["call"]["id"]
+            == XSS_CALL_ID]
