@@ -1,0 +1,120 @@
+"""Deployment files: what can be proven here without Heroku, Fly or a Docker engine."""
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import tomllib
+from pathlib import Path
+
+import httpx
+
+from relay.settings import Settings
+from tests.e2e.conftest import free_port
+from tests.helpers import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip())
+
+
+def documented_variables() -> set[str]:
+    """Every variable named in the example configuration (commented or not)."""
+    text = (ROOT / "config" / "relay.env.example").read_text()
+    return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
+
+
+def test_every_setting_is_documented_in_the_example_config():
+    source = (ROOT / "relay" / "settings.py").read_text()
+    read = set(re.findall(r'"((?:ROARK|RELAY|VAPI|RETELL)_[A-Z0-9_]+|PORT|DATABASE_URL)"', source))
+    assert read - documented_variables() == set()
+
+
+def test_procfile_web_process_serves_on_port(tmp_path):
+    processes = procfile()
+    assert set(processes) == {"web", "release"}
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "PORT": str(port), "ROARK_API_KEY": "rk_test",
+           "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    release = subprocess.run(["sh", "-c", processes["release"]], env=env, capture_output=True, text=True, timeout=60)
+    assert release.returncode == 0 and "version" in release.stdout
+    web = subprocess.Popen(["sh", "-c", f"exec {processes['web']}"], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def healthy():
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        eventually(healthy, timeout=20, interval=0.1)
+    finally:
+        web.send_signal(signal.SIGTERM)
+        web.wait(timeout=20)
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    joined = re.sub(r"\\\n", " ", text)
+    instructions = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def test_dockerfile_is_well_formed_non_root_and_uses_the_locked_set():
+    known = {"FROM", "ENV", "WORKDIR", "COPY", "RUN", "USER", "EXPOSE", "CMD", "ARG", "LABEL", "HEALTHCHECK"}
+    instructions = dockerfile_instructions()
+    assert instructions[0][0] == "FROM" and "python:3.11" in instructions[0][1]
+    assert {k for k, _ in instructions} <= known
+    for keyword, rest in instructions:
+        if keyword == "COPY":
+            *sources, _ = shlex.split(rest)
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: no such file in the build context"
+    users = [rest for keyword, rest in instructions if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    runs = " ".join(rest for keyword, rest in instructions if keyword == "RUN")
+    assert "pip install -r requirements.lock" in runs and "pip install --no-deps ." in runs
+    assert json.loads(instructions[-1][1]) == ["relay", "serve"] and instructions[-1][0] == "CMD"
+
+
+def test_heroku_and_docker_install_the_same_pinned_set():
+    lock = (ROOT / "requirements.lock").read_text()
+    pinned = {line.split("==")[0].lower() for line in lock.splitlines() if "==" in line and not line.startswith(" ")}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for dependency in project["dependencies"]:
+        name = re.match(r"[A-Za-z0-9_.-]+", dependency)[0].lower()
+        assert name in pinned, f"{name} is not pinned in requirements.lock"
+    assert (ROOT / "requirements.txt").read_text().split("\n", 1)[1].split() == ["-r", "requirements.lock", "."]
+
+
+def test_fly_config_points_at_real_paths_and_a_valid_configuration():
+    config = tomllib.loads((ROOT / "deploy" / "fly.toml").read_text())
+    assert (ROOT / "deploy" / config["build"]["dockerfile"]).exists()
+    env = config["env"]
+    settings = Settings.from_env({**env, "ROARK_API_KEY": "rk_test"})
+    service = config["http_service"]
+    assert service["internal_port"] == settings.port == 8080
+    assert settings.host == "0.0.0.0"
+    [mount] = config["mounts"]
+    assert settings.database_url.removeprefix("sqlite:///").startswith(mount["destination"] + "/")
+    [check] = service["checks"]
+    assert check["path"] == "/health"
+    assert service["auto_stop_machines"] == "off" and service["min_machines_running"] >= 1
+
+
+def test_app_json_describes_real_variables_and_the_postgres_addon():
+    app = json.loads((ROOT / "app.json").read_text())
+    assert app["env"]["ROARK_API_KEY"]["required"] is True
+    assert set(app["env"]) <= documented_variables()
+    assert all(v.get("description") for v in app["env"].values())
+    assert any(addon["plan"].startswith("heroku-postgresql") for addon in app["addons"])

@@ -1,0 +1,116 @@
+"""Operating the relay: /metrics, /health thresholds, retention."""
+
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from relay.app import create_app
+from relay.outbox import Completion, NewDelivery, State, open_backend
+from relay.settings import Settings
+from relay.testing.fake_roark import Respond
+from tests.helpers import eventually, retell_headers, sample, vapi_headers, with_call_id
+
+ADMIN = "admin-token-0123456789abcdef"
+BEARER = {"authorization": f"Bearer {ADMIN}"}
+
+
+def app(env, **extra):
+    return TestClient(create_app(Settings.from_env({**env, **extra})))
+
+
+def metric(text: str, name: str, **labels) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def test_metrics_need_the_admin_token(relay_env):
+    with app(relay_env) as client:
+        assert client.get("/metrics").status_code == 404
+    with app(relay_env, RELAY_ADMIN_TOKEN=ADMIN) as client:
+        refused = client.get("/metrics")
+        assert refused.status_code == 401 and refused.json()["error_type"] == "authentication"
+        assert client.get("/metrics", headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/metrics", headers=BEARER).status_code == 200
+
+
+def test_metrics_count_webhooks_attempts_and_queue(relay_env, fake_roark):
+    fake_roark.script(Respond(500))
+    with app(relay_env, RELAY_ADMIN_TOKEN=ADMIN) as client:
+        report = sample("vapi/end-of-call-report")
+        client.post("/webhooks/vapi", content=report, headers=vapi_headers())
+        client.post("/webhooks/vapi", content=report, headers=vapi_headers())
+        client.post("/webhooks/vapi", content=sample("vapi/status-update"), headers=vapi_headers())
+        client.post("/webhooks/vapi", content=report, headers=vapi_headers("wrong"))
+        retell = sample("retell/call_ended")
+        client.post("/webhooks/retell", content=retell, headers=retell_headers(retell))
+        fake_roark.wait_for(lambda rs: len([r for r in rs if r.status == 201]) >= 2, 15)
+
+        def scraped():
+            text = client.get("/metrics", headers=BEARER).text
+            return metric(text, "relay_queue_depth", state="delivered") == 2 and text
+
+        text = eventually(scraped, 15)
+    assert metric(text, "relay_webhooks_received_total", provider="vapi", outcome="accepted") == 1
+    assert metric(text, "relay_webhooks_received_total", provider="vapi", outcome="duplicate") == 1
+    assert metric(text, "relay_webhooks_received_total", provider="vapi", outcome="ignored") == 1
+    assert metric(text, "relay_webhooks_received_total", provider="vapi", outcome="rejected") == 1
+    assert metric(text, "relay_webhooks_received_total", provider="retell", outcome="accepted") == 1
+    attempts = sum(metric(text, "relay_delivery_attempts_total", provider=p, outcome="delivered", status_class="2xx")
+                   for p in ("vapi", "retell"))
+    assert attempts == 2
+    retried = sum(metric(text, "relay_delivery_attempts_total", provider=p, outcome="retryat", status_class="5xx")
+                  for p in ("vapi", "retell"))
+    assert retried == 1
+    assert metric(text, "relay_delivery_attempt_duration_seconds_count", provider="vapi") >= 1
+    assert metric(text, "relay_queue_depth", state="pending") == 0
+    assert metric(text, "relay_delivery_paused") == 0
+    assert "ROARK" not in text and ADMIN not in text
+
+
+def store_old_pending(env, age_seconds: float) -> None:
+    backend = open_backend(env["RELAY_DATABASE_URL"])
+    backend.migrate()
+    now = time.time()
+    backend.insert_many([NewDelivery("vapi", "end-of-call-report", "old-call", "e:old", sample("vapi/end-of-call-report"),
+                                     now - age_seconds)], now)
+    backend.close()
+
+
+def test_health_degrades_when_the_backlog_is_old(relay_env, fake_roark):
+    fake_roark.set_default(Respond(503))
+    store_old_pending(relay_env, age_seconds=600)
+    with app(relay_env, RELAY_PENDING_AGE_DEGRADED_SECONDS="300", RELAY_RETRY_BASE_SECONDS="60",
+             RELAY_RETRY_MAX_DELAY_SECONDS="60") as client:
+        data = client.get("/health").json()["data"]
+    assert data["status"] == "degraded" and data["dependencies"]["database"] == "healthy"
+    assert data["oldest_pending_age_seconds"] >= 600
+    assert any("oldest undelivered webhook" in p for p in data["problems"])
+
+
+def test_health_is_healthy_with_a_fresh_backlog(relay_env, fake_roark):
+    fake_roark.set_default(Respond(503))
+    store_old_pending(relay_env, age_seconds=10)
+    with app(relay_env, RELAY_PENDING_AGE_DEGRADED_SECONDS="300") as client:
+        response = client.get("/health")
+    assert response.status_code == 200 and response.json()["data"]["status"] == "healthy"
+
+
+def test_retention_prunes_old_delivered_at_start_and_keeps_failed(relay_env):
+    backend = open_backend(relay_env["RELAY_DATABASE_URL"])
+    backend.migrate()
+    now = time.time()
+    old = now - 40 * 86400
+    backend.insert_many([NewDelivery("vapi", "e", c, f"e:{c}", b'{"message": {}}', old) for c in ("done", "dead")]
+                        + [NewDelivery("vapi", "e", "recent", "e:recent", b'{"message": {}}', now)], now)
+    done, dead, recent = backend.claim("t", now, 60, 3)
+    for row, state in ((done, State.DELIVERED), (dead, State.FAILED), (recent, State.DELIVERED)):
+        backend.complete(row.id, "t", Completion(state, now))
+    with app(relay_env, RELAY_RETENTION_DAYS="30"):
+        eventually(lambda: backend.get(done.id) is None, 10)
+    assert backend.get(dead.id).state is State.FAILED and backend.get(recent.id).state is State.DELIVERED
+    backend.close()
