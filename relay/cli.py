@@ -8,16 +8,16 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from relay import __version__
 from relay.errors import ConfigError, StoreUnavailable
-from relay.outbox import Backend, Delivery, DeliveryFilter, State, open_backend
+from relay.outbox import Backend, DeliveryFilter, State, open_backend
 from relay.redaction import Redactor
 from relay.settings import PROVIDER_NAMES, Settings
+from relay.views import delivery_json, iso, masked_payload
 
 DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -46,33 +46,11 @@ def outbox(settings: Settings) -> Iterator[Backend]:
         backend.close()
 
 
-def iso(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def parse_duration(text: str) -> float:
     match = DURATION.fullmatch(text.strip())
     if not match:
         raise click.BadParameter("use a number and a unit: 90s, 15m, 12h, 30d")
     return float(match[1]) * UNIT_SECONDS[match[2]]
-
-
-def summary(delivery: Delivery) -> dict[str, object]:
-    return {
-        "id": delivery.id,
-        "provider": delivery.provider,
-        "event": delivery.event,
-        "call_id": delivery.call_id,
-        "state": delivery.state.value,
-        "received_at": iso(delivery.received_at),
-        "attempts": delivery.attempts,
-        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.state is State.PENDING else None,
-        "last_status": delivery.last_status,
-        "last_error": delivery.last_error,
-        "roark_call_id": delivery.roark_call_id,
-    }
 
 
 @click.group()
@@ -195,7 +173,7 @@ def list_deliveries(state: tuple[str, ...], provider: str | None, call_id: str |
         rows = backend.list_deliveries(where, before_id, limit)
     if as_json:
         for row in rows:
-            click.echo(json.dumps(summary(row)))
+            click.echo(json.dumps(delivery_json(row)))
         return
     if not rows:
         click.echo("no deliveries match")
@@ -222,7 +200,7 @@ def show_delivery(delivery_id: int) -> None:
             click.echo(f"relay: no delivery {delivery_id}", err=True)
             sys.exit(1)
         attempts = backend.attempts(delivery_id)
-    for key, value in summary(delivery).items():
+    for key, value in delivery_json(delivery).items():
         click.echo(f"{key:>16}: {'-' if value is None else value}")
     click.echo("\nattempts:")
     for a in attempts or []:
@@ -230,9 +208,9 @@ def show_delivery(delivery_id: int) -> None:
                    f"status={a.status_code or '-'} {a.outcome} {a.error or ''}".rstrip())
     if not attempts:
         click.echo("  none yet")
-    payload = Redactor(settings.redact_keys).mask(json.loads(delivery.body))
+    payload, note = masked_payload(delivery.body, Redactor(settings.redact_keys))
     click.echo("\npayload (secrets masked):")
-    click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+    click.echo(note or json.dumps(payload, indent=2, ensure_ascii=False))
 
 
 @main.command()

@@ -13,7 +13,6 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from starlette.datastructures import QueryParams
@@ -23,9 +22,11 @@ from starlette.routing import Route
 
 from relay.admin.auth import AdminAuth
 from relay.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
-from relay.outbox import Attempt, Delivery, DeliveryFilter, State
+from relay.outbox import Delivery, DeliveryFilter, State
+from relay.providers import reject_json_constant
 from relay.redaction import Redactor
 from relay.settings import PROVIDER_NAMES
+from relay.views import attempt_json, delivery_json, iso, masked_payload
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -118,59 +119,6 @@ async def list_page(request: Request, listing: Listing) -> tuple[list[Delivery],
     return page, (str(page[-1].id) if len(rows) > listing.limit else None)
 
 
-# --- what is shown ------------------------------------------------------------------
-
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def delivery_json(d: Delivery) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "provider": d.provider,
-        "event": d.event,
-        "call_id": d.call_id,
-        "state": d.state.value,
-        "received_at": iso(d.received_at),
-        "attempts": d.attempts,
-        "next_attempt_at": iso(d.next_attempt_at) if d.state is State.PENDING else None,
-        "last_status": d.last_status,
-        "last_error": d.last_error,
-        "roark_call_id": d.roark_call_id,
-        "delivered_at": iso(d.delivered_at),
-        "updated_at": iso(d.updated_at),
-    }
-
-
-def attempt_json(a: Attempt) -> dict[str, Any]:
-    return {
-        "attempt": a.attempt,
-        "started_at": iso(a.started_at),
-        "duration_ms": round(a.duration_ms, 1),
-        "status_code": a.status_code,
-        "outcome": a.outcome,
-        "error": a.error,
-    }
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def masked_payload(body: bytes | None, redactor: Redactor) -> tuple[Any, str | None]:
-    """The stored body with secrets masked, or None and why it cannot be shown. A body
-    that is not JSON is never shown: its secrets could not be found to mask them."""
-    if body is None:
-        return None, "the body is not stored"
-    try:
-        document = json.loads(body, parse_constant=_no_constants)
-    except (ValueError, RecursionError):
-        return None, "not shown: the body is not valid JSON, so secrets in it cannot be masked"
-    return redactor.mask(document), None
-
-
 async def summary(request: Request) -> dict[str, Any]:
     outbox, forwarder = request.app.state.outbox, request.app.state.forwarder
     now = time.time()
@@ -214,7 +162,7 @@ async def _json_body(request: Request) -> Mapping[str, Any]:
         if len(body) > MAX_JSON_BODY:
             raise PayloadTooLarge(f"the body may be at most {MAX_JSON_BODY} bytes")
     try:
-        document = json.loads(body, parse_constant=_no_constants)
+        document = json.loads(body, parse_constant=reject_json_constant)
     except (ValueError, RecursionError):
         raise BadRequest("the body is not valid JSON") from None
     if not isinstance(document, dict):

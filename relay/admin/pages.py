@@ -27,6 +27,7 @@ from relay.errors import BadRequest, HTTPError, NotFound, Unauthorized
 from relay.outbox import DeliveryFilter, State
 from relay.redaction import Redactor
 from relay.settings import PROVIDER_NAMES
+from relay.views import iso, masked_payload
 
 PAGE_SIZE = 50
 MAX_PAYLOAD_CHARS = 1_000_000  # a 25 MB transcript is not read in a browser
@@ -67,7 +68,7 @@ def _environment() -> jinja2.Environment:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters["iso"] = lambda ts: api.iso(ts) or "—"
+    env.filters["iso"] = lambda ts: iso(ts) or "—"
     env.globals.update(ago=ago, span=span, states=api.STATES, providers=PROVIDER_NAMES, outcomes=OUTCOMES)
     return env
 
@@ -147,7 +148,7 @@ class StatusPages:
         delivery = await request.app.state.outbox.get(delivery_id)
         if delivery is None:
             raise NotFound(f"no delivery {delivery_id}")
-        payload, note = api.masked_payload(delivery.body, self.redactor)
+        payload, note = masked_payload(delivery.body, self.redactor)
         return self.render(request, "detail.html", {
             "d": delivery,
             "attempts": await request.app.state.outbox.attempts(delivery_id),

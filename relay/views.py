@@ -1,0 +1,59 @@
+"""How deliveries are shown to people and scripts: the same fields and the same masking
+in the CLI, the admin API and the status page."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from relay.outbox import Attempt, Delivery, State
+from relay.providers import reject_json_constant
+from relay.redaction import Redactor
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def delivery_json(d: Delivery) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "provider": d.provider,
+        "event": d.event,
+        "call_id": d.call_id,
+        "state": d.state.value,
+        "received_at": iso(d.received_at),
+        "attempts": d.attempts,
+        "next_attempt_at": iso(d.next_attempt_at) if d.state is State.PENDING else None,
+        "last_status": d.last_status,
+        "last_error": d.last_error,
+        "roark_call_id": d.roark_call_id,
+        "delivered_at": iso(d.delivered_at),
+        "updated_at": iso(d.updated_at),
+    }
+
+
+def attempt_json(a: Attempt) -> dict[str, Any]:
+    return {
+        "attempt": a.attempt,
+        "started_at": iso(a.started_at),
+        "duration_ms": round(a.duration_ms, 1),
+        "status_code": a.status_code,
+        "outcome": a.outcome,
+        "error": a.error,
+    }
+
+
+def masked_payload(body: bytes | None, redactor: Redactor) -> tuple[Any, str | None]:
+    """The stored body with secrets masked, or None and why it cannot be shown. A body
+    that is not JSON is never shown: its secrets could not be found to mask them."""
+    if body is None:
+        return None, "the body is not stored"
+    try:
+        document = json.loads(body, parse_constant=reject_json_constant)
+    except (ValueError, RecursionError):
+        return None, "not shown: the body is not valid JSON, so secrets in it cannot be masked"
+    return redactor.mask(document), None
