@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -55,6 +56,7 @@ class Settings:
     roark_timeout_seconds: float = 60.0
     roark_properties: Mapping[str, Any] = field(default_factory=dict)
     roark_field_case: str = "snake"
+    sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     database_url: str = "sqlite:///relay.db"
     retention_days: float = 30.0
@@ -107,6 +109,7 @@ class Settings:
             roark_timeout_seconds=timeout,
             roark_properties=env.json_object("ROARK_PROPERTIES"),
             roark_field_case=env.choice("ROARK_FIELD_CASE", "snake", ("snake", "camel")),
+            sources=env.sources(),
             database_url=env.database_url(),
             retention_days=env.number("RELAY_RETENTION_DAYS", 30.0, float, minimum=0),
             retention_interval_seconds=env.number(
@@ -219,6 +222,17 @@ class _Env:
         if not isinstance(value, dict):
             raise ConfigError(name, "must be a JSON object, e.g. {\"env\": \"prod\"}")
         return value
+
+    def sources(self) -> dict[str, dict[str, Any]]:
+        sources = self.json_object("RELAY_SOURCES")
+        for name, properties in sources.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) or not isinstance(properties, dict):
+                raise ConfigError(
+                    "RELAY_SOURCES",
+                    'must map source names (letters, digits, _ -) to objects, e.g. '
+                    '{"acme": {"business_name": "Acme"}}',
+                )
+        return sources
 
     def secrets(self, name: str) -> tuple[Secret, ...]:
         """Comma-separated values, so a secret can be rotated without downtime."""

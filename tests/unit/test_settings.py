@@ -144,3 +144,11 @@ def test_admin_token_must_be_long_and_is_secret():
     with pytest.raises(ConfigError) as caught:
         settings(RELAY_ADMIN_TOKEN="short")
     assert caught.value.variable == "RELAY_ADMIN_TOKEN"
+
+
+def test_sources_must_be_named_objects():
+    assert settings(RELAY_SOURCES='{"acme": {"business_name": "Acme"}}').sources == {"acme": {"business_name": "Acme"}}
+    for bad in ('{"acme": "Acme"}', '{"a b": {}}', '["acme"]'):
+        with pytest.raises(ConfigError) as caught:
+            settings(RELAY_SOURCES=bad)
+        assert caught.value.variable == "RELAY_SOURCES"
