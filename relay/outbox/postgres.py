@@ -1,0 +1,416 @@
+"""The PostgreSQL outbox: for hosts without a lasting disk (Heroku) and for several relay
+processes sharing one queue.
+
+Durability: every write is one transaction, acknowledged only after its COMMIT returns.
+Connections come from a pool and are checked before use, so those an outage broke are
+replaced; getting one waits at most `pool_timeout` seconds, so while the database is away
+webhooks are answered 503 quickly, and the relay recovers by itself once it is back.
+
+Several processes: claims lock their rows with `FOR UPDATE SKIP LOCKED` and write the
+same lease as the SQLite backend; the unique (provider, dedupe_key) index makes two
+instances receiving one webhook store one row; new work sends `NOTIFY relay_outbox`, which
+`listen` turns into a wake-up for every idle forwarder; migrations hold an advisory lock.
+
+Connection, server and resource errors (down, read-only after a failover, disk full, not
+migrated) surface as `StoreUnavailable`, described without the database URL. Errors that
+mean our own SQL or data is wrong propagate as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+import structlog
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from relay.errors import StoreUnavailable
+from relay.outbox import migrations
+from relay.outbox.model import (
+    Attempt,
+    Backend,
+    Completion,
+    Delivery,
+    DeliveryFilter,
+    Inserted,
+    NewDelivery,
+    State,
+)
+
+# Column lists, row mapping and filter builder are the SQLite backend's (placeholders aside).
+from relay.outbox.sqlite import COLUMNS, LISTING_COLUMNS, REPLAYABLE, _delivery
+from relay.outbox.sqlite import _where as _sqlite_where
+
+log = structlog.get_logger("relay.outbox.postgres")
+
+#: The NOTIFY channel that announces new work to every relay on the database.
+CHANNEL = "relay_outbox"
+#: Key of the transaction-scoped advisory lock migrations hold ("relay" in ASCII).
+MIGRATION_LOCK_KEY = 0x72656C6179
+DEFAULT_POOL_SIZE = 10
+#: Longest wait for a pooled connection before the operation fails as StoreUnavailable.
+DEFAULT_POOL_TIMEOUT = 3.0
+#: After no connection came within the timeout, further operations fail at once for this
+#: long instead of each waiting out the timeout (they queue behind one another).
+FAIL_FAST_SECONDS = 1.0
+#: How long the pool keeps retrying a failed connection in the background. Short, so
+#: after an outage its exponential backoff never delays recovery: once it gives up, the
+#: next request starts a fresh attempt at once.
+RECONNECT_WINDOW = 5.0
+#: libpq defaults (the URL's own values win): fail a connection attempt in seconds, and
+#: notice a peer that vanished without closing the connection.
+CONNECT_OPTIONS = {
+    "connect_timeout": 5, "tcp_user_timeout": 30_000, "keepalives": 1, "keepalives_idle": 30,
+    "keepalives_interval": 10, "keepalives_count": 3, "fallback_application_name": "roark-relay",
+}
+LISTEN_POLL_SECONDS = 0.25
+LISTEN_BACKOFF_SECONDS = (0.1, 5.0)
+
+#: Errors that mean our SQL or data is wrong: bugs to see, not outages to wait out...
+_BUGS = (psycopg.ProgrammingError, psycopg.DataError, psycopg.IntegrityError,
+         psycopg.NotSupportedError)
+#: ...except these, which describe the database's state (not migrated, role lacks rights).
+_STORE_STATE = (pg_errors.UndefinedTable, pg_errors.InsufficientPrivilege)
+
+# The pool logs every checkout at INFO; keep its warnings (failed connections) only.
+if logging.getLogger("psycopg.pool").level == logging.NOTSET:
+    logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+
+CLAIM = f"""
+WITH due AS (
+    SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= %(now)s
+    ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), expired AS (
+    SELECT id FROM deliveries WHERE state = 'delivering' AND lease_expires_at <= %(now)s
+    ORDER BY lease_expires_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), chosen AS (
+    SELECT id FROM due UNION ALL SELECT id FROM expired LIMIT %(limit)s
+)
+UPDATE deliveries SET state = 'delivering', lease_token = %(token)s,
+    lease_expires_at = %(expires)s, attempts = attempts + 1, updated_at = %(now)s
+WHERE id IN (SELECT id FROM chosen)
+RETURNING {COLUMNS}
+"""
+
+
+def _where(where: DeliveryFilter) -> tuple[list[str], list[object]]:
+    clauses, params = _sqlite_where(where)
+    return [clause.replace("?", "%s") for clause in clauses], params
+
+
+class PostgresBackend(Backend):
+    def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE,
+                 pool_timeout: float = DEFAULT_POOL_TIMEOUT) -> None:
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, not {pool_size}")
+        self._url = url
+        self._pool_size = pool_size
+        self._pool_timeout = pool_timeout
+        password = urlsplit(url).password or ""
+        self._secrets = {s for s in (password, unquote(password)) if s}
+        self._pool: ConnectionPool | None = None
+        self._options: dict[str, object] | None = None
+        self._unreachable: tuple[float, str] = (0.0, "")  # (until, why), monotonic time
+        self._connect_error: str | None = None  # why the pool's last connection attempt failed
+        self._lock = threading.Lock()
+        self._listeners: set[Callable[[], None]] = set()
+
+    def _connect_options(self) -> dict[str, object]:
+        """CONNECT_OPTIONS the URL does not set itself; checks the URL on first use."""
+        if self._options is None:
+            try:
+                given = conninfo_to_dict(self._url)
+            except psycopg.Error:  # libpq's message may quote the URL, password included
+                raise StoreUnavailable(
+                    "PostgreSQL: the database URL is not a valid connection URI") from None
+            self._options = {k: v for k, v in CONNECT_OPTIONS.items() if k not in given}
+        return self._options
+
+    def _connections(self) -> ConnectionPool:
+        """The pool, opened on first use: constructing a backend touches no network."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self._url,
+                    connection_class=self._connection_class(),
+                    # No server-side prepared statements: they break behind a pooler
+                    # (PgBouncer in transaction mode), and these queries are cheap to plan.
+                    kwargs={**self._connect_options(), "prepare_threshold": None},
+                    min_size=1,
+                    max_size=self._pool_size,
+                    timeout=self._pool_timeout,
+                    reconnect_timeout=RECONNECT_WINDOW,
+                    check=ConnectionPool.check_connection,
+                    name="relay-outbox",
+                    open=False,
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
+    def _connection_class(self) -> type[psycopg.Connection]:
+        """Connections that remember why connecting failed: the pool itself only logs it,
+        and a StoreUnavailable saying "no connection" should also say why."""
+        backend = self
+
+        class Connection(psycopg.Connection):
+            @classmethod
+            def connect(cls, *args, **kwargs):  # type: ignore[override]
+                try:
+                    conn = super().connect(*args, **kwargs)
+                except psycopg.Error as error:
+                    backend._connect_error = backend._describe(error)
+                    raise
+                backend._connect_error = None
+                return conn
+
+        return Connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection inside a transaction, committed when the block ends."""
+        until, why = self._unreachable
+        if time.monotonic() < until:
+            raise StoreUnavailable(why)
+        try:
+            with self._connections().connection() as conn:
+                yield conn
+        except psycopg.Error as error:
+            if isinstance(error, _BUGS) and not isinstance(error, _STORE_STATE):
+                raise
+            why = self._describe(error)
+            if isinstance(error, PoolTimeout):
+                if cause := self._connect_error:
+                    why = f"{why}; {cause.removeprefix('PostgreSQL: ')}"
+                self._unreachable = (time.monotonic() + FAIL_FAST_SECONDS, why)
+            raise StoreUnavailable(why) from error
+
+    def _describe(self, error: BaseException) -> str:
+        text = " ".join(str(error).split()) or type(error).__name__
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return f"PostgreSQL: {text}"
+
+    def migrate(self) -> int:
+        with self._transaction() as conn:
+            conn.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                "name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            applied = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+            for migration in migrations.load("postgres"):
+                if migration.version in applied:
+                    continue
+                conn.execute(migration.sql)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+                    (migration.version, migration.name, time.time()),
+                )
+            (version,) = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return version or 0
+
+    def insert_many(self, items: Sequence[NewDelivery], now: float) -> list[Inserted]:
+        # One order for every instance, so two batches sharing webhooks cannot deadlock.
+        order = sorted(range(len(items)), key=lambda i: (items[i].provider, items[i].dedupe_key))
+        with self._transaction() as conn:
+            stored = {i: _insert(conn, items[i], now) for i in order}
+            if not all(result.duplicate for result in stored.values()):
+                conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))  # sent on commit
+        return [stored[i] for i in range(len(items))]
+
+    def claim(self, token: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
+        params = {"token": token, "now": now, "expires": now + lease_seconds, "limit": limit}
+        with self._transaction() as conn:
+            rows = conn.execute(CLAIM, params).fetchall()
+        return sorted((_delivery(r) for r in rows), key=lambda d: (d.next_attempt_at, d.id))
+
+    def complete(self, delivery_id: int, token: str, completion: Completion) -> bool:
+        assignments = [
+            "state = %(state)s", "lease_token = NULL", "lease_expires_at = NULL",
+            "updated_at = %(now)s", "attempts = attempts - %(refund)s",
+            "next_attempt_at = coalesce(%(next_attempt_at)s, next_attempt_at)",
+            "roark_call_id = coalesce(%(roark_call_id)s, roark_call_id)",
+        ]
+        if completion.attempt is not None:
+            assignments += ["last_status = %(status_code)s", "last_error = %(error)s"]
+        if completion.state is State.DELIVERED:
+            assignments.append("delivered_at = %(now)s")
+        params = dict(
+            state=completion.state.value, now=completion.now,
+            refund=int(completion.refund_attempt), next_attempt_at=completion.next_attempt_at,
+            roark_call_id=completion.roark_call_id, status_code=completion.status_code,
+            error=completion.error, id=delivery_id, token=token,
+        )
+        with self._transaction() as conn:
+            updated = conn.execute(
+                f"UPDATE deliveries SET {', '.join(assignments)} "
+                "WHERE id = %(id)s AND lease_token = %(token)s AND state = 'delivering'",
+                params,
+            ).rowcount
+            if updated and completion.attempt is not None:
+                a = completion.attempt
+                conn.execute(
+                    "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, "
+                    "status_code, error, outcome) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (delivery_id, a.attempt, a.started_at, a.duration_ms, a.status_code,
+                     a.error, a.outcome),
+                )
+        return bool(updated)
+
+    def get(self, delivery_id: int) -> Delivery | None:
+        with self._transaction() as conn:
+            row = conn.execute(f"SELECT {COLUMNS} FROM deliveries WHERE id = %s",
+                               (delivery_id,)).fetchone()
+        return None if row is None else _delivery(row)
+
+    def list_deliveries(self, where: DeliveryFilter, before_id: int | None, limit: int) -> list[Delivery]:
+        clauses, params = _where(where)
+        if before_id is not None:
+            clauses.append("id < %s")
+            params.append(before_id)
+        sql = f"SELECT {LISTING_COLUMNS} FROM deliveries"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        with self._transaction() as conn:
+            rows = conn.execute(f"{sql} ORDER BY id DESC LIMIT %s", (*params, limit)).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def replay(self, ids: Sequence[int] | None, where: DeliveryFilter, now: float) -> list[int]:
+        clauses, params = _where(where)
+        clauses.append("state = ANY(%s)")
+        params.append(list(REPLAYABLE))
+        if ids is not None:
+            if not ids:
+                return []
+            clauses.append("id = ANY(%s)")
+            params.append(list(ids))
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = %s, "
+                f"updated_at = %s WHERE {' AND '.join(clauses)} RETURNING id",
+                (now, now, *params),
+            ).fetchall()
+            if rows:  # due now: wake the forwarders of every instance
+                conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+        return sorted(i for (i,) in rows)
+
+    def prune(self, received_before: float, states: Sequence[State]) -> int:
+        if not states:
+            return 0
+        with self._transaction() as conn:
+            return conn.execute(
+                "DELETE FROM deliveries WHERE state = ANY(%s) AND received_at < %s",
+                ([s.value for s in states], received_before),
+            ).rowcount
+
+    def attempts(self, delivery_id: int) -> list[Attempt]:
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT attempt, started_at, duration_ms, status_code, error, outcome "
+                "FROM delivery_attempts WHERE delivery_id = %s ORDER BY id",
+                (delivery_id,),
+            ).fetchall()
+        return [Attempt(*row) for row in rows]
+
+    def counts_by_provider(self) -> dict[str, dict[State, int]]:
+        counts: dict[str, dict[State, int]] = {}
+        with self._transaction() as conn:
+            for provider, state, count in conn.execute(
+                "SELECT provider, state, count(*) FROM deliveries GROUP BY provider, state"
+            ):
+                counts.setdefault(provider, dict.fromkeys(State, 0))[State(state)] = count
+        return counts
+
+    def oldest_pending_received_at(self) -> float | None:
+        with self._transaction() as conn:
+            (oldest,) = conn.execute(
+                "SELECT min(received_at) FROM deliveries WHERE state IN ('pending', 'delivering')"
+            ).fetchone()
+        return oldest
+
+    def ping(self) -> None:
+        with self._transaction() as conn:
+            conn.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` on every NOTIFY from any instance, from a thread of its own.
+
+        It is also called whenever listening (re)starts, since work stored while nobody
+        listened announced itself to no one."""
+        options = self._connect_options()
+        stop = threading.Event()
+        thread = threading.Thread(target=self._listen, args=(callback, options, stop),
+                                  name="relay-outbox-listen", daemon=True)
+
+        def unlisten() -> None:
+            stop.set()
+            with self._lock:
+                self._listeners.discard(unlisten)
+            if thread is not threading.current_thread():
+                thread.join(timeout=LISTEN_POLL_SECONDS * 8)
+
+        with self._lock:
+            self._listeners.add(unlisten)
+        thread.start()
+        return unlisten
+
+    def _listen(self, callback: Callable[[], None], options: dict[str, object],
+                stop: threading.Event) -> None:
+        delay, lost = LISTEN_BACKOFF_SECONDS[0], False
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, **options) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    if lost:
+                        log.info("outbox_listen_restored")
+                    delay, lost = LISTEN_BACKOFF_SECONDS[0], False
+                    callback()
+                    while not stop.is_set():
+                        for _ in conn.notifies(timeout=LISTEN_POLL_SECONDS):
+                            callback()
+            except psycopg.Error as error:
+                if not lost:
+                    log.warning("outbox_listen_lost", error=self._describe(error),
+                                consequence="forwarders poll until it is back")
+                lost = True
+            if stop.wait(delay):
+                return
+            delay = min(delay * 2, LISTEN_BACKOFF_SECONDS[1])
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            listeners = list(self._listeners)
+        for unlisten in listeners:
+            unlisten()
+        if pool is not None:
+            pool.close()
+
+
+def _insert(conn: psycopg.Connection, item: NewDelivery, now: float) -> Inserted:
+    while True:
+        row = conn.execute(
+            "INSERT INTO deliveries (provider, event, call_id, dedupe_key, body, received_at, "
+            "next_attempt_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (provider, dedupe_key) DO NOTHING RETURNING id",
+            (item.provider, item.event, item.call_id, item.dedupe_key, item.body,
+             item.received_at, now, now),
+        ).fetchone()
+        if row is not None:
+            return Inserted(row[0], duplicate=False)
+        # Stored before, or by a concurrent transaction that committed while this one
+        # waited on the unique index; a new statement sees it (read committed).
+        row = conn.execute(
+            "SELECT id FROM deliveries WHERE provider = %s AND dedupe_key = %s",
+            (item.provider, item.dedupe_key),
+        ).fetchone()
+        if row is not None:
+            return Inserted(row[0], duplicate=True)
+        # ...unless it was pruned in between: then it is new again.
