@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import pytest
 
 from relay.settings import Settings
 from relay.testing.fake_roark import FakeRoark
-from tests.helpers import RETELL_KEY, ROARK_KEY, SHARED, VAPI_SECRET
+from tests.helpers import RETELL_KEY, ROARK_KEY, SHARED, VAPI_SECRET, fresh_schema
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +77,10 @@ def chromium_path() -> str:
     if found:
         return found
     return _service("RELAY_TEST_CHROMIUM", "Chromium (Debian package chromium)")
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url) -> Iterator[str]:
+    """A fresh, empty schema on the test server, dropped afterwards."""
+    with fresh_schema(postgres_url) as url:
+        yield url

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import secrets
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
 
 from relay.testing import webhooks
 from relay.testing.webhooks import sample, with_call_id
 
-__all__ = ["sample", "with_call_id", "retell_headers", "vapi_headers", "eventually"]
+__all__ = ["sample", "with_call_id", "retell_headers", "vapi_headers", "eventually", "free_port",
+           "fresh_schema", "in_schema"]
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -38,3 +47,31 @@ def eventually(condition, timeout: float = 15.0, interval: float = 0.02, message
         if time.monotonic() >= deadline:
             raise AssertionError(message or f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def in_schema(url: str, schema: str) -> str:
+    """`url` with libpq `options` making `schema` the connections' search_path."""
+    parts = urlsplit(url)
+    query = [*parse_qsl(parts.query), ("options", f"-csearch_path={schema}")]
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+@contextlib.contextmanager
+def fresh_schema(url: str) -> Iterator[str]:
+    """A new, empty schema for one test: yields a URL whose connections use it, and
+    drops it with everything in it afterwards."""
+    schema = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield in_schema(url, schema)
+    finally:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SET lock_timeout = '10s'")  # never hang the suite on a leaked session
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class State(str, enum.Enum):
@@ -35,6 +36,8 @@ class NewDelivery:
     dedupe_key: str
     body: bytes
     received_at: float
+    request_id: str | None = None  # of the webhook request, sent on to Roark
+    properties: Mapping[str, Any] | None = None  # from the webhook's URL (see relay.sources)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class Delivery:
     roark_call_id: str | None
     delivered_at: float | None
     updated_at: float
+    request_id: str | None = None
+    properties: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -33,20 +33,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from relay.errors import StoreUnavailable
 from relay.outbox import migrations
-from relay.outbox.model import (
-    Attempt,
-    Backend,
-    Completion,
-    Delivery,
-    DeliveryFilter,
-    Inserted,
-    NewDelivery,
-    State,
-)
+from relay.outbox.model import Delivery, Inserted, NewDelivery
 
-# Column lists, row mapping and filter builder are the SQLite backend's (placeholders aside).
-from relay.outbox.sqlite import COLUMNS, LISTING_COLUMNS, REPLAYABLE, _delivery
-from relay.outbox.sqlite import _where as _sqlite_where
+from relay.outbox.sql import COLUMNS, SQLBackend, Statements, delivery_from_row
 
 log = structlog.get_logger("relay.outbox.postgres")
 
@@ -100,12 +89,12 @@ RETURNING {COLUMNS}
 """
 
 
-def _where(where: DeliveryFilter) -> tuple[list[str], list[object]]:
-    clauses, params = _sqlite_where(where)
-    return [clause.replace("?", "%s") for clause in clauses], params
+SQL = Statements(mark="%s", named="%({})s")
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(SQLBackend):
+    SQL = SQL
+
     def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE,
                  pool_timeout: float = DEFAULT_POOL_TIMEOUT) -> None:
         if pool_size < 1:
@@ -173,7 +162,7 @@ class PostgresBackend(Backend):
         return Connection
 
     @contextmanager
-    def _transaction(self) -> Iterator[psycopg.Connection]:
+    def _write(self) -> Iterator[psycopg.Connection]:
         """A pooled connection inside a transaction, committed when the block ends."""
         until, why = self._unreachable
         if time.monotonic() < until:
@@ -191,6 +180,12 @@ class PostgresBackend(Backend):
                 self._unreachable = (time.monotonic() + FAIL_FAST_SECONDS, why)
             raise StoreUnavailable(why) from error
 
+    # Reads need no more than a write's transaction; the pool makes both cheap.
+    _read = _write
+
+    def _announce_work(self, conn: psycopg.Connection) -> None:
+        conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))  # sent on commit
+
     def _describe(self, error: BaseException) -> str:
         text = " ".join(str(error).split()) or type(error).__name__
         for secret in self._secrets:
@@ -198,7 +193,7 @@ class PostgresBackend(Backend):
         return f"PostgreSQL: {text}"
 
     def migrate(self) -> int:
-        with self._transaction() as conn:
+        with self._write() as conn:
             conn.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
@@ -219,124 +214,20 @@ class PostgresBackend(Backend):
     def insert_many(self, items: Sequence[NewDelivery], now: float) -> list[Inserted]:
         # One order for every instance, so two batches sharing webhooks cannot deadlock.
         order = sorted(range(len(items)), key=lambda i: (items[i].provider, items[i].dedupe_key))
-        with self._transaction() as conn:
+        with self._write() as conn:
             stored = {i: _insert(conn, items[i], now) for i in order}
             if not all(result.duplicate for result in stored.values()):
-                conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))  # sent on commit
+                self._announce_work(conn)
         return [stored[i] for i in range(len(items))]
 
     def claim(self, token: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
         params = {"token": token, "now": now, "expires": now + lease_seconds, "limit": limit}
-        with self._transaction() as conn:
+        with self._write() as conn:
             rows = conn.execute(CLAIM, params).fetchall()
-        return sorted((_delivery(r) for r in rows), key=lambda d: (d.next_attempt_at, d.id))
-
-    def complete(self, delivery_id: int, token: str, completion: Completion) -> bool:
-        assignments = [
-            "state = %(state)s", "lease_token = NULL", "lease_expires_at = NULL",
-            "updated_at = %(now)s", "attempts = attempts - %(refund)s",
-            "next_attempt_at = coalesce(%(next_attempt_at)s, next_attempt_at)",
-            "roark_call_id = coalesce(%(roark_call_id)s, roark_call_id)",
-        ]
-        if completion.attempt is not None:
-            assignments += ["last_status = %(status_code)s", "last_error = %(error)s"]
-        if completion.state is State.DELIVERED:
-            assignments.append("delivered_at = %(now)s")
-        params = dict(
-            state=completion.state.value, now=completion.now,
-            refund=int(completion.refund_attempt), next_attempt_at=completion.next_attempt_at,
-            roark_call_id=completion.roark_call_id, status_code=completion.status_code,
-            error=completion.error, id=delivery_id, token=token,
-        )
-        with self._transaction() as conn:
-            updated = conn.execute(
-                f"UPDATE deliveries SET {', '.join(assignments)} "
-                "WHERE id = %(id)s AND lease_token = %(token)s AND state = 'delivering'",
-                params,
-            ).rowcount
-            if updated and completion.attempt is not None:
-                a = completion.attempt
-                conn.execute(
-                    "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, "
-                    "status_code, error, outcome) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (delivery_id, a.attempt, a.started_at, a.duration_ms, a.status_code,
-                     a.error, a.outcome),
-                )
-        return bool(updated)
-
-    def get(self, delivery_id: int) -> Delivery | None:
-        with self._transaction() as conn:
-            row = conn.execute(f"SELECT {COLUMNS} FROM deliveries WHERE id = %s",
-                               (delivery_id,)).fetchone()
-        return None if row is None else _delivery(row)
-
-    def list_deliveries(self, where: DeliveryFilter, before_id: int | None, limit: int) -> list[Delivery]:
-        clauses, params = _where(where)
-        if before_id is not None:
-            clauses.append("id < %s")
-            params.append(before_id)
-        sql = f"SELECT {LISTING_COLUMNS} FROM deliveries"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        with self._transaction() as conn:
-            rows = conn.execute(f"{sql} ORDER BY id DESC LIMIT %s", (*params, limit)).fetchall()
-        return [_delivery(row) for row in rows]
-
-    def replay(self, ids: Sequence[int] | None, where: DeliveryFilter, now: float) -> list[int]:
-        clauses, params = _where(where)
-        clauses.append("state = ANY(%s)")
-        params.append(list(REPLAYABLE))
-        if ids is not None:
-            if not ids:
-                return []
-            clauses.append("id = ANY(%s)")
-            params.append(list(ids))
-        with self._transaction() as conn:
-            rows = conn.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = %s, "
-                f"updated_at = %s WHERE {' AND '.join(clauses)} RETURNING id",
-                (now, now, *params),
-            ).fetchall()
-            if rows:  # due now: wake the forwarders of every instance
-                conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
-        return sorted(i for (i,) in rows)
-
-    def prune(self, received_before: float, states: Sequence[State]) -> int:
-        if not states:
-            return 0
-        with self._transaction() as conn:
-            return conn.execute(
-                "DELETE FROM deliveries WHERE state = ANY(%s) AND received_at < %s",
-                ([s.value for s in states], received_before),
-            ).rowcount
-
-    def attempts(self, delivery_id: int) -> list[Attempt]:
-        with self._transaction() as conn:
-            rows = conn.execute(
-                "SELECT attempt, started_at, duration_ms, status_code, error, outcome "
-                "FROM delivery_attempts WHERE delivery_id = %s ORDER BY id",
-                (delivery_id,),
-            ).fetchall()
-        return [Attempt(*row) for row in rows]
-
-    def counts_by_provider(self) -> dict[str, dict[State, int]]:
-        counts: dict[str, dict[State, int]] = {}
-        with self._transaction() as conn:
-            for provider, state, count in conn.execute(
-                "SELECT provider, state, count(*) FROM deliveries GROUP BY provider, state"
-            ):
-                counts.setdefault(provider, dict.fromkeys(State, 0))[State(state)] = count
-        return counts
-
-    def oldest_pending_received_at(self) -> float | None:
-        with self._transaction() as conn:
-            (oldest,) = conn.execute(
-                "SELECT min(received_at) FROM deliveries WHERE state IN ('pending', 'delivering')"
-            ).fetchone()
-        return oldest
+        return sorted((delivery_from_row(r) for r in rows), key=lambda d: (d.next_attempt_at, d.id))
 
     def ping(self) -> None:
-        with self._transaction() as conn:
+        with self._write() as conn:
             conn.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
 
     def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
@@ -396,21 +287,12 @@ class PostgresBackend(Backend):
 
 def _insert(conn: psycopg.Connection, item: NewDelivery, now: float) -> Inserted:
     while True:
-        row = conn.execute(
-            "INSERT INTO deliveries (provider, event, call_id, dedupe_key, body, received_at, "
-            "next_attempt_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (provider, dedupe_key) DO NOTHING RETURNING id",
-            (item.provider, item.event, item.call_id, item.dedupe_key, item.body,
-             item.received_at, now, now),
-        ).fetchone()
+        row = conn.execute(*SQL.insert(item, now)).fetchone()
         if row is not None:
             return Inserted(row[0], duplicate=False)
         # Stored before, or by a concurrent transaction that committed while this one
         # waited on the unique index; a new statement sees it (read committed).
-        row = conn.execute(
-            "SELECT id FROM deliveries WHERE provider = %s AND dedupe_key = %s",
-            (item.provider, item.dedupe_key),
-        ).fetchone()
+        row = conn.execute(*SQL.existing(item)).fetchone()
         if row is not None:
             return Inserted(row[0], duplicate=True)
         # ...unless it was pruned in between: then it is new again.

@@ -17,51 +17,15 @@ from contextlib import contextmanager
 
 from relay.errors import StoreUnavailable
 from relay.outbox import migrations
-from relay.outbox.model import (
-    Attempt,
-    Backend,
-    Completion,
-    Delivery,
-    DeliveryFilter,
-    Inserted,
-    NewDelivery,
-    State,
-)
+from relay.outbox.model import Delivery, Inserted, NewDelivery
+from relay.outbox.sql import COLUMNS, SQLBackend, Statements, delivery_from_row
 
-COLUMNS = (
-    "id, provider, event, call_id, dedupe_key, body, received_at, state, attempts, "
-    "next_attempt_at, lease_token, lease_expires_at, last_status, last_error, "
-    "roark_call_id, delivered_at, updated_at"
-)
-LISTING_COLUMNS = COLUMNS.replace(" body,", " NULL,")
-REPLAYABLE = (State.FAILED.value, State.PENDING.value)
+SQL = Statements(mark="?", named=":{}")
 
 
-def _delivery(row: tuple) -> Delivery:
-    values = list(row)
-    if values[5] is not None:
-        values[5] = bytes(values[5])
-    values[7] = State(values[7])
-    return Delivery(*values)
+class SQLiteBackend(SQLBackend):
+    SQL = SQL
 
-
-def _where(where: DeliveryFilter) -> tuple[list[str], list[object]]:
-    clauses: list[str] = []
-    params: list[object] = []
-    if where.states:
-        clauses.append(f"state IN ({','.join('?' * len(where.states))})")
-        params += [state.value for state in where.states]
-    if where.provider is not None:
-        clauses.append("provider = ?")
-        params.append(where.provider)
-    if where.call_id_prefix:
-        # substr instead of LIKE, so % and _ in a searched id are just characters
-        clauses.append("substr(call_id, 1, ?) = ?")
-        params += [len(where.call_id_prefix), where.call_id_prefix]
-    return clauses, params
-
-
-class SQLiteBackend(Backend):
     def __init__(self, path: str, *, busy_timeout_ms: int = 2000) -> None:
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
@@ -136,21 +100,11 @@ class SQLiteBackend(Backend):
         results = []
         with self._write() as conn:
             for item in items:
-                row = conn.execute(
-                    "INSERT INTO deliveries (provider, event, call_id, dedupe_key, body, "
-                    "received_at, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (provider, dedupe_key) DO NOTHING RETURNING id",
-                    (item.provider, item.event, item.call_id, item.dedupe_key, item.body,
-                     item.received_at, now, now),
-                ).fetchone()
-                if row is not None:
+                row = conn.execute(*self.SQL.insert(item, now)).fetchone()
+                if row is None:  # (provider, dedupe_key) is stored already
+                    results.append(Inserted(conn.execute(*self.SQL.existing(item)).fetchone()[0], duplicate=True))
+                else:
                     results.append(Inserted(row[0], duplicate=False))
-                    continue
-                (existing,) = conn.execute(
-                    "SELECT id FROM deliveries WHERE provider = ? AND dedupe_key = ?",
-                    (item.provider, item.dedupe_key),
-                ).fetchone()
-                results.append(Inserted(existing, duplicate=True))
         return results
 
     def claim(self, token: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
@@ -170,119 +124,7 @@ class SQLiteBackend(Backend):
                 f"RETURNING {COLUMNS}",
                 (token, now + lease_seconds, now, *ids),
             ).fetchall()
-        return sorted((_delivery(r) for r in rows), key=lambda d: d.next_attempt_at)
-
-    def complete(self, delivery_id: int, token: str, completion: Completion) -> bool:
-        assignments = [
-            "state = :state",
-            "lease_token = NULL",
-            "lease_expires_at = NULL",
-            "updated_at = :now",
-            "attempts = attempts - :refund",
-            "next_attempt_at = coalesce(:next_attempt_at, next_attempt_at)",
-            "roark_call_id = coalesce(:roark_call_id, roark_call_id)",
-        ]
-        if completion.attempt is not None:
-            assignments += ["last_status = :status_code", "last_error = :error"]
-        if completion.state is State.DELIVERED:
-            assignments.append("delivered_at = :now")
-        params = {
-            "state": completion.state.value,
-            "now": completion.now,
-            "refund": int(completion.refund_attempt),
-            "next_attempt_at": completion.next_attempt_at,
-            "roark_call_id": completion.roark_call_id,
-            "status_code": completion.status_code,
-            "error": completion.error,
-            "id": delivery_id,
-            "token": token,
-        }
-        with self._write() as conn:
-            updated = conn.execute(
-                f"UPDATE deliveries SET {', '.join(assignments)} "
-                "WHERE id = :id AND lease_token = :token AND state = 'delivering'",
-                params,
-            ).rowcount
-            if updated and completion.attempt is not None:
-                a = completion.attempt
-                conn.execute(
-                    "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, "
-                    "status_code, error, outcome) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (delivery_id, a.attempt, a.started_at, a.duration_ms, a.status_code,
-                     a.error, a.outcome),
-                )
-        return bool(updated)
-
-    def get(self, delivery_id: int) -> Delivery | None:
-        with self._read() as conn:
-            row = conn.execute(
-                f"SELECT {COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
-            ).fetchone()
-        return None if row is None else _delivery(row)
-
-    def list_deliveries(self, where: DeliveryFilter, before_id: int | None, limit: int) -> list[Delivery]:
-        clauses, params = _where(where)
-        if before_id is not None:
-            clauses.append("id < ?")
-            params.append(before_id)
-        sql = f"SELECT {LISTING_COLUMNS} FROM deliveries"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        with self._read() as conn:
-            rows = conn.execute(f"{sql} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
-        return [_delivery(row) for row in rows]
-
-    def replay(self, ids: Sequence[int] | None, where: DeliveryFilter, now: float) -> list[int]:
-        clauses, params = _where(where)
-        clauses.append(f"state IN ({','.join('?' * len(REPLAYABLE))})")
-        params += REPLAYABLE
-        if ids is not None:
-            if not ids:
-                return []
-            clauses.append(f"id IN ({','.join('?' * len(ids))})")
-            params += list(ids)
-        with self._write() as conn:
-            rows = conn.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, "
-                f"updated_at = ? WHERE {' AND '.join(clauses)} RETURNING id",
-                (now, now, *params),
-            ).fetchall()
-        return sorted(i for (i,) in rows)
-
-    def prune(self, received_before: float, states: Sequence[State]) -> int:
-        if not states:
-            return 0
-        with self._write() as conn:
-            return conn.execute(
-                f"DELETE FROM deliveries WHERE state IN ({','.join('?' * len(states))}) "
-                "AND received_at < ?",
-                (*(s.value for s in states), received_before),
-            ).rowcount
-
-    def attempts(self, delivery_id: int) -> list[Attempt]:
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT attempt, started_at, duration_ms, status_code, error, outcome "
-                "FROM delivery_attempts WHERE delivery_id = ? ORDER BY id",
-                (delivery_id,),
-            ).fetchall()
-        return [Attempt(*row) for row in rows]
-
-    def counts_by_provider(self) -> dict[str, dict[State, int]]:
-        counts: dict[str, dict[State, int]] = {}
-        with self._read() as conn:
-            for provider, state, count in conn.execute(
-                "SELECT provider, state, count(*) FROM deliveries GROUP BY provider, state"
-            ):
-                counts.setdefault(provider, dict.fromkeys(State, 0))[State(state)] = count
-        return counts
-
-    def oldest_pending_received_at(self) -> float | None:
-        with self._read() as conn:
-            (oldest,) = conn.execute(
-                "SELECT min(received_at) FROM deliveries WHERE state IN ('pending', 'delivering')"
-            ).fetchone()
-        return oldest
+        return sorted((delivery_from_row(r) for r in rows), key=lambda d: (d.next_attempt_at, d.id))
 
     def ping(self) -> None:
         with self._read() as conn:

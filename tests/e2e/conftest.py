@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -13,13 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import eventually
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.helpers import eventually, free_port
 
 
 class RelayProcess:

@@ -9,8 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.e2e.conftest import free_port
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 
 pytestmark = pytest.mark.e2e
 

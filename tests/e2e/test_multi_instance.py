@@ -19,7 +19,7 @@ import pytest
 from relay.testing.fake_roark import FakeRoark, Slow
 from tests.e2e.conftest import RelayProcess
 from tests.helpers import ROARK_KEY, eventually, retell_headers, vapi_headers, with_call_id
-from tests.integration.test_postgres import fresh_schema
+from tests.helpers import fresh_schema
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 
 from relay.settings import Settings
-from tests.e2e.conftest import free_port
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from starlette.testclient import TestClient
 
 from relay.app import create_app
 from relay.settings import Settings
-from tests.helpers import RETELL_KEY, VAPI_SECRET, retell_headers, sample, vapi_headers, with_call_id
+from tests.helpers import VAPI_SECRET, retell_headers, sample, vapi_headers, with_call_id
 
 ERROR_KEYS = {"error_type", "error_code", "message", "request_id"}
 

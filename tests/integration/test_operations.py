@@ -2,7 +2,6 @@
 
 import time
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
@@ -10,7 +9,7 @@ from relay.app import create_app
 from relay.outbox import Completion, NewDelivery, State, open_backend
 from relay.settings import Settings
 from relay.testing.fake_roark import Respond
-from tests.helpers import eventually, retell_headers, sample, vapi_headers, with_call_id
+from tests.helpers import eventually, retell_headers, sample, vapi_headers
 
 ADMIN = "admin-token-0123456789abcdef"
 BEARER = {"authorization": f"Bearer {ADMIN}"}
@@ -22,9 +21,9 @@ def app(env, **extra):
 
 def metric(text: str, name: str, **labels) -> float:
     for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
+        for point in family.samples:
+            if point.name == name and point.labels == labels:
+                return point.value
     return 0.0
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from relay.errors import StoreUnavailable
 from relay.outbox import Attempt, Completion, DeliveryFilter, NewDelivery, State, open_backend
-from tests.integration.test_postgres import fresh_schema
+from tests.helpers import fresh_schema
 
 NOW = 1_700_000_000.0
 LEASE = 60.0

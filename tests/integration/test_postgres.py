@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
 import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import jsonschema
 import psycopg
 import pytest
-from psycopg import sql
 from starlette.testclient import TestClient
 
 from relay.app import create_app
@@ -28,17 +26,10 @@ from relay.outbox import DeliveryFilter, NewDelivery, State, migrations
 from relay.outbox.postgres import PostgresBackend
 from relay.settings import Settings
 from relay.testing.fake_roark import load_contract
-from tests.helpers import eventually, retell_headers, vapi_headers, with_call_id
+from tests.helpers import free_port, eventually, retell_headers, vapi_headers, with_call_id
 
 NOW = 1_700_000_000.0
 WAIT = 15  # seconds; upper bounds on conditions, never slept
-
-
-def in_schema(url: str, schema: str) -> str:
-    """`url` with libpq `options` making `schema` the connections' search_path."""
-    parts = urlsplit(url)
-    query = [*parse_qsl(parts.query), ("options", f"-csearch_path={schema}")]
-    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
 def via_port(url: str, port: int) -> str:
@@ -49,25 +40,9 @@ def via_port(url: str, port: int) -> str:
                                      else f"127.0.0.1:{port}"))
 
 
-@contextlib.contextmanager
-def fresh_schema(url: str) -> Iterator[str]:
-    """A new, empty schema for one test: yields a URL whose connections use it, and
-    drops it with everything in it afterwards."""
-    schema = f"t_{secrets.token_hex(6)}"
-    with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        yield in_schema(url, schema)
-    finally:
-        with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute("SET lock_timeout = '10s'")  # never hang the suite on a leaked session
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-
-
 @pytest.fixture
-def pg_url(postgres_url) -> Iterator[str]:
-    with fresh_schema(postgres_url) as url:
-        yield url
+def pg_url(postgres_schema_url) -> str:
+    return postgres_schema_url
 
 
 @pytest.fixture
@@ -193,12 +168,6 @@ def send_vapi(client: TestClient, call_id: str):
 
 
 # --- without a server -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_unreachable_server_is_store_unavailable_and_the_password_stays_out():
