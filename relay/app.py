@@ -157,7 +157,7 @@ def create_app(settings: Settings) -> Starlette:
             elif settings.verification_missing(provider):
                 log.warning("provider_not_configured", provider=provider,
                             consequence="all its webhooks are refused with 401")
-        outbox = AsyncOutbox(open_backend(settings.database_url))
+        outbox = AsyncOutbox(open_backend(settings.database_url, pool_size=settings.database_pool_size))
         version = await outbox.migrate()
         client = RoarkClient(settings)
         forwarder = Forwarder(outbox, client, settings, app.state.metrics)

@@ -35,7 +35,7 @@ def load_settings() -> Settings:
 @contextmanager
 def outbox(settings: Settings) -> Iterator[Backend]:
     """The configured outbox, migrated; store failures end the command with a message."""
-    backend = open_backend(settings.database_url)
+    backend = open_backend(settings.database_url, pool_size=settings.database_pool_size)
     try:
         backend.migrate()
         yield backend
@@ -111,7 +111,7 @@ def check(upstream: bool) -> None:
             click.echo(f"{provider}: signature verification configured")
     if settings.admin_token is None:
         click.echo("status page, admin API and /metrics: disabled (set RELAY_ADMIN_TOKEN to enable)")
-    backend = open_backend(settings.database_url)
+    backend = open_backend(settings.database_url, pool_size=settings.database_pool_size)
     try:
         version = backend.migrate()
         click.echo(f"database: ok ({display_url(settings.database_url)}, schema version {version})")

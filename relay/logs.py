@@ -32,6 +32,8 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # psycopg's pool logs every connection checkout at INFO; keep its warnings only.
+    logging.getLogger("psycopg.pool").setLevel(max(logging.WARNING, root.level))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -107,12 +107,13 @@ def _call_id(value: object) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return None
     text = str(value)
-    return text if 0 < len(text) <= MAX_CALL_ID_LENGTH else None
+    # Control characters (NUL above all, which PostgreSQL text refuses) make it no id.
+    return text if 0 < len(text) <= MAX_CALL_ID_LENGTH and text.isprintable() else None
 
 
 def _event(value: object, field: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > 100:
-        raise BadRequest(f"{field} must be a non-empty string", error_code="invalid_payload",
+    if not isinstance(value, str) or not value or len(value) > 100 or not value.isprintable():
+        raise BadRequest(f"{field} must be a short, printable, non-empty string", error_code="invalid_payload",
                          parameter=field)
     return value
 

@@ -59,6 +59,7 @@ class Settings:
     sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     database_url: str = "sqlite:///relay.db"
+    database_pool_size: int = 10
     retention_days: float = 30.0
     retention_interval_seconds: float = 3600.0
     pending_age_degraded_seconds: float = 900.0
@@ -111,6 +112,7 @@ class Settings:
             roark_field_case=env.choice("ROARK_FIELD_CASE", "snake", ("snake", "camel")),
             sources=env.sources(),
             database_url=env.database_url(),
+            database_pool_size=env.number("RELAY_DATABASE_POOL_SIZE", 10, int, minimum=1, maximum=100),
             retention_days=env.number("RELAY_RETENTION_DAYS", 30.0, float, minimum=0),
             retention_interval_seconds=env.number(
                 "RELAY_RETENTION_INTERVAL_SECONDS", 3600.0, float, minimum=1

@@ -28,12 +28,13 @@ __all__ = [
 ]
 
 
-def open_backend(database_url: str) -> Backend:
-    """The backend for a validated `RELAY_DATABASE_URL` (see `relay.settings`)."""
+def open_backend(database_url: str, *, pool_size: int = 10) -> Backend:
+    """The backend for a validated `RELAY_DATABASE_URL` (see `relay.settings`);
+    `pool_size` bounds a Postgres backend's connections."""
     if database_url.startswith(("postgres://", "postgresql://")):
         from relay.outbox.postgres import PostgresBackend
 
-        return PostgresBackend(database_url)
+        return PostgresBackend(database_url, pool_size=pool_size)
     from relay.outbox.sqlite import SQLiteBackend
 
     return SQLiteBackend(database_url.removeprefix("sqlite:///"))

@@ -18,7 +18,6 @@ mean our own SQL or data is wrong propagate as they are.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -68,9 +67,6 @@ _BUGS = (psycopg.ProgrammingError, psycopg.DataError, psycopg.IntegrityError,
 #: ...except these, which describe the database's state (not migrated, role lacks rights).
 _STORE_STATE = (pg_errors.UndefinedTable, pg_errors.InsufficientPrivilege)
 
-# The pool logs every checkout at INFO; keep its warnings (failed connections) only.
-if logging.getLogger("psycopg.pool").level == logging.NOTSET:
-    logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
 
 CLAIM = f"""
 WITH due AS (

@@ -209,3 +209,11 @@ def test_store_failure_answers_503_with_retry_after(client, relay_settings):
     # recovered without a restart
     response = client.post("/webhooks/vapi", content=sample("vapi/end-of-call-report"), headers=vapi_headers())
     assert response.status_code == 200
+
+
+def test_control_characters_in_ids_and_events(client, relay_settings):
+    body = json.dumps({"message": {"type": "end-of-call-report", "call": {"id": "abc\u0000def"}}}).encode()
+    assert client.post("/webhooks/vapi", content=body, headers=vapi_headers()).status_code == 200
+    assert rows(relay_settings)[0][2] is None  # not an id: deduped by content instead
+    bad_event = json.dumps({"message": {"type": "end-of-call\u0000report"}}).encode()
+    assert_error(client.post("/webhooks/vapi", content=bad_event, headers=vapi_headers()), 400)
