@@ -178,6 +178,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=[
             Route("/webhooks/{provider:str}", receive_webhook, methods=["POST"]),
+            Route("/webhooks/{provider:str}/{source:str}", receive_webhook, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             *admin_routes(settings),

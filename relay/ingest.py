@@ -30,6 +30,7 @@ from relay.errors import (
 from relay.outbox import NewDelivery
 from relay.providers import PROVIDERS, Provider, parse_envelope
 from relay.settings import Settings
+from relay.sources import source_properties
 from relay.verification import verify_retell, verify_vapi
 
 log = structlog.get_logger("relay.ingest")
@@ -95,6 +96,9 @@ async def receive_webhook(request: Request) -> JSONResponse:
     started = time.perf_counter()
     fields = {"request_id": request.state.request_id, "provider": provider.name}
     try:
+        properties = source_properties(
+            settings.sources, request.path_params.get("source"), request.query_params.multi_items()
+        )
         check_content_type(request)
         raw_body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
         verify(settings, provider, raw_body, request)
@@ -114,6 +118,8 @@ async def receive_webhook(request: Request) -> JSONResponse:
                     dedupe_key=envelope.dedupe_key(),
                     body=raw_body,
                     received_at=time.time(),
+                    request_id=request.state.request_id,
+                    properties=properties or None,
                 ))
             except StoreUnavailable as error:
                 log.error("store_unavailable", error=str(error), **fields)

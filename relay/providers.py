@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.errors import BadRequest
+from relay.redaction import Redactor
 
 #: Longer "ids" are not ids; such payloads dedupe by content hash instead.
 MAX_CALL_ID_LENGTH = 256
@@ -139,9 +140,12 @@ def upstream_body(
     raw_body: bytes,
     properties: Mapping[str, Any],
     field_case: str = "snake",
+    strip_secrets: Redactor | None = None,
 ) -> bytes:
     """The JSON body Roark's spec defines for this stored webhook."""
     document = json.loads(raw_body)
+    if strip_secrets is not None:
+        document = strip_secrets.strip(document)
     # VAPI's endpoint takes the unwrapped message; Retell's takes the whole envelope.
     payload = document["message"] if provider is VAPI else document
     camel = field_case == "camel"

@@ -14,6 +14,7 @@ import httpx
 from relay import __version__
 from relay.outbox import Delivery
 from relay.providers import PROVIDERS, roark_call_id, upstream_body
+from relay.redaction import Redactor
 from relay.retry import AttemptResult
 from relay.settings import Settings
 
@@ -42,6 +43,7 @@ def _error_text(response: httpx.Response) -> str:
 class RoarkClient:
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._settings = settings
+        self._strip_secrets = Redactor(settings.redact_keys) if settings.strip_secrets_upstream else None
         self._client = httpx.AsyncClient(
             base_url=settings.roark_base_url,
             headers={
@@ -60,7 +62,12 @@ class RoarkClient:
         provider = PROVIDERS[delivery.provider]
         try:
             body = upstream_body(
-                provider, delivery.body, self._settings.roark_properties, self._settings.roark_field_case
+                provider,
+                delivery.body,
+                # The webhook URL's own properties win over the relay-wide ones.
+                {**self._settings.roark_properties, **(delivery.properties or {})},
+                self._settings.roark_field_case,
+                self._strip_secrets,
             )
         except (ValueError, RecursionError) as error:
             # Verified and parsed at ingest, so this is a payload no retry will fix.
@@ -70,7 +77,11 @@ class RoarkClient:
             response = await self._client.post(
                 provider.upstream_path,
                 content=body,
-                headers={"Content-Type": "application/json"},
+                headers={
+                    "Content-Type": "application/json",
+                    # Lets Roark's support and our logs name the same webhook.
+                    **({"X-Request-ID": delivery.request_id} if delivery.request_id else {}),
+                },
             )
         except httpx.TimeoutException as error:
             message = f"timeout ({type(error).__name__})"

@@ -181,3 +181,40 @@ def test_shutdown_hands_in_flight_deliveries_back(relay_env, fake_roark):
     fake_roark.set_default(Accept())
     with start(env) as client:
         wait_state(env, delivery_id, "delivered")
+
+
+def test_source_properties_and_request_id_reach_roark(relay_env, fake_roark):
+    env = {**relay_env, "ROARK_PROPERTIES": '{"env": "prod", "business_name": "Default"}',
+           "RELAY_SOURCES": '{"acme": {"business_name": "Acme", "tier": "gold"}}'}
+    with start(env) as client:
+        body = sample("retell/call_ended")
+        response = client.post("/webhooks/retell/acme?campaign=spring&tier=silver", content=body,
+                               headers=retell_headers(body))
+        assert response.status_code == 200
+        [request] = fake_roark.wait_for(lambda rs: len(rs) >= 1, WAIT)
+        unknown = client.post("/webhooks/retell/globex", content=body, headers=retell_headers(body))
+        assert unknown.status_code == 404 and "RELAY_SOURCES" in unknown.json()["message"]
+    assert request.json["properties"] == {"env": "prod", "business_name": "Acme", "tier": "silver",
+                                          "campaign": "spring"}
+    assert request.headers["x-request-id"] == response.headers["x-request-id"]
+
+
+def test_secrets_can_be_stripped_before_forwarding(relay_env, fake_roark):
+    env = {**relay_env, "RELAY_STRIP_SECRETS_UPSTREAM": "true", "RELAY_REDACT_KEYS": "customerPin"}
+    document = json.loads(sample("vapi/end-of-call-report"))
+    document["message"]["customer"]["customerPin"] = "4321"
+    body = json.dumps(document).encode()
+    with start(env) as client:
+        client.post("/webhooks/vapi", content=body, headers=vapi_headers())
+        [request] = fake_roark.wait_for(lambda rs: len(rs) >= 1, WAIT)
+    forwarded = request.json["vapi_end_of_call_report_payload"]
+    assert "twilioAuthToken" not in forwarded["phoneNumber"]
+    assert "customerPin" not in forwarded["customer"]
+    assert forwarded["customer"]["number"] == document["message"]["customer"]["number"]
+
+
+def test_secrets_are_forwarded_unless_stripping_is_asked_for(relay_env, fake_roark):
+    with start(relay_env) as client:
+        client.post("/webhooks/vapi", content=sample("vapi/end-of-call-report"), headers=vapi_headers())
+        [request] = fake_roark.wait_for(lambda rs: len(rs) >= 1, WAIT)
+    assert request.json["vapi_end_of_call_report_payload"]["phoneNumber"]["twilioAuthToken"]
