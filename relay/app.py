@@ -164,13 +164,16 @@ def create_app(settings: Settings) -> Starlette:
         app.state.outbox = outbox
         app.state.forwarder = forwarder
         forwarder.start()
-        retention = asyncio.create_task(run_retention(outbox, settings), name="relay-retention")
+        stop_retention = asyncio.Event()
+        retention = asyncio.create_task(run_retention(outbox, settings, stop_retention),
+                                        name="relay-retention")
         log.info("relay_started", version=__version__, schema_version=version,
                  upstream=settings.roark_base_url)
         try:
             yield
         finally:
-            retention.cancel()
+            stop_retention.set()
+            await retention
             await forwarder.stop()
             await client.aclose()
             await outbox.close()

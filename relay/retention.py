@@ -23,13 +23,18 @@ async def prune_delivered(outbox: AsyncOutbox, retention_days: float, now: float
     return deleted
 
 
-async def run_retention(outbox: AsyncOutbox, settings: Settings) -> None:
-    """Prune now and then every `retention_interval_seconds`; 0 days keeps everything."""
+async def run_retention(outbox: AsyncOutbox, settings: Settings, stop: asyncio.Event) -> None:
+    """Prune now and then every `retention_interval_seconds` until `stop` is set; 0 days
+    keeps everything. Stopping lets a prune in progress finish rather than cancelling it
+    while its thread still uses the database."""
     if settings.retention_days <= 0:
         return
-    while True:
+    while not stop.is_set():
         try:
             await prune_delivered(outbox, settings.retention_days, time.time())
         except StoreUnavailable as error:
             log.warning("retention_failed", error=str(error))
-        await asyncio.sleep(settings.retention_interval_seconds)
+        try:
+            await asyncio.wait_for(stop.wait(), settings.retention_interval_seconds)
+        except TimeoutError:
+            pass
