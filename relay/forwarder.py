@@ -52,6 +52,9 @@ class Forwarder:
         self._stopping = False
         self._inflight: dict[int, tuple[Delivery, str, asyncio.Task[None]]] = {}
         self._slot_freed = asyncio.Event()
+        # While a backlog drains, claim once a quarter of the slots is free, not as each
+        # delivery ends; an idle forwarder (nothing in flight) claims whatever is due.
+        self._min_claim = max(1, settings.forward_concurrency // 4)
         self._task: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], None] | None = None
         self.paused_until = 0.0
@@ -114,7 +117,7 @@ class Forwarder:
                 await self._idle(min(hold_until - now, settings.poll_interval_seconds))
                 continue
             free = settings.forward_concurrency - len(self._inflight)
-            if free <= 0:
+            if free < self._min_claim:  # one claim (one transaction) for many rows
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
@@ -201,6 +204,10 @@ class Forwarder:
         self.paused_until = now + self._settings.auth_pause_seconds
 
     async def _complete_with_retries(self, delivery_id: int, token: str, completion: Completion) -> bool:
+        try:  # the usual case, without building a retry loop per delivery
+            return await self._outbox.complete(delivery_id, token, completion)
+        except StoreUnavailable:
+            pass
         # A result we fail to record would be sent again after the lease expires, so keep
         # trying through short store hiccups (a locked database) for part of the lease.
         retrying = AsyncRetrying(

@@ -35,12 +35,18 @@ from relay.verification import verify_retell, verify_vapi
 
 log = structlog.get_logger("relay.ingest")
 
+#: Longest a webhook waits for its commit before it is answered 503 (providers time out
+#: webhooks after 10-20 s; a 503 with Retry-After is better than a timeout).
+STORE_WAIT_SECONDS = 5.0
+
 
 async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes:
     """The whole body, refusing more than `max_bytes` and clients slower than `timeout`."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        # isascii too: headers decode as latin-1, where "²" is a digit int() refuses (a
+        # 500; uvicorn's parser stops it first, but the app must not rely on that).
+        if not (declared.isascii() and declared.isdigit()):
             raise BadRequest("Content-Length is not a number", parameter="content-length")
         if int(declared) > max_bytes:
             raise PayloadTooLarge(f"body exceeds the {max_bytes}-byte limit")
@@ -111,18 +117,25 @@ async def receive_webhook(request: Request) -> JSONResponse:
             }
         else:
             try:
-                inserted = await state.outbox.insert(NewDelivery(
-                    provider=provider.name,
-                    event=envelope.event,
-                    call_id=envelope.call_id,
-                    dedupe_key=envelope.dedupe_key(),
-                    body=raw_body,
-                    received_at=time.time(),
-                    request_id=request.state.request_id,
-                    properties=properties or None,
-                ))
-            except StoreUnavailable as error:
-                log.error("store_unavailable", error=str(error), **fields)
+                # Bounded: while the store is locked, the commit queues behind the
+                # forwarder's writes, each waiting out SQLite's busy timeout, and the
+                # storage-fault suite saw 503s take 12 s, past providers' timeouts. The
+                # commit itself goes on (shielded in the outbox); if it lands after this
+                # 503, the provider's retry is answered as a duplicate.
+                async with asyncio.timeout(STORE_WAIT_SECONDS):
+                    inserted = await state.outbox.insert(NewDelivery(
+                        provider=provider.name,
+                        event=envelope.event,
+                        call_id=envelope.call_id,
+                        dedupe_key=envelope.dedupe_key(),
+                        body=raw_body,
+                        received_at=time.time(),
+                        request_id=request.state.request_id,
+                        properties=properties or None,
+                    ))
+            except (StoreUnavailable, TimeoutError) as error:
+                reason = str(error) or f"no commit within {STORE_WAIT_SECONDS:g} s"
+                log.error("store_unavailable", error=reason, **fields)
                 raise ServiceUnavailable(
                     "the relay cannot store webhooks right now; retry later",
                     error_code="store_unavailable",

@@ -2,14 +2,186 @@
 
 from __future__ import annotations
 
+import json
+import secrets
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from relay import logs
 from relay.app import create_app
+from relay.errors import BadRequest, HTTPError, RequestTimeout
 from relay.settings import Settings
+
+#: Most bytes a request line plus headers may take. Providers send well under 8 KiB.
+MAX_REQUEST_HEAD_BYTES = 64 * 1024
+
+
+class RequestHeadTooLarge(HTTPError):
+    status_code = 431
+    error_type = "validation"
+    error_code = "headers_too_large"
+
+
+try:
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+except ImportError:  # uvicorn without httptools: its h11 default caps the head at 16 KiB
+    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+
+
+if HttpToolsProtocol is not None:
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-type]
+        """uvicorn's httptools protocol with the bounds it lacks (found by the
+        hostile-input suite). uvicorn arms no timer until a first response is sent and
+        its keep-alive timer is cancelled by any byte, so a client trickling a request
+        head (slowloris), or sitting silent, held its connection for ever; httptools
+        buffers header bytes without limit (100 MB of headers went into memory); and
+        endpoints that read a body without a clock of their own (the login form) could
+        be fed one byte at a time for ever. Here a request head must arrive within
+        `head_timeout` seconds of the connection opening or the previous response
+        ending and stay under MAX_REQUEST_HEAD_BYTES, and a body must arrive within
+        `body_timeout` of its head; otherwise the client gets 408 or 431 as an
+        ErrorResponse and the connection is closed. Unparseable requests get a 400
+        ErrorResponse instead of uvicorn's plain text."""
+
+        head_timeout = 30.0  # replaced per server by `uvicorn_config`
+        body_timeout = 31.0
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            self._awaiting_head = False
+            self._in_head = False
+            self._message_seq = 0
+            self._head_bytes = 0
+            self._head_timer: Any = None
+            self._body_timer: Any = None
+            super().connection_made(transport)
+            self._await_head()
+
+        def _await_head(self) -> None:
+            self._awaiting_head = True
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+        def _head_done(self) -> None:
+            self._awaiting_head = self._in_head = False
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._head_done()
+            self._body_done()
+            super().connection_lost(exc)
+
+        def _body_done(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_timed_out(self) -> None:
+            # Endpoints that read their body without a clock (the login form, the admin
+            # API, found slow-dripped for minutes by the hostile-input suite) would keep
+            # such a connection for ever. The webhook endpoint's own 408 comes first.
+            self._body_timer = None
+            cycle = self.cycle
+            if cycle is None or not cycle.more_body or self.transport.is_closing():
+                return
+            if not cycle.response_started:
+                self._refuse(RequestTimeout(f"request body not received within {self.body_timeout:g} s"))
+            else:
+                self.transport.close()
+
+        def _refuse(self, error: HTTPError) -> None:
+            request_id = f"req_{secrets.token_hex(8)}"
+            body = json.dumps(error.to_response_body(request_id)).encode()
+            self.transport.write(b"".join([
+                STATUS_LINE[error.status_code],
+                b"content-type: application/json\r\n",
+                b"content-length: %d\r\n" % len(body),
+                b"x-request-id: " + request_id.encode() + b"\r\n",
+                b"connection: close\r\n\r\n",
+                body,
+            ]))
+            self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn answers unparseable requests in plain text; the relay's every
+            # refusal is an ErrorResponse.
+            self._head_done()
+            self._refuse(BadRequest(f"malformed HTTP request: {msg}",
+                                    error_code="invalid_http_request"))
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if not self._awaiting_head or self.transport.is_closing():
+                return
+            if self._in_head:  # part of a request arrived: say why it is dropped
+                self._refuse(RequestTimeout(
+                    f"request headers not received within {self.head_timeout:g} s"))
+            else:  # idle: nothing to answer
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            seq, in_head = self._message_seq, self._in_head
+            super().data_received(data)
+            # Only a chunk fed wholly inside one request head is head bytes for sure, so
+            # a body or a pipelined request in the same chunk never counts. A head's
+            # first chunk goes uncounted, which the transport's read size bounds.
+            if self._in_head and in_head and seq == self._message_seq:
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_REQUEST_HEAD_BYTES and not self.transport.is_closing():
+                    self._head_done()
+                    self._refuse(RequestHeadTooLarge(
+                        f"request line and headers exceed {MAX_REQUEST_HEAD_BYTES} bytes"))
+
+        def on_message_begin(self) -> None:
+            self._message_seq += 1
+            self._in_head = True
+            self._head_bytes = 0
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._head_done()
+            super().on_headers_complete()
+            self._body_done()
+            self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
+
+        def on_message_complete(self) -> None:
+            self._body_done()
+            super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            pipelined = bool(self.pipeline)  # its head is already complete
+            super().on_response_complete()
+            if not pipelined and not self.transport.is_closing():
+                self._await_head()
+
+
+def uvicorn_config(settings: Settings, app: ASGIApp, host: str, port: int) -> uvicorn.Config:
+    """The uvicorn configuration `relay serve` runs with (tests serve the same)."""
+    http: Any = "auto"
+    if HttpToolsProtocol is not None:
+        # A request head gets the same time bound as a body (RELAY_BODY_TIMEOUT_SECONDS);
+        # every body too, a second later than the webhook endpoint's own 408.
+        http = type("RelayHttpProtocol", (BoundedHttpToolsProtocol,),
+                    {"head_timeout": settings.body_timeout_seconds,
+                     "body_timeout": settings.body_timeout_seconds + 1.0})
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=http,
+        log_level=settings.log_level,
+        log_config=None,  # relay.logs already routed the standard library's logging
+        access_log=False,
+        # The forwarder gets its own grace period during lifespan shutdown.
+        timeout_graceful_shutdown=max(settings.shutdown_grace_seconds, 1.0),
+    )
 
 
 def run(
@@ -21,16 +193,7 @@ def run(
     """Serve until SIGINT/SIGTERM. `on_started(base_url)` runs on a helper thread once
     the server accepts connections."""
     logs.configure(settings.log_level, settings.log_format)
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=settings.log_level,
-        log_config=None,  # relay.logs already routed the standard library's logging
-        access_log=False,
-        # The forwarder gets its own grace period during lifespan shutdown.
-        timeout_graceful_shutdown=max(settings.shutdown_grace_seconds, 1.0),
-    ))
+    server = uvicorn.Server(uvicorn_config(settings, create_app(settings), host, port))
     if on_started is not None:
         def notify() -> None:
             while not server.started:

@@ -124,11 +124,24 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def claim(self, token: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
-        """Lease up to `limit` due deliveries (pending and due, or with an expired lease)."""
+        """Lease up to `limit` due deliveries (pending and due, or with an expired lease).
 
-    @abc.abstractmethod
+        Like `complete_many`, a claim need not be synced: a lost claim only puts rows
+        back where they were, to be claimed (and perhaps sent) again.
+        """
+
     def complete(self, delivery_id: int, token: str, completion: Completion) -> bool:
         """Apply `completion` if `token` still holds the lease; False if the lease was lost."""
+        return self.complete_many([(delivery_id, token, completion)])[0]
+
+    @abc.abstractmethod
+    def complete_many(self, items: Sequence[tuple[int, str, Completion]]) -> list[bool]:
+        """`complete` for each (delivery id, token, completion), in one transaction.
+
+        The transaction need not be synced before it returns: losing it to a crash only
+        leaves those rows leased (claimed again once the lease expires, so sent once more,
+        which `skip_already_imported` makes harmless); it can never lose a webhook.
+        """
 
     @abc.abstractmethod
     def get(self, delivery_id: int) -> Delivery | None: ...

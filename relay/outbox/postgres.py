@@ -1,7 +1,9 @@
 """The PostgreSQL outbox: for hosts without a lasting disk (Heroku) and for several relay
 processes sharing one queue.
 
-Durability: every write is one transaction, acknowledged only after its COMMIT returns.
+Durability: every write is one transaction, acknowledged only after its COMMIT returns;
+claims and completions commit with `synchronous_commit = off` (see `Backend.claim`,
+`complete_many`), everything else waits for the WAL flush.
 Connections come from a pool and are checked before use, so those an outage broke are
 replaced; getting one waits at most `pool_timeout` seconds, so while the database is away
 webhooks are answered 503 quickly, and the relay recovers by itself once it is back.
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import unquote, urlsplit
 
@@ -32,8 +34,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from relay.errors import StoreUnavailable
 from relay.outbox import migrations
-from relay.outbox.model import Delivery, Inserted, NewDelivery
-
+from relay.outbox.model import Delivery
 from relay.outbox.sql import COLUMNS, SQLBackend, Statements, delivery_from_row
 
 log = structlog.get_logger("relay.outbox.postgres")
@@ -158,13 +159,17 @@ class PostgresBackend(SQLBackend):
         return Connection
 
     @contextmanager
-    def _write(self) -> Iterator[psycopg.Connection]:
+    def _write(self, durable: bool = True) -> Iterator[psycopg.Connection]:
         """A pooled connection inside a transaction, committed when the block ends."""
         until, why = self._unreachable
         if time.monotonic() < until:
             raise StoreUnavailable(why)
         try:
             with self._connections().connection() as conn:
+                if not durable:
+                    # The commit returns before its WAL is flushed; a crash may lose it,
+                    # never half-apply it, and a later synchronous commit flushes it too.
+                    conn.execute("SET LOCAL synchronous_commit = off")
                 yield conn
         except psycopg.Error as error:
             if isinstance(error, _BUGS) and not isinstance(error, _STORE_STATE):
@@ -207,18 +212,9 @@ class PostgresBackend(SQLBackend):
             (version,) = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
         return version or 0
 
-    def insert_many(self, items: Sequence[NewDelivery], now: float) -> list[Inserted]:
-        # One order for every instance, so two batches sharing webhooks cannot deadlock.
-        order = sorted(range(len(items)), key=lambda i: (items[i].provider, items[i].dedupe_key))
-        with self._write() as conn:
-            stored = {i: _insert(conn, items[i], now) for i in order}
-            if not all(result.duplicate for result in stored.values()):
-                self._announce_work(conn)
-        return [stored[i] for i in range(len(items))]
-
     def claim(self, token: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
         params = {"token": token, "now": now, "expires": now + lease_seconds, "limit": limit}
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             rows = conn.execute(CLAIM, params).fetchall()
         return sorted((delivery_from_row(r) for r in rows), key=lambda d: (d.next_attempt_at, d.id))
 
@@ -280,15 +276,3 @@ class PostgresBackend(SQLBackend):
         if pool is not None:
             pool.close()
 
-
-def _insert(conn: psycopg.Connection, item: NewDelivery, now: float) -> Inserted:
-    while True:
-        row = conn.execute(*SQL.insert(item, now)).fetchone()
-        if row is not None:
-            return Inserted(row[0], duplicate=False)
-        # Stored before, or by a concurrent transaction that committed while this one
-        # waited on the unique index; a new statement sees it (read committed).
-        row = conn.execute(*SQL.existing(item)).fetchone()
-        if row is not None:
-            return Inserted(row[0], duplicate=True)
-        # ...unless it was pruned in between: then it is new again.

@@ -20,6 +20,7 @@ from relay.outbox.model import (
     Completion,
     Delivery,
     DeliveryFilter,
+    Inserted,
     NewDelivery,
     State,
 )
@@ -57,14 +58,20 @@ class Statements:
     def _in(self, column: str, values: Sequence[object]) -> str:
         return f"{column} IN ({self._marks(len(values))})"
 
-    def insert(self, item: NewDelivery, now: float) -> Query:
+    def insert(self, items: Sequence[NewDelivery], now: float) -> Query:
+        """One statement for the whole batch: it returns the rows it stored, and skips
+        webhooks already stored (provider retries)."""
+        rows = ", ".join([f"({self._marks(10)})"] * len(items))
+        params: list[object] = []
+        for item in items:
+            params += (item.provider, item.event, item.call_id, item.dedupe_key, item.body,
+                       item.received_at, now, now, item.request_id,
+                       json.dumps(item.properties) if item.properties else None)
         return (
             "INSERT INTO deliveries (provider, event, call_id, dedupe_key, body, received_at, "
-            f"next_attempt_at, updated_at, request_id, properties) VALUES ({self._marks(10)}) "
-            "ON CONFLICT (provider, dedupe_key) DO NOTHING RETURNING id",
-            (item.provider, item.event, item.call_id, item.dedupe_key, item.body,
-             item.received_at, now, now, item.request_id,
-             json.dumps(item.properties) if item.properties else None),
+            f"next_attempt_at, updated_at, request_id, properties) VALUES {rows} "
+            "ON CONFLICT (provider, dedupe_key) DO NOTHING RETURNING id, provider, dedupe_key",
+            params,
         )
 
     def existing(self, item: NewDelivery) -> Query:
@@ -116,42 +123,46 @@ class Statements:
         return (f"DELETE FROM deliveries WHERE {self._in('state', states)} AND received_at < {self.mark}",
                 (*(state.value for state in states), received_before))
 
-    def complete(self, delivery_id: int, token: str, completion: Completion) -> Query:
-        n = self.named.format
-        assignments = [
-            f"state = {n('state')}",
-            "lease_token = NULL",
-            "lease_expires_at = NULL",
-            f"updated_at = {n('now')}",
-            f"attempts = attempts - {n('refund')}",
-            f"next_attempt_at = coalesce({n('next_attempt_at')}, next_attempt_at)",
-            f"roark_call_id = coalesce({n('roark_call_id')}, roark_call_id)",
-        ]
-        if completion.attempt is not None:  # a release without an attempt keeps the last result
-            assignments += [f"last_status = {n('status_code')}", f"last_error = {n('error')}"]
-        if completion.state is State.DELIVERED:
-            assignments.append(f"delivered_at = {n('now')}")
+    def complete(self, items: Sequence[tuple[int, str, Completion]]) -> Query:
+        """One UPDATE for a batch of completions (each delivery id at most once); returns
+        the ids whose lease held. The CASTs give both databases the same column types
+        whatever the values (PostgreSQL types an all-NULL VALUES column as text)."""
+        rows = ", ".join([f"({self._marks(10)})"] * len(items))
+        params: list[object] = []
+        for delivery_id, token, c in items:
+            params += (delivery_id, token, c.state.value, c.now, int(c.refund_attempt),
+                       c.next_attempt_at, c.roark_call_id, int(c.attempt is not None),
+                       c.status_code, c.error)
+        has_attempt = "CAST(v.has_attempt AS INTEGER) = 1"
         return (
-            f"UPDATE deliveries SET {', '.join(assignments)} "
-            f"WHERE id = {n('id')} AND lease_token = {n('token')} AND state = 'delivering'",
-            {
-                "state": completion.state.value,
-                "now": completion.now,
-                "refund": int(completion.refund_attempt),
-                "next_attempt_at": completion.next_attempt_at,
-                "roark_call_id": completion.roark_call_id,
-                "status_code": completion.status_code,
-                "error": completion.error,
-                "id": delivery_id,
-                "token": token,
-            },
+            "WITH v (id, token, state, now, refund, next_attempt_at, roark_call_id, has_attempt, "
+            f"status_code, error) AS (VALUES {rows}) "
+            "UPDATE deliveries SET state = CAST(v.state AS TEXT), lease_token = NULL, "
+            "lease_expires_at = NULL, updated_at = CAST(v.now AS DOUBLE PRECISION), "
+            "attempts = deliveries.attempts - CAST(v.refund AS INTEGER), "
+            "next_attempt_at = coalesce(CAST(v.next_attempt_at AS DOUBLE PRECISION), deliveries.next_attempt_at), "
+            "roark_call_id = coalesce(CAST(v.roark_call_id AS TEXT), deliveries.roark_call_id), "
+            # a release without an attempt keeps the last result
+            f"last_status = CASE WHEN {has_attempt} THEN CAST(v.status_code AS INTEGER) ELSE deliveries.last_status END, "
+            f"last_error = CASE WHEN {has_attempt} THEN CAST(v.error AS TEXT) ELSE deliveries.last_error END, "
+            "delivered_at = CASE WHEN CAST(v.state AS TEXT) = 'delivered' "
+            "THEN CAST(v.now AS DOUBLE PRECISION) ELSE deliveries.delivered_at END "
+            "FROM v WHERE deliveries.id = CAST(v.id AS BIGINT) "
+            "AND deliveries.lease_token = CAST(v.token AS TEXT) AND deliveries.state = 'delivering' "
+            "RETURNING deliveries.id",
+            params,
         )
 
-    def record_attempt(self, delivery_id: int, a: Attempt) -> Query:
+    def record_attempts(self, attempts: Sequence[tuple[int, Attempt]]) -> Query:
+        rows = ", ".join([f"({self._marks(7)})"] * len(attempts))
+        params: list[object] = []
+        for delivery_id, a in attempts:
+            params += (delivery_id, a.attempt, a.started_at, a.duration_ms, a.status_code,
+                       a.error, a.outcome)
         return (
             "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, "
-            f"status_code, error, outcome) VALUES ({self._marks(7)})",
-            (delivery_id, a.attempt, a.started_at, a.duration_ms, a.status_code, a.error, a.outcome),
+            f"status_code, error, outcome) VALUES {rows}",
+            params,
         )
 
     def attempts(self, delivery_id: int) -> Query:
@@ -170,8 +181,9 @@ class SQLBackend(Backend):
     SQL: Statements
 
     @abc.abstractmethod
-    def _write(self) -> AbstractContextManager[Any]:
-        """A connection in a transaction that commits (durably) on exit."""
+    def _write(self, durable: bool = True) -> AbstractContextManager[Any]:
+        """A connection in a transaction that commits on exit: synced before it returns
+        when `durable`, else possibly later (see `Backend.claim`, `complete_many`)."""
 
     @abc.abstractmethod
     def _read(self) -> AbstractContextManager[Any]:
@@ -180,12 +192,54 @@ class SQLBackend(Backend):
     def _announce_work(self, conn: Any) -> None:
         """Tell other processes there is new due work (inside the transaction)."""
 
-    def complete(self, delivery_id: int, token: str, completion: Completion) -> bool:
+    def insert_many(self, items: Sequence[NewDelivery], now: float) -> list[Inserted]:
+        # One order for every instance, so two batches sharing webhooks cannot deadlock;
+        # a webhook twice in one batch is stored once (its first copy).
+        firsts: dict[tuple[str, str], int] = {}
+        for i in sorted(range(len(items)), key=lambda i: (items[i].provider, items[i].dedupe_key)):
+            firsts.setdefault((items[i].provider, items[i].dedupe_key), i)
         with self._write() as conn:
-            updated = conn.execute(*self.SQL.complete(delivery_id, token, completion)).rowcount
-            if updated and completion.attempt is not None:
-                conn.execute(*self.SQL.record_attempt(delivery_id, completion.attempt))
-        return bool(updated)
+            stored = {(provider, key): Inserted(i, duplicate=False)
+                      for chunk in _chunks([items[i] for i in firsts.values()])
+                      for i, provider, key in conn.execute(*self.SQL.insert(chunk, now)).fetchall()}
+            if stored:
+                self._announce_work(conn)
+            for key, i in firsts.items():
+                if key not in stored:
+                    stored[key] = self._stored_before(conn, items[i], now)
+        results = []
+        for i, item in enumerate(items):
+            key = (item.provider, item.dedupe_key)
+            first = firsts[key] == i
+            results.append(stored[key] if first else Inserted(stored[key].delivery_id, duplicate=True))
+        return results
+
+    def _stored_before(self, conn: Any, item: NewDelivery, now: float) -> Inserted:
+        """The row that a webhook the batch did not store duplicates."""
+        while True:
+            # Stored before, or (PostgreSQL) by a concurrent transaction that committed
+            # while this one waited on the unique index; a new statement sees it...
+            row = conn.execute(*self.SQL.existing(item)).fetchone()
+            if row is not None:
+                return Inserted(row[0], duplicate=True)
+            # ...unless it was pruned in between: then it is new again.
+            row = conn.execute(*self.SQL.insert([item], now)).fetchone()
+            if row is not None:
+                return Inserted(row[0], duplicate=False)
+
+    def complete_many(self, items: Sequence[tuple[int, str, Completion]]) -> list[bool]:
+        kept = [False] * len(items)
+        # Not synced: a lost completion only means one more send (Backend.complete_many).
+        with self._write(durable=False) as conn:
+            for round_ in _rounds(items):
+                batch = [items[n] for n in round_]
+                held = {i for (i,) in conn.execute(*self.SQL.complete(batch)).fetchall()}
+                attempts = [(i, c.attempt) for i, _, c in batch if i in held and c.attempt]
+                if attempts:
+                    conn.execute(*self.SQL.record_attempts(attempts))
+                for n in round_:
+                    kept[n] = items[n][0] in held
+        return kept
 
     def get(self, delivery_id: int) -> Delivery | None:
         with self._read() as conn:
@@ -226,3 +280,38 @@ class SQLBackend(Backend):
         with self._read() as conn:
             (oldest,) = conn.execute(OLDEST_PENDING).fetchone()
         return oldest
+
+
+#: Rows per INSERT statement, well within every supported SQLite's (32,766) and
+#: PostgreSQL's (65,535) limit on parameters.
+INSERT_ROWS = 1000
+#: Body bytes per INSERT statement: both drivers copy every bound value, so twenty 5 MB
+#: reports in one statement would briefly need another 100 MB.
+INSERT_BYTES = 4 * 1024 * 1024
+
+
+def _chunks(items: Sequence[NewDelivery]) -> list[list[NewDelivery]]:
+    chunks: list[list[NewDelivery]] = [[]]
+    size = 0
+    for item in items:
+        if chunks[-1] and (len(chunks[-1]) == INSERT_ROWS or size + len(item.body) > INSERT_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += len(item.body)
+    return chunks if chunks[0] else []
+
+
+def _rounds(items: Sequence[tuple[int, str, Completion]]) -> list[list[int]]:
+    """Positions of `items` split into rounds in which no delivery id appears twice,
+    applied in order: the first completion of a lease wins, as if each ran on its own."""
+    rounds: list[list[int]] = []
+    seen: list[set[int]] = []
+    for n, (delivery_id, _, _) in enumerate(items):
+        k = next((k for k, ids in enumerate(seen) if delivery_id not in ids), len(rounds))
+        if k == len(rounds):
+            rounds.append([])
+            seen.append(set())
+        rounds[k].append(n)
+        seen[k].add(delivery_id)
+    return rounds

@@ -229,3 +229,22 @@ def test_counts_by_provider(backend):
     counts = backend.counts_by_provider()
     assert counts["vapi"][State.PENDING] == 2 and counts["retell"][State.PENDING] == 1
     assert counts["vapi"][State.FAILED] == 0
+
+
+def test_completions_in_one_batch_apply_only_where_the_lease_holds(backend):
+    backend.insert_many([new(f"c{i}") for i in range(4)], NOW)
+    a, b, c, d = backend.claim("w", NOW, LEASE, 4)
+    backend.claim("late", NOW + LEASE, LEASE, 1)  # a's lease expired and was taken over
+    attempt = Attempt(1, NOW, 1.0, 201, None, "delivered")
+    done = Completion(State.DELIVERED, NOW + 1, status_code=201, attempt=attempt)
+    retry = Completion(State.PENDING, NOW + 1, next_attempt_at=NOW + 30, status_code=503,
+                       error="HTTP 503", attempt=Attempt(1, NOW, 1.0, 503, "HTTP 503", "retryat"))
+    kept = backend.complete_many([(a.id, "w", done), (b.id, "w", done), (c.id, "w", retry),
+                                  (d.id, "other", done), (b.id, "w", retry)])
+    # a: lease lost; d: not our token; b twice: the first completion wins.
+    assert kept == [False, True, True, False, False]
+    assert backend.get(a.id).state is State.DELIVERING and backend.attempts(a.id) == []
+    assert backend.get(b.id).state is State.DELIVERED and backend.attempts(b.id) == [attempt]
+    stored = backend.get(c.id)
+    assert (stored.state, stored.next_attempt_at, stored.last_status) == (State.PENDING, NOW + 30, 503)
+    assert backend.get(d.id).state is State.DELIVERING

@@ -1,0 +1,216 @@
+"""The five measurements, each on a fresh store with fresh processes.
+
+Every function takes a `Bench` (sizes, where logs go, how to make a store and offer
+load) and returns plain figures for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import servers, wrk
+from bench.payloads import INGEST_BYTES, LARGE_BYTES
+from bench.servers import Server
+from bench.stores import Store
+
+
+@dataclass(frozen=True)
+class Sizes:
+    ingest_seconds: float
+    latency_seconds: float
+    drain_rows: int
+    slow_drain_rows: int
+    history_rows: int
+    large_reports: int = 20
+    large_bytes: int = LARGE_BYTES
+    ingest_connections: int = 32
+    latency_rate: float = 1000.0
+    upstream_delay: float = 0.2
+    #: Enough in flight that a 200 ms upstream allows 256 / 0.2 = 1,280 deliveries/s.
+    forward_concurrency: int = 256
+    #: Delivered history rows carry small bodies: claims read their index entries only,
+    #: and 1M full-size bodies would take minutes to seed.
+    history_bytes: int = 1024
+
+
+SIZES = {
+    "full": Sizes(ingest_seconds=20, latency_seconds=20, drain_rows=100_000,
+                  slow_drain_rows=100_000, history_rows=1_000_000),
+    "quick": Sizes(ingest_seconds=5, latency_seconds=5, drain_rows=10_000,
+                   slow_drain_rows=5_000, history_rows=100_000),
+    "tiny": Sizes(ingest_seconds=1, latency_seconds=1, drain_rows=300, slow_drain_rows=300,
+                  history_rows=2_000, large_reports=4, large_bytes=256 * 1024, latency_rate=100,
+                  ingest_connections=8),
+}
+
+
+@dataclass
+class Bench:
+    sizes: Sizes
+    logs: Path
+    new_store: Callable[[], Store]
+    driver: str  # "wrk" or "python"
+    run_id: str
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def relay(self, store: Store, upstream: Server, name: str) -> Server:
+        env = servers.relay_env(store.url, upstream.url, self.sizes.forward_concurrency)
+        return servers.relay(env, self.log(f"relay-{name}"))
+
+    def bare(self) -> Server:
+        # Settings the bare app never uses, but uvicorn_config reads (as the relay's).
+        env = servers.relay_env("sqlite:///unused.db", "http://127.0.0.1:9", 1)
+        return servers.bare(env, self.log("bare"))
+
+    def closed_loop(self, url: str, tag: str, *, connections: int, seconds: float,
+                    size: int = INGEST_BYTES, per_connection: int | None = None,
+                    driver: str | None = None) -> dict:
+        tag = f"{self.run_id}-{tag}"
+        if (driver or self.driver) == "wrk":
+            return wrk.closed_loop(f"{url}/webhooks/vapi", servers.VAPI_SECRET, size, tag,
+                                   connections, seconds)
+        extra = ["--per-connection", str(per_connection)] if per_connection else []
+        return {**_load("closed", url, tag, size, "--connections", str(connections),
+                        "--duration", str(seconds), *extra), "driver": "python"}
+
+    def open_loop(self, url: str, tag: str, rate: float, seconds: float) -> dict:
+        return _load("open", url, f"{self.run_id}-{tag}", INGEST_BYTES, "--rate", str(rate),
+                     "--duration", str(seconds))
+
+
+def _load(mode: str, url: str, tag: str, size: int, *args: str) -> dict:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.load", mode, "--url", f"{url}/webhooks/vapi",
+         "--secret", servers.VAPI_SECRET, "--size", str(size), "--tag", tag, *args],
+        capture_output=True, text=True, check=True, cwd=servers.ROOT, timeout=600)
+    return json.loads(run.stdout)
+
+
+def _cpu_seconds(server: Server) -> float:
+    """User + system CPU time the process has used (all threads)."""
+    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in clock ticks (100 Hz)
+
+
+def _wait_drained(store: Store, timeout: float) -> tuple[int, float]:
+    """Wait until no delivery is pending or in flight: (undelivered at the start, seconds)."""
+    started, initial = time.perf_counter(), store.undelivered()
+    deadline = started + timeout
+    while (left := store.undelivered()) > 0:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{left} of {initial} deliveries left after {timeout:g} s")
+        time.sleep(0.2)
+    return initial, time.perf_counter() - started
+
+
+def ingest(bench: Bench) -> dict:
+    """1. Closed-loop throughput of durable ingest against the bare ceiling, with the
+    forwarder held back (the upstream answers 503 + Retry-After: an outage), then the
+    same load while the forwarder delivers everything to an instant upstream."""
+    sizes = bench.sizes
+    load = dict(connections=sizes.ingest_connections, seconds=sizes.ingest_seconds)
+    store = bench.new_store()
+    try:
+        with (servers.running(lambda: servers.upstream(bench.log("upstream-hold"), hold=True)) as up,
+              servers.running(lambda: bench.relay(store, up, "ingest")) as relay):
+            cpu = _cpu_seconds(relay)
+            result = bench.closed_loop(relay.url, "ingest", **load)
+            result["cpu_seconds"] = round(_cpu_seconds(relay) - cpu, 2)
+        stored = store.rows()
+    finally:
+        store.drop()
+    with servers.running(bench.bare) as bare:
+        ceiling = bench.closed_loop(bare.url, "ceiling", **load)
+    store = bench.new_store()
+    try:
+        with (servers.running(lambda: servers.upstream(bench.log("upstream-instant"))) as up,
+              servers.running(lambda: bench.relay(store, up, "ingest-forwarding")) as relay):
+            forwarding = bench.closed_loop(relay.url, "ingest-forwarding", **load)
+            behind = store.undelivered()
+    finally:
+        store.drop()
+    return {
+        "relay": result, "bare": ceiling, "ratio": result["rate"] / ceiling["rate"],
+        "rows_stored": stored, "acknowledged": result["accepted"],
+        "durable": stored >= result["accepted"],
+        "while_forwarding": {**forwarding, "undelivered_at_end": behind,
+                             "forward_rate": (forwarding["accepted"] - behind) / forwarding["seconds"]},
+    }
+
+
+def latency(bench: Bench) -> dict:
+    """2. Ack latency at a fixed offered rate (open loop), forwarder delivering as it goes."""
+    sizes = bench.sizes
+    store = bench.new_store()
+    try:
+        with (servers.running(lambda: servers.upstream(bench.log("upstream-instant"))) as up,
+              servers.running(lambda: bench.relay(store, up, "latency")) as relay):
+            result = bench.open_loop(relay.url, "latency", sizes.latency_rate, sizes.latency_seconds)
+            stored = store.rows()
+    finally:
+        store.drop()
+    with servers.running(bench.bare) as bare:
+        ceiling = bench.open_loop(bare.url, "latency-bare", sizes.latency_rate, sizes.latency_seconds)
+    return {"relay": result, "bare": ceiling, "durable": stored >= result["accepted"]}
+
+
+def drain(bench: Bench, rows: int, delay: float, *, history: int = 0) -> dict:
+    """3 and 5. Seed `rows` pending deliveries (after `history` delivered ones), start the
+    relay, and time it from ready until nothing is pending or in flight."""
+    store = bench.new_store()
+    try:
+        seeded = store.seed(history, bench.sizes.history_bytes, delivered=True) if history else 0.0
+        seeded += store.seed(rows, INGEST_BYTES)
+        name = f"drain-{delay:g}s-history{history}"
+        with (servers.running(lambda: servers.upstream(bench.log(f"upstream-{delay:g}s"),
+                                                       delay=delay)) as up,
+              servers.running(lambda: bench.relay(store, up, name)) as relay):
+            cpu = _cpu_seconds(relay), _cpu_seconds(up)
+            initial, seconds = _wait_drained(store, timeout=60 + rows / 50)
+            relay_cpu, upstream_cpu = _cpu_seconds(relay) - cpu[0], _cpu_seconds(up) - cpu[1]
+            memory = relay.memory_kb()
+        delivered = store.rows() - store.undelivered() - history
+    finally:
+        store.drop()
+    return {"rows": rows, "history": history, "measured_rows": initial, "seconds": round(seconds, 2),
+            "rate": initial / seconds, "delivered": delivered, "seed_seconds": round(seeded, 1),
+            "relay_cpu_seconds": round(relay_cpu, 2), "upstream_cpu_seconds": round(upstream_cpu, 2),
+            "relay_peak_rss_mb": memory["VmHWM"] / 1024}
+
+
+def memory(bench: Bench) -> dict:
+    """4. Peak RSS of the relay while it ingests concurrent large reports and forwards
+    them to an instant upstream; then while it only ingests (the upstream answers 503 +
+    Retry-After after the first claim); and the bare endpoint's under the same load."""
+    sizes = bench.sizes
+    load = dict(connections=sizes.large_reports, seconds=120, size=sizes.large_bytes,
+                per_connection=1, driver="python")
+    peaks = {}
+    for name, hold in (("forwarding", False), ("ingest_only", True)):
+        store = bench.new_store()
+        try:
+            with (servers.running(lambda: servers.upstream(bench.log(f"upstream-{name}"), hold=hold)) as up,
+                  servers.running(lambda: bench.relay(store, up, f"memory-{name}")) as relay):
+                idle = relay.memory_kb()["VmRSS"]
+                result = bench.closed_loop(relay.url, f"large-{name}", **load)
+                if not hold:
+                    _wait_drained(store, timeout=120)
+                peaks[name] = {"accepted": result["accepted"], "idle_rss_mb": idle / 1024,
+                               "peak_rss_mb": relay.memory_kb()["VmHWM"] / 1024}
+        finally:
+            store.drop()
+    with servers.running(bench.bare) as bare:
+        bare_idle = bare.memory_kb()["VmRSS"]
+        bench.closed_loop(bare.url, "large-bare", **load)
+        bare_peak = bare.memory_kb()["VmHWM"]
+    return {"reports": sizes.large_reports, "report_bytes": sizes.large_bytes, **peaks["forwarding"],
+            "ingest_only": peaks["ingest_only"],
+            "bare_idle_rss_mb": bare_idle / 1024, "bare_peak_rss_mb": bare_peak / 1024}

@@ -1,0 +1,111 @@
+"""The processes a benchmark runs on 127.0.0.1: the relay (`relay serve`, as in
+production), the bare Starlette ceiling and the stand-in upstream. Each is started,
+waited for, measured (RSS from /proc) and stopped by its own pid."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+ROARK_KEY = "rk_bench_0123456789"
+VAPI_SECRET = "vapi_bench_secret"
+#: `python -m bench.*` servers import the bench package from here.
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path,
+                 ready_path: str, ready_timeout: float = 60.0) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(
+                [*command, "--port", str(self.port)], env={**os.environ, **env},
+                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        self._wait_ready(ready_path, ready_timeout, log)
+
+    def _wait_ready(self, path: str, timeout: float, log: Path) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {log}")
+            try:
+                httpx.request("GET" if path == "/health" else "HEAD", self.url + path, timeout=2)
+                return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready within {timeout:g} s; see {log}")
+
+    def memory_kb(self) -> dict[str, int]:
+        """Current and peak resident set size (VmRSS, VmHWM) of the server process."""
+        fields = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])
+        return fields
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.contextmanager
+def running(server_factory) -> Iterator[Server]:
+    server = server_factory()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def relay_env(database_url: str, upstream_url: str, forward_concurrency: int) -> dict[str, str]:
+    """The relay as deployed, at its default log level (one JSON line per webhook and per
+    attempt, to a file), with enough forwarding concurrency for a 200 ms upstream."""
+    return {
+        "ROARK_API_KEY": ROARK_KEY,
+        "ROARK_BASE_URL": upstream_url,
+        "RELAY_DATABASE_URL": database_url,
+        "VAPI_SECRET": VAPI_SECRET,
+        "RELAY_FORWARD_CONCURRENCY": str(forward_concurrency),
+        "RELAY_LOG_FORMAT": "json",
+    }
+
+
+def relay(env: dict[str, str], log: Path) -> Server:
+    executable = shutil.which("relay")
+    if executable is None:
+        raise RuntimeError("the `relay` command is not installed: pip install -e .")
+    return Server("relay", [executable, "serve", "--host", "127.0.0.1"], env, log, "/health")
+
+
+def bare(env: dict[str, str], log: Path) -> Server:
+    return Server("bare", [sys.executable, "-m", "bench.bare"], env, log, "/")
+
+
+def upstream(log: Path, delay: float = 0.0, hold: bool = False) -> Server:
+    command = [sys.executable, "-m", "bench.upstream", "--delay", str(delay)]
+    return Server("upstream", command + (["--hold"] if hold else []), {}, log, "/")

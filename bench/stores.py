@@ -1,0 +1,157 @@
+"""The outbox a benchmark runs on: a fresh SQLite file or a fresh PostgreSQL database,
+migrated by the relay's own code, seeded in bulk SQL, watched while the relay works,
+and removed afterwards.
+
+Seeded rows are what ingest would have stored: VAPI reports of the benchmark's size,
+each with its own call id inside the body and in its row.
+"""
+
+from __future__ import annotations
+
+import abc
+import secrets
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from bench.payloads import template
+from relay.outbox import open_backend
+
+UNDELIVERED = ("SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending') + "
+               "(SELECT count(*) FROM deliveries WHERE state = 'delivering')")
+
+#: The columns a seeded row sets: pending and due, or delivered an hour after it arrived.
+_SEED = """
+INSERT INTO deliveries (provider, event, call_id, dedupe_key, body, received_at, state,
+    attempts, next_attempt_at, updated_at, delivered_at, last_status, roark_call_id)
+SELECT 'vapi', 'end-of-call-report', {call_id}, 'end-of-call-report:' || {call_id}, {body},
+    {now} - i * 0.5, {state}, {attempts}, {now} - i * 0.5, {now}, {delivered_at}, {status}, {roark}
+FROM {series}
+"""
+
+
+def _seed_sql(dialect: str, delivered: bool) -> str:
+    p = (lambda name: f":{name}") if dialect == "sqlite" else (lambda name: f"%({name})s")
+    call_id = f"({p('tag')} || i)"
+    body = (f"CAST({p('prefix')} || {call_id} || {p('suffix')} AS BLOB)" if dialect == "sqlite"
+            else f"convert_to({p('prefix')} || {call_id} || {p('suffix')}, 'UTF8')")
+    series = ("(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < "
+              f"{p('count')}) SELECT i FROM s)" if dialect == "sqlite"
+              else f"generate_series(1, {p('count')}) AS i")
+    return _SEED.format(
+        call_id=call_id, body=body, now=p("now"), series=series,
+        state="'delivered'" if delivered else "'pending'", attempts=int(delivered),
+        delivered_at=f"{p('now')} - i * 0.5 + 3600" if delivered else "NULL",
+        status="201" if delivered else "NULL",
+        roark=f"'rk-' || {call_id}" if delivered else "NULL")
+
+
+class Store(abc.ABC):
+    backend: str
+    url: str
+
+    def migrate(self) -> None:
+        store = open_backend(self.url)
+        try:
+            store.migrate()
+        finally:
+            store.close()
+
+    def seed(self, count: int, size: int, *, delivered: bool = False, batch: int = 50_000) -> float:
+        """Store `count` pending (or delivered) reports of `size` bytes; returns seconds."""
+        prefix, suffix = (part.decode() for part in template(size))
+        started = time.perf_counter()
+        tag = f"seed-{secrets.token_hex(4)}-"
+        for offset in range(0, count, batch):
+            self._execute(_seed_sql(self.backend, delivered), {
+                "tag": f"{tag}{offset}-", "prefix": prefix, "suffix": suffix,
+                "count": min(batch, count - offset), "now": time.time()})
+        self._execute("ANALYZE", {})
+        return time.perf_counter() - started
+
+    def undelivered(self) -> int:
+        return self._scalar(UNDELIVERED)
+
+    def rows(self) -> int:
+        return self._scalar("SELECT count(*) FROM deliveries")
+
+    @abc.abstractmethod
+    def _execute(self, statement: str, params: dict[str, object]) -> None: ...
+
+    @abc.abstractmethod
+    def _scalar(self, query: str) -> int: ...
+
+    @abc.abstractmethod
+    def settings(self) -> dict[str, str]:
+        """The durability settings in force, for the record."""
+
+    @abc.abstractmethod
+    def drop(self) -> None: ...
+
+
+class SQLiteStore(Store):
+    backend = "sqlite"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / f"bench-{secrets.token_hex(4)}.db"
+        self.url = f"sqlite:///{self.path}"
+        self.migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        return conn
+
+    def _execute(self, statement: str, params: dict[str, object]) -> None:
+        with closing(self._connect()) as conn:
+            conn.execute(statement, params)
+
+    def _scalar(self, query: str) -> int:
+        with closing(self._connect()) as conn:
+            return conn.execute(query).fetchone()[0]
+
+    def settings(self) -> dict[str, str]:
+        return {"journal_mode": "wal", "synchronous (inserts)": "FULL",
+                "sqlite_version": sqlite3.sqlite_version}
+
+    def drop(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+
+class PostgresStore(Store):
+    """A database of its own on the server `server_url` names, dropped afterwards."""
+
+    backend = "postgres"
+
+    def __init__(self, server_url: str) -> None:
+        self.name = f"relay_bench_{secrets.token_hex(4)}"
+        self._server_url = server_url
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
+        self.url = urlunsplit(urlsplit(server_url)._replace(path=f"/{self.name}"))
+        self.migrate()
+
+    def _execute(self, statement: str, params: dict[str, object]) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(statement, params or None)
+
+    def _scalar(self, query: str) -> int:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            return conn.execute(query).fetchone()[0]
+
+    def settings(self) -> dict[str, str]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            return {name: conn.execute(f"SHOW {name}").fetchone()[0]
+                    for name in ("fsync", "synchronous_commit", "wal_sync_method",
+                                 "shared_buffers", "server_version")}
+
+    def drop(self) -> None:
+        with psycopg.connect(self._server_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                          .format(sql.Identifier(self.name)))

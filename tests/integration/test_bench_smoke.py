@@ -1,0 +1,36 @@
+"""The benchmark harness (bench/) in its tiny mode: it runs every measurement end to
+end and reports them. It asserts that it works, never how fast anything is."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.report import ROWS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_bench_runs_every_measurement_and_reports_it(backend, tmp_path, request):
+    args = ["--tiny", "--backend", backend, "--driver", "python", "--output", str(tmp_path / "results.json")]
+    if backend == "postgres":
+        args += ["--postgres-url", request.getfixturevalue("postgres_url")]
+    run = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=280)
+    assert run.returncode == 0, run.stdout + run.stderr
+    record = json.loads((tmp_path / "results.json").read_text())
+    results = record["results"][backend]
+    assert set(results) == {"ingest", "latency", "drain_instant", "drain_slow", "memory", "scale"}
+    assert not [name for name, result in results.items() if "error" in result], results
+    assert results["ingest"]["durable"] and results["latency"]["durable"]
+    assert results["drain_instant"]["delivered"] == results["drain_instant"]["rows"]
+    # Every row of the table is printed, with a figure for this backend.
+    for row in ROWS:
+        line = next(line for line in run.stdout.splitlines() if line.startswith(row.label))
+        assert line[len(row.label):].split()[0] != "-", line
