@@ -85,7 +85,9 @@ async def handle_http_error(request: Request, exc: Exception) -> JSONResponse:
 async def handle_starlette_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return error_response(request, MethodNotAllowed(f"{request.method} is not allowed here"))
+        # RFC 9110: a 405 names the methods that are allowed (Starlette's Allow header).
+        return error_response(request, MethodNotAllowed(f"{request.method} is not allowed here",
+                                                        headers=dict(exc.headers or {})))
     return error_response(request, NotFound(f"no route for {request.url.path}"))
 
 

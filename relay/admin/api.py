@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from starlette.datastructures import QueryParams
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -27,6 +28,8 @@ from relay.providers import reject_json_constant
 from relay.redaction import Redactor
 from relay.settings import PROVIDER_NAMES
 from relay.views import attempt_json, delivery_json, iso, masked_payload
+
+log = structlog.get_logger("relay.admin")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -157,10 +160,15 @@ async def _json_body(request: Request) -> Mapping[str, Any]:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BODY:
-            raise PayloadTooLarge(f"the body may be at most {MAX_JSON_BODY} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_JSON_BODY:
+                raise PayloadTooLarge(f"the body may be at most {MAX_JSON_BODY} bytes")
+    except ClientDisconnect:
+        message = "client disconnected before sending the whole body"
+        log.info("admin_request_rejected", path=request.url.path, reason=message)
+        raise BadRequest(message) from None
     try:
         document = json.loads(body, parse_constant=reject_json_constant)
     except (ValueError, RecursionError):

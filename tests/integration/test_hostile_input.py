@@ -841,8 +841,6 @@ def test_admin_replay_body_junk(client, secret_scan, body, content_type):
 ])
 def test_slow_bodies_on_admin_endpoints_are_cut_off(served, path, headers, content_type):
     # Found unbounded (POST /login for ever, unauthenticated); bounded now in relay/server.py.
-    # Cutting /admin/api/replay off makes it log an unhandled error: see the xfail below.
-    served.allow_unhandled = path == "/admin/api/replay"
     with served.connect() as sock:
         lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Type: {content_type}",
                  "Content-Length: 100000", *(f"{k}: {v}" for k, v in headers.items())]
@@ -858,14 +856,7 @@ def test_slow_bodies_on_admin_endpoints_are_cut_off(served, path, headers, conte
         assert time.monotonic() - started < BODY_TIMEOUT + 3, f"{path}: a body trickled in for ever"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect in relay/admin/api.py: _json_body does not catch starlette.requests."
-    "ClientDisconnect, so a client hanging up mid-body on POST /admin/api/replay is an "
-    "unhandled error (traceback logged at error level, a 500 attempted); fix: wrap the "
-    "stream loop in `try: ... except ClientDisconnect: raise BadRequest('client "
-    "disconnected before sending the whole body') from None`, as relay/ingest.py does"))
 def test_client_hanging_up_mid_body_on_admin_replay_is_not_an_unhandled_error(served):
-    served.allow_unhandled = True  # checked here, where xfail covers it
     with served.connect() as sock:
         sock.sendall(("POST /admin/api/replay HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                       f"Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\n"
@@ -879,10 +870,6 @@ def test_client_hanging_up_mid_body_on_admin_replay_is_not_an_unhandled_error(se
     assert "unhandled_error" not in served.logs.getvalue()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect in relay/app.py: handle_starlette_error turns Starlette's 405 into "
-    "MethodNotAllowed without the exception's headers, dropping the Allow header RFC 9110 "
-    "requires (found by schemathesis); fix: MethodNotAllowed(..., headers=exc.headers)"))
 @pytest.mark.parametrize("path, allowed", [("/webhooks/vapi", "POST"), ("/admin/api/summary", "GET"),
                                            ("/admin/api/replay", "POST")])
 def test_405_names_the_allowed_methods(client, path, allowed):

@@ -1,17 +1,22 @@
 """The SQLite outbox's per-thread connections under storage faults, made deterministic.
 
 `SQLiteBackend` opens one connection per thread, lazily, and keeps it for the life of
-the backend. Two defects follow, both found by the storage-fault suite
+the backend. Two defects follow, found by the storage-fault suite
 (tests/e2e/test_storage_faults.py):
 
 - A connection opened while the database file cannot be opened for writing (read-only:
   here `chattr +i`) is silently opened read-only by SQLite, and kept: every write on
   that thread fails with "attempt to write a readonly database" after the fault has
-  cleared, until the relay restarts. Under load the relay opens connections on new
-  worker threads all the time, so a short fault leaves it refusing webhooks for good.
-- The connections of threads that have ended are never closed. anyio ends worker
-  threads idle for 10 s and starts new ones for the next burst, so a relay leaks two
-  file descriptors per burst-born thread until it runs out of them.
+  cleared, until the process restarts.
+- The connections of threads that have ended are never closed: two file descriptors
+  leak per ended thread.
+
+How much they bite depends on the threads calling the backend. With anyio's worker pool
+(the runner at HEAD), which retires threads idle for 10 s and starts new ones under
+load, both do: the storage-fault suite saw the relay refuse every webhook for good
+after a short read-only spell. With a fixed set of long-lived threads (the runner being
+written now: one writer thread, four readers) only a thread's first connection counts,
+so they become latent, but the backend's contract is the same.
 """
 
 from __future__ import annotations
