@@ -138,13 +138,9 @@ def check_schedule(history: list[sqlite3.Row], policy: RetryPolicy) -> list[str]
     return problems
 
 
-# Known defect (tests/integration/test_rate_limit_gate.py, xfail strict): rows the
-# forwarder was claiming when a Retry-After arrived are sent without a second look at the
-# gate, milliseconds after it closed. Seen in about one run in four here. Attempts
-# starting within this window after a Retry-After are counted and reported, not failed;
-# anything later means the gate does not work at all. Set it to 0 once the forwarder
-# re-checks the gate before sending.
-CLAIM_RACE_WINDOW = 0.5
+# The forwarder re-checks the gate before sending (tests/integration/test_rate_limit_gate.py),
+# so no attempt may start inside a Retry-After at all.
+CLAIM_RACE_WINDOW = 0.0
 
 
 def rate_limit_breaches(by_delivery: dict[int, list[sqlite3.Row]], window: float = 0.0) -> list[str]:

@@ -49,12 +49,6 @@ class ClaimHeldOpen(SQLiteBackend):
         return super().claim(token, now, lease_seconds, limit)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect in relay/forwarder.py: rows claimed while a Retry-After (or a pause) arrives "
-    "are sent without a second look at the gate; fix: at the top of Forwarder._deliver, "
-    "if max(paused_until, rate_limited_until) > now, complete the row as "
-    "Completion(PENDING, now, next_attempt_at=<gate end>, refund_attempt=True) and return "
-    "without sending (this also closes the window between claim and task start)"))
 def test_rows_claimed_while_a_retry_after_arrives_wait_for_it(tmp_path):
     settings = Settings.from_env({
         "ROARK_API_KEY": ROARK_KEY,
