@@ -35,6 +35,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=("ingest", "latency", "drain", "memory", "scale"),
                         help="run these measurements only")
     parser.add_argument("--output", type=Path, help="JSON file (default: bench/results/...)")
+    parser.add_argument("--profile", action="store_true",
+                        help="record a py-spy flame graph of each relay into bench/results/")
     return parser.parse_args(argv)
 
 
@@ -87,7 +89,11 @@ def main(argv: list[str] | None = None) -> None:
             probe = new_store()
             record["store_settings"][backend] = probe.settings()
             probe.drop()
-            bench = scenarios.Bench(sizes, logs, new_store, driver, secrets.token_hex(3))
+            run_id = secrets.token_hex(3)
+            profiles = report.RESULTS / f"profiles-{run_id}" if args.profile else None
+            if profiles:
+                profiles.mkdir(parents=True)
+            bench = scenarios.Bench(sizes, logs, new_store, driver, run_id, profiles)
             record["results"][backend] = run_backend(bench, only)
     record["seconds"] = round(time.monotonic() - started)
     path = report.save(record, args.output)

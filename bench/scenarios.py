@@ -40,7 +40,7 @@ class Sizes:
 
 
 SIZES = {
-    "full": Sizes(ingest_seconds=20, latency_seconds=20, drain_rows=100_000,
+    "full": Sizes(ingest_seconds=15, latency_seconds=15, drain_rows=100_000,
                   slow_drain_rows=100_000, history_rows=1_000_000),
     "quick": Sizes(ingest_seconds=5, latency_seconds=5, drain_rows=10_000,
                    slow_drain_rows=5_000, history_rows=100_000),
@@ -57,13 +57,18 @@ class Bench:
     new_store: Callable[[], Store]
     driver: str  # "wrk" or "python"
     run_id: str
+    profiles: Path | None = None  # a folder: flame graphs of every relay process (py-spy)
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
 
-    def relay(self, store: Store, upstream: Server, name: str) -> Server:
-        env = servers.relay_env(store.url, upstream.url, self.sizes.forward_concurrency)
-        return servers.relay(env, self.log(f"relay-{name}"))
+    def relay(self, store: Store, upstream: Server, name: str, held: bool = False) -> Server:
+        """The relay on `store`, forwarding to `upstream`; `held`: the upstream holds the
+        forwarder back, which then claims one delivery before it stops (not 256)."""
+        concurrency = 1 if held else self.sizes.forward_concurrency
+        env = servers.relay_env(store.url, upstream.url, concurrency)
+        profile = self.profiles and self.profiles / f"{store.backend}-{name}.svg"
+        return servers.relay(env, self.log(f"relay-{name}"), profile)
 
     def bare(self) -> Server:
         # Settings the bare app never uses, but uvicorn_config reads (as the relay's).
@@ -120,7 +125,7 @@ def ingest(bench: Bench) -> dict:
     store = bench.new_store()
     try:
         with (servers.running(lambda: servers.upstream(bench.log("upstream-hold"), hold=True)) as up,
-              servers.running(lambda: bench.relay(store, up, "ingest")) as relay):
+              servers.running(lambda: bench.relay(store, up, "ingest", held=True)) as relay):
             cpu = _cpu_seconds(relay)
             result = bench.closed_loop(relay.url, "ingest", **load)
             result["cpu_seconds"] = round(_cpu_seconds(relay) - cpu, 2)
@@ -147,19 +152,26 @@ def ingest(bench: Bench) -> dict:
 
 
 def latency(bench: Bench) -> dict:
-    """2. Ack latency at a fixed offered rate (open loop), forwarder delivering as it goes."""
+    """2. Ack latency at a fixed offered rate (open loop) while the forwarder delivers
+    each webhook as it comes (the steady state), then with the forwarder held back
+    (acknowledging only), and the bare endpoint's at the same rate."""
     sizes = bench.sizes
-    store = bench.new_store()
-    try:
-        with (servers.running(lambda: servers.upstream(bench.log("upstream-instant"))) as up,
-              servers.running(lambda: bench.relay(store, up, "latency")) as relay):
-            result = bench.open_loop(relay.url, "latency", sizes.latency_rate, sizes.latency_seconds)
-            stored = store.rows()
-    finally:
-        store.drop()
+    runs = {}
+    for name, hold in (("relay", False), ("ingest_only", True)):
+        store = bench.new_store()
+        try:
+            with (servers.running(lambda: servers.upstream(bench.log(f"upstream-latency-{name}"),
+                                                           hold=hold)) as up,
+                  servers.running(lambda: bench.relay(store, up, f"latency-{name}", held=hold)) as relay):
+                result = bench.open_loop(relay.url, f"latency-{name}", sizes.latency_rate,
+                                         sizes.latency_seconds)
+                runs[name] = {**result, "durable": store.rows() >= result["accepted"]}
+        finally:
+            store.drop()
     with servers.running(bench.bare) as bare:
         ceiling = bench.open_loop(bare.url, "latency-bare", sizes.latency_rate, sizes.latency_seconds)
-    return {"relay": result, "bare": ceiling, "durable": stored >= result["accepted"]}
+    return {**runs, "bare": ceiling,
+            "durable": all(run["durable"] for run in runs.values())}
 
 
 def drain(bench: Bench, rows: int, delay: float, *, history: int = 0) -> dict:
@@ -188,8 +200,8 @@ def drain(bench: Bench, rows: int, delay: float, *, history: int = 0) -> dict:
 
 def memory(bench: Bench) -> dict:
     """4. Peak RSS of the relay while it ingests concurrent large reports and forwards
-    them to an instant upstream; then while it only ingests (the upstream answers 503 +
-    Retry-After after the first claim); and the bare endpoint's under the same load."""
+    them to an instant upstream; then while it only ingests (the upstream holds the
+    forwarder back); and the bare endpoint's under the same load."""
     sizes = bench.sizes
     load = dict(connections=sizes.large_reports, seconds=120, size=sizes.large_bytes,
                 per_connection=1, driver="python")
@@ -198,7 +210,7 @@ def memory(bench: Bench) -> dict:
         store = bench.new_store()
         try:
             with (servers.running(lambda: servers.upstream(bench.log(f"upstream-{name}"), hold=hold)) as up,
-                  servers.running(lambda: bench.relay(store, up, f"memory-{name}")) as relay):
+                  servers.running(lambda: bench.relay(store, up, f"memory-{name}", held=hold)) as relay):
                 idle = relay.memory_kb()["VmRSS"]
                 result = bench.closed_loop(relay.url, f"large-{name}", **load)
                 if not hold:

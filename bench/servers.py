@@ -31,8 +31,9 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path,
-                 ready_path: str, ready_timeout: float = 60.0) -> None:
+                 ready_path: str, ready_timeout: float = 60.0, profile: Path | None = None) -> None:
         self.name = name
+        self._profiler: subprocess.Popen | None = None
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         with open(log, "ab") as out:
@@ -40,6 +41,8 @@ class Server:
                 [*command, "--port", str(self.port)], env={**os.environ, **env},
                 stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         self._wait_ready(ready_path, ready_timeout, log)
+        if profile is not None:
+            self._profiler = _profile(self.process.pid, profile)
 
     def _wait_ready(self, path: str, timeout: float, log: Path) -> None:
         deadline = time.monotonic() + timeout
@@ -64,6 +67,9 @@ class Server:
         return fields
 
     def stop(self, timeout: float = 30.0) -> None:
+        if self._profiler is not None:  # py-spy writes its flame graph when interrupted
+            self._profiler.send_signal(signal.SIGINT)
+            self._profiler.wait(timeout=60)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -95,11 +101,22 @@ def relay_env(database_url: str, upstream_url: str, forward_concurrency: int) ->
     }
 
 
-def relay(env: dict[str, str], log: Path) -> Server:
+def _profile(pid: int, output: Path) -> subprocess.Popen:
+    """py-spy (pip install py-spy) sampling `pid`, every thread, into an SVG flame graph."""
+    executable = shutil.which("py-spy")
+    if executable is None:
+        raise RuntimeError("--profile needs py-spy: pip install py-spy")
+    return subprocess.Popen([executable, "record", "--pid", str(pid), "--output", str(output),
+                             "--threads", "--nonblocking", "--rate", "200"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def relay(env: dict[str, str], log: Path, profile: Path | None = None) -> Server:
     executable = shutil.which("relay")
     if executable is None:
         raise RuntimeError("the `relay` command is not installed: pip install -e .")
-    return Server("relay", [executable, "serve", "--host", "127.0.0.1"], env, log, "/health")
+    return Server("relay", [executable, "serve", "--host", "127.0.0.1"], env, log, "/health",
+                  profile=profile)
 
 
 def bare(env: dict[str, str], log: Path) -> Server:

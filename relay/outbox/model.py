@@ -123,8 +123,11 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def claim(self, token: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
-        """Lease up to `limit` due deliveries (pending and due, or with an expired lease).
+    def claim(self, token: str, now: float, lease_seconds: float, limit: int,
+              max_bytes: int | None = None) -> list[Delivery]:
+        """Lease up to `limit` due deliveries (pending and due, or with an expired lease),
+        oldest due first, and only as many as fit in `max_bytes` of bodies, though always
+        at least one when any is due.
 
         Like `complete_many`, a claim need not be synced: a lost claim only puts rows
         back where they were, to be claimed (and perhaps sent) again.

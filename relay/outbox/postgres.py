@@ -71,13 +71,20 @@ _STORE_STATE = (pg_errors.UndefinedTable, pg_errors.InsufficientPrivilege)
 
 CLAIM = f"""
 WITH due AS (
-    SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= %(now)s
+    SELECT id, octet_length(body) AS size, next_attempt_at AS at FROM deliveries
+    WHERE state = 'pending' AND next_attempt_at <= %(now)s
     ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), expired AS (
-    SELECT id FROM deliveries WHERE state = 'delivering' AND lease_expires_at <= %(now)s
+    SELECT id, octet_length(body) AS size, lease_expires_at AS at FROM deliveries
+    WHERE state = 'delivering' AND lease_expires_at <= %(now)s
     ORDER BY lease_expires_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), candidates AS (
+    SELECT id, sum(size) OVER w AS running, row_number() OVER w AS n
+    FROM (SELECT 0 AS part, * FROM due UNION ALL SELECT 1, * FROM expired) AS c
+    WINDOW w AS (ORDER BY part, at, id)
 ), chosen AS (
-    SELECT id FROM due UNION ALL SELECT id FROM expired LIMIT %(limit)s
+    -- octet_length reads a stored body's size without fetching it (TOAST keeps it)
+    SELECT id FROM candidates WHERE n <= %(limit)s AND (n = 1 OR running <= %(max_bytes)s)
 )
 UPDATE deliveries SET state = 'delivering', lease_token = %(token)s,
     lease_expires_at = %(expires)s, attempts = attempts + 1, updated_at = %(now)s
@@ -86,7 +93,7 @@ RETURNING {COLUMNS}
 """
 
 
-SQL = Statements(mark="%s", named="%({})s")
+SQL = Statements(mark="%s")
 
 
 class PostgresBackend(SQLBackend):
@@ -212,8 +219,10 @@ class PostgresBackend(SQLBackend):
             (version,) = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
         return version or 0
 
-    def claim(self, token: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
-        params = {"token": token, "now": now, "expires": now + lease_seconds, "limit": limit}
+    def claim(self, token: str, now: float, lease_seconds: float, limit: int,
+              max_bytes: int | None = None) -> list[Delivery]:
+        params = {"token": token, "now": now, "expires": now + lease_seconds, "limit": limit,
+                  "max_bytes": 2**62 if max_bytes is None else max_bytes}
         with self._write(durable=False) as conn:
             rows = conn.execute(CLAIM, params).fetchall()
         return sorted((delivery_from_row(r) for r in rows), key=lambda d: (d.next_attempt_at, d.id))

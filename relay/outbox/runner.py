@@ -108,8 +108,9 @@ class AsyncOutbox:
     async def migrate(self) -> int:
         return await self._write(self.backend.migrate)
 
-    async def claim(self, token: str, lease_seconds: float, limit: int) -> list[Delivery]:
-        return await self._write(self.backend.claim, token, self._clock(), lease_seconds, limit)
+    async def claim(self, token: str, lease_seconds: float, limit: int,
+                    max_bytes: int | None = None) -> list[Delivery]:
+        return await self._write(self.backend.claim, token, self._clock(), lease_seconds, limit, max_bytes)
 
     async def complete(self, delivery_id: int, token: str, completion: Completion) -> bool:
         """Apply `completion` if `token` still holds the lease (see Backend.complete_many)."""

@@ -1,7 +1,9 @@
 """The SQL both outbox backends run, written once and rendered in each driver's
-parameter style (sqlite3's `?`/`:name`, psycopg's `%s`/`%(name)s`).
+parameter style (sqlite3's `?`, psycopg's `%s`).
 
-What differs between the backends (claiming, inserting under concurrency, connections,
+Inserts and completions are one statement per batch (a multi-row INSERT, an UPDATE
+joined to the batch's VALUES), so a group commit costs a few statements however many
+webhooks it holds. What differs between the backends (claiming, connections, syncing,
 error mapping) stays in their own modules.
 """
 
@@ -50,7 +52,6 @@ def delivery_from_row(row: Sequence[object]) -> Delivery:
 @dataclass(frozen=True)
 class Statements:
     mark: str  # a positional parameter
-    named: str  # a named parameter, with {} for the name
 
     def _marks(self, count: int) -> str:
         return ", ".join([self.mark] * count)
@@ -147,8 +148,10 @@ class Statements:
             f"last_error = CASE WHEN {has_attempt} THEN CAST(v.error AS TEXT) ELSE deliveries.last_error END, "
             "delivered_at = CASE WHEN CAST(v.state AS TEXT) = 'delivered' "
             "THEN CAST(v.now AS DOUBLE PRECISION) ELSE deliveries.delivered_at END "
-            "FROM v WHERE deliveries.id = CAST(v.id AS BIGINT) "
-            "AND deliveries.lease_token = CAST(v.token AS TEXT) AND deliveries.state = 'delivering' "
+            # The state test sits inside the join condition: as a filter of its own, once
+            # SQLite had statistics, it scanned the whole table on every batch.
+            "FROM v WHERE deliveries.id = CAST(v.id AS BIGINT) AND deliveries.lease_token = "
+            "CASE WHEN deliveries.state = 'delivering' THEN CAST(v.token AS TEXT) END "
             "RETURNING deliveries.id",
             params,
         )

@@ -23,7 +23,7 @@ from relay.outbox import migrations
 from relay.outbox.model import Delivery
 from relay.outbox.sql import COLUMNS, SQLBackend, Statements, delivery_from_row
 
-SQL = Statements(mark="?", named=":{}")
+SQL = Statements(mark="?")
 
 
 class SQLiteBackend(SQLBackend):
@@ -106,19 +106,22 @@ class SQLiteBackend(SQLBackend):
             (version,) = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
         return version or 0
 
-    def claim(self, token: str, now: float, lease_seconds: float, limit: int) -> list[Delivery]:
+    def claim(self, token: str, now: float, lease_seconds: float, limit: int,
+              max_bytes: int | None = None) -> list[Delivery]:
         with self._write(durable=False) as conn:
             # INDEXED BY: without statistics SQLite preferred (state, received_at) and
             # sorted every pending row on each claim, so draining a backlog took time
-            # quadratic in its size.
-            ids = [i for (i,) in conn.execute(
-                "SELECT id FROM deliveries INDEXED BY deliveries_due WHERE state = 'pending' "
-                "AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?", (now, limit))]
-            if len(ids) < limit:
-                ids += [i for (i,) in conn.execute(
-                    "SELECT id FROM deliveries INDEXED BY deliveries_leased "
+            # quadratic in its size. length() of a blob reads no more than its header.
+            due = conn.execute(
+                "SELECT id, length(body) FROM deliveries INDEXED BY deliveries_due "
+                "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+                (now, limit)).fetchall()
+            if len(due) < limit:
+                due += conn.execute(
+                    "SELECT id, length(body) FROM deliveries INDEXED BY deliveries_leased "
                     "WHERE state = 'delivering' AND lease_expires_at <= ? "
-                    "ORDER BY lease_expires_at LIMIT ?", (now, limit - len(ids)))]
+                    "ORDER BY lease_expires_at LIMIT ?", (now, limit - len(due))).fetchall()
+            ids = _within(due, max_bytes)
             if not ids:
                 return []
             rows = conn.execute(
@@ -139,6 +142,17 @@ class SQLiteBackend(SQLBackend):
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
+
+
+def _within(sized: list[tuple[int, int]], max_bytes: int | None) -> list[int]:
+    """Ids of the longest prefix of (id, size) that fits in `max_bytes`, at least one."""
+    ids, total = [], 0
+    for delivery_id, size in sized:
+        total += size
+        if ids and max_bytes is not None and total > max_bytes:
+            break
+        ids.append(delivery_id)
+    return ids
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -248,3 +248,10 @@ def test_completions_in_one_batch_apply_only_where_the_lease_holds(backend):
     stored = backend.get(c.id)
     assert (stored.state, stored.next_attempt_at, stored.last_status) == (State.PENDING, NOW + 30, 503)
     assert backend.get(d.id).state is State.DELIVERING
+
+
+def test_a_claim_stops_at_its_byte_budget_but_takes_at_least_one(backend):
+    backend.insert_many([new(f"c{i}", body=b"x" * 1000) for i in range(5)], NOW)
+    assert len(backend.claim("w1", NOW, LEASE, 10, max_bytes=2500)) == 2
+    assert len(backend.claim("w2", NOW, LEASE, 10, max_bytes=10)) == 1
+    assert len(backend.claim("w3", NOW, LEASE, 10)) == 2

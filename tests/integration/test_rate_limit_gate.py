@@ -42,11 +42,11 @@ class ClaimHeldOpen(SQLiteBackend):
         self.holding = threading.Event()
         self.release = threading.Event()
 
-    def claim(self, token, now, lease_seconds, limit):
+    def claim(self, token, now, lease_seconds, limit, max_bytes=None):
         if self.armed.is_set() and not self.holding.is_set():
             self.holding.set()
             self.release.wait(10)
-        return super().claim(token, now, lease_seconds, limit)
+        return super().claim(token, now, lease_seconds, limit, max_bytes)
 
 
 def test_rows_claimed_while_a_retry_after_arrives_wait_for_it(tmp_path):
