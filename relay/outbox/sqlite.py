@@ -8,6 +8,12 @@ Each thread has its own connection; writes take `BEGIN IMMEDIATE` so two writers
 the server and the CLI) queue on SQLite's lock instead of failing halfway through a
 transaction. Any SQLite error (locked past the busy timeout, disk
 full, read-only file, missing directory) surfaces as `StoreUnavailable`.
+
+A connection is kept only while it can write: SQLite silently opens a file it may not
+write read-only, and such a connection would refuse every write after the fault has
+cleared. So a new connection proves it can take the write lock before it is kept, one
+that fails with a read-only, I/O or cannot-open error is dropped (the next call opens
+afresh), and the connections of threads that have ended are closed.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from relay.outbox.sql import COLUMNS, SQLBackend, Statements, delivery_from_row
 
 SQL = Statements(mark="?")
 
+# Primary result codes after which a connection is not worth keeping.
+_REOPEN_AFTER = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN})
+
 
 class SQLiteBackend(SQLBackend):
     SQL = SQL
@@ -33,7 +42,7 @@ class SQLiteBackend(SQLBackend):
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: dict[threading.Thread, sqlite3.Connection] = {}
         self._connections_lock = threading.Lock()
 
     def _connection(self) -> sqlite3.Connection:
@@ -47,14 +56,29 @@ class SQLiteBackend(SQLBackend):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Fails with SQLITE_READONLY on a connection SQLite opened read-only.
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
             self._local.durable = True
         except sqlite3.Error:
             conn.close()
             raise
         self._local.conn = conn
         with self._connections_lock:
-            self._connections.append(conn)
+            for thread in [t for t in self._connections if not t.is_alive()]:
+                self._connections.pop(thread).close()
+            self._connections[threading.current_thread()] = conn
         return conn
+
+    def _unavailable(self, error: sqlite3.Error) -> StoreUnavailable:
+        if getattr(error, "sqlite_errorcode", 0) & 0xFF in _REOPEN_AFTER:
+            conn = getattr(self._local, "conn", None)
+            self._local.conn = None
+            with self._connections_lock:
+                self._connections.pop(threading.current_thread(), None)
+            if conn is not None:
+                conn.close()
+        return StoreUnavailable(f"SQLite {self.path}: {error}")
 
     @contextmanager
     def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -77,7 +101,7 @@ class SQLiteBackend(SQLBackend):
                 except sqlite3.Error:
                     pass  # SQLite may already have rolled back (e.g. disk full)
             if isinstance(error, sqlite3.Error):
-                raise StoreUnavailable(f"SQLite {self.path}: {error}") from error
+                raise self._unavailable(error) from error
             raise
 
     @contextmanager
@@ -85,7 +109,7 @@ class SQLiteBackend(SQLBackend):
         try:
             yield self._connection()
         except sqlite3.Error as error:
-            raise StoreUnavailable(f"SQLite {self.path}: {error}") from error
+            raise self._unavailable(error) from error
 
     def migrate(self) -> int:
         with self._write() as conn:
@@ -138,7 +162,7 @@ class SQLiteBackend(SQLBackend):
 
     def close(self) -> None:
         with self._connections_lock:
-            for conn in self._connections:
+            for conn in self._connections.values():
                 conn.close()
             self._connections.clear()
         self._local = threading.local()

@@ -1,22 +1,13 @@
 """The SQLite outbox's per-thread connections under storage faults, made deterministic.
 
-`SQLiteBackend` opens one connection per thread, lazily, and keeps it for the life of
-the backend. Two defects follow, found by the storage-fault suite
-(tests/e2e/test_storage_faults.py):
+`SQLiteBackend` opens one connection per thread, lazily. Two defects, found by the
+storage-fault suite (tests/e2e/test_storage_faults.py), are pinned here:
 
-- A connection opened while the database file cannot be opened for writing (read-only:
-  here `chattr +i`) is silently opened read-only by SQLite, and kept: every write on
-  that thread fails with "attempt to write a readonly database" after the fault has
-  cleared, until the process restarts.
-- The connections of threads that have ended are never closed: two file descriptors
-  leak per ended thread.
-
-How much they bite depends on the threads calling the backend. With anyio's worker pool
-(the runner at HEAD), which retires threads idle for 10 s and starts new ones under
-load, both do: the storage-fault suite saw the relay refuse every webhook for good
-after a short read-only spell. With a fixed set of long-lived threads (the runner being
-written now: one writer thread, four readers) only a thread's first connection counts,
-so they become latent, but the backend's contract is the same.
+- SQLite silently opens a file it may not write (here `chattr +i`) read-only; such a
+  connection, once kept, refused every write after the fault had cleared, until the
+  process restarted.
+- The connections of threads that had ended were never closed: two file descriptors
+  leaked per ended thread (anyio's worker pool retires idle threads and starts new ones).
 """
 
 from __future__ import annotations
@@ -48,12 +39,6 @@ def open_descriptors(path: str) -> int:
     return count
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect in relay/outbox/sqlite.py: a connection opened while the file was read-only "
-    "stays read-only after the fault clears; fix: when a statement fails with "
-    "SQLITE_READONLY (or IOERR/CANTOPEN), close and forget the thread's connection "
-    "(self._local.conn = None, remove it from self._connections) so the next call "
-    "reopens it, and retry the transaction once on the fresh connection"))
 def test_a_connection_opened_while_read_only_recovers_once_writable(tmp_path):
     path = str(tmp_path / "relay.db")
     backend = SQLiteBackend(path)
@@ -81,11 +66,6 @@ def test_a_connection_opened_while_read_only_recovers_once_writable(tmp_path):
     assert not isinstance(results[-1], StoreUnavailable), results
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect in relay/outbox/sqlite.py: connections of ended threads are never closed "
-    "(anyio retires idle worker threads), leaking file descriptors; fix: keep connections "
-    "keyed by thread and, whenever a new one is opened, close those whose thread is no "
-    "longer alive (check_same_thread=False already allows closing them from elsewhere)"))
 def test_connections_of_ended_threads_are_closed(tmp_path):
     path = str(tmp_path / "relay.db")
     backend = SQLiteBackend(path)
