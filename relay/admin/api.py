@@ -8,7 +8,6 @@ shared with the status page, so both show and accept exactly the same things.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from starlette.routing import Route
 from relay.admin.auth import AdminAuth
 from relay.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from relay.outbox import Delivery, DeliveryFilter, State
-from relay.providers import reject_json_constant
+from relay.providers import parse_json_object
 from relay.redaction import Redactor
 from relay.settings import PROVIDER_NAMES
 from relay.views import attempt_json, delivery_json, iso, masked_payload
@@ -39,6 +38,13 @@ MAX_CALL_ID = 256
 MAX_JSON_BODY = 64 * 1024
 STATES = tuple(state.value for state in State)
 _DIGITS = re.compile(r"[0-9]{1,19}")
+# Written so that Python's re and the JSON Schema (ECMA-262) pattern in the admin
+# OpenAPI document read them alike. A cursor is an id below 10**18, so that a pattern
+# alone says which cursors are valid (ids never get near that many).
+CURSOR_PATTERN = r"^([1-9][0-9]{0,17})?$"
+# Any text but control characters. (Lone surrogates, which no database column takes,
+# never get this far: the body parser refuses them, and a query string cannot carry one.)
+CALL_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 
 
 # --- validation ---------------------------------------------------------------------
@@ -57,6 +63,7 @@ def parse_id(raw: object, parameter: str) -> int:
 
 
 def parse_provider(raw: object) -> str | None:
+    """A provider filter; absent or empty means any."""
     if raw is None or raw == "":
         return None
     if raw not in PROVIDER_NAMES:
@@ -65,12 +72,12 @@ def parse_provider(raw: object) -> str | None:
 
 
 def parse_call_id(raw: object) -> str | None:
-    """A call id or its beginning (the search is a prefix match)."""
+    """A call id or its beginning (the search is a prefix match); absent or blank means any."""
     if raw is None:
         return None
-    if not isinstance(raw, str) or len(raw) > MAX_CALL_ID or not raw.isprintable():
-        raise BadRequest(f"call_id must be printable text of at most {MAX_CALL_ID} characters",
-                         parameter="call_id")
+    if not isinstance(raw, str) or len(raw) > MAX_CALL_ID or not re.fullmatch(CALL_ID_PATTERN, raw):
+        raise BadRequest(f"call_id must be text of at most {MAX_CALL_ID} characters, "
+                         "without control characters", parameter="call_id")
     return raw.strip() or None
 
 
@@ -99,6 +106,8 @@ def parse_listing(params: QueryParams, *, default_state: str, extra: tuple[str, 
     if state not in (*STATES, "all"):
         raise BadRequest(f"state must be one of {', '.join(STATES)} or all", parameter="state")
     cursor = _single(params, "cursor")
+    if cursor is not None and not re.fullmatch(CURSOR_PATTERN, cursor):
+        raise BadRequest("cursor must be the next_cursor of a previous page", parameter="cursor")
     limit = _single(params, "limit")
     if limit is not None and not (_DIGITS.fullmatch(limit) and 1 <= int(limit) <= MAX_LIMIT):
         raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", parameter="limit")
@@ -169,13 +178,7 @@ async def _json_body(request: Request) -> Mapping[str, Any]:
         message = "client disconnected before sending the whole body"
         log.info("admin_request_rejected", path=request.url.path, reason=message)
         raise BadRequest(message) from None
-    try:
-        document = json.loads(body, parse_constant=reject_json_constant)
-    except (ValueError, RecursionError):
-        raise BadRequest("the body is not valid JSON") from None
-    if not isinstance(document, dict):
-        raise BadRequest("the body must be a JSON object")
-    return document
+    return parse_json_object(bytes(body))
 
 
 class AdminApi:
@@ -224,13 +227,18 @@ class AdminApi:
             if "provider" in document or "call_id" in document:
                 raise BadRequest("provider and call_id filter all_failed; with ids, leave them out")
             raw = document["ids"]
+            # 1.0 is an integer to JSON (and to the document's schema), true is not.
             if (not isinstance(raw, list) or not 1 <= len(raw) <= MAX_IDS
-                    or not all(type(value) is int for value in raw)):
+                    or not all(type(value) is int or (type(value) is float and value.is_integer())
+                               for value in raw)):
                 raise BadRequest(f"ids must be a list of 1 to {MAX_IDS} delivery ids", parameter="ids")
-            ids = sorted({parse_id(value, "ids") for value in raw})
+            ids = sorted({parse_id(int(value), "ids") for value in raw})
             return JSONResponse({"data": await replay(request, ids, DeliveryFilter())})
         if document["all_failed"] is not True:
             raise BadRequest("all_failed must be true", parameter="all_failed")
+        for name in ("provider", "call_id"):
+            if name in document and document[name] is None:
+                raise BadRequest(f"{name} may not be null; leave it out to match any", parameter=name)
         where = DeliveryFilter(
             states=(State.FAILED,),
             provider=parse_provider(document.get("provider")),

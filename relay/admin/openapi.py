@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from relay import __version__
-from relay.admin.api import DEFAULT_LIMIT, MAX_CALL_ID, MAX_ID, MAX_IDS, MAX_LIMIT, STATES
+from relay.admin.api import (CALL_ID_PATTERN, CURSOR_PATTERN, DEFAULT_LIMIT, MAX_CALL_ID, MAX_ID, MAX_IDS,
+                             MAX_LIMIT, STATES)
 from relay.settings import PROVIDER_NAMES
 
 
@@ -32,6 +33,10 @@ def _error(description: str) -> dict[str, Any]:
 ERRORS = {"401": _error("missing or wrong Bearer token")}
 TIME = _nullable("string", format="date-time")
 ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+# Filters: empty means any, as an HTML form sends it.
+PROVIDER_FILTER = {"type": "string", "enum": ["", *PROVIDER_NAMES], "description": "empty: any provider"}
+CALL_ID_FILTER = {"type": "string", "maxLength": MAX_CALL_ID, "pattern": CALL_ID_PATTERN,
+                  "description": "call id or its beginning; blank: any"}
 
 SCHEMAS: dict[str, Any] = {
     "ErrorResponse": {
@@ -123,9 +128,7 @@ SCHEMAS: dict[str, Any] = {
              "properties": {"ids": {"type": "array", "items": ID, "minItems": 1, "maxItems": MAX_IDS}}},
             {"type": "object", "required": ["all_failed"], "additionalProperties": False,
              "properties": {"all_failed": {"const": True},
-                            "provider": {"type": "string", "enum": list(PROVIDER_NAMES)},
-                            "call_id": {"type": "string", "maxLength": MAX_CALL_ID,
-                                        "description": "call id or its beginning"}}},
+                            "provider": PROVIDER_FILTER, "call_id": CALL_ID_FILTER}},
         ],
     },
     "ReplayResult": {
@@ -146,13 +149,12 @@ SCHEMAS: dict[str, Any] = {
 
 PARAMETERS: dict[str, Any] = {
     "id": {"name": "id", "in": "path", "required": True, "schema": ID},
-    "state": {"name": "state", "in": "query", "schema": {"type": "string", "enum": [*STATES, "all"],
-                                                          "default": "all"}},
-    "provider": {"name": "provider", "in": "query", "schema": {"type": "string", "enum": list(PROVIDER_NAMES)}},
-    "call_id": {"name": "call_id", "in": "query", "description": "call id or its beginning",
-                "schema": {"type": "string", "maxLength": MAX_CALL_ID}},
-    "cursor": {"name": "cursor", "in": "query", "description": "next_cursor of the previous page (opaque)",
-               "schema": {"type": "string"}},
+    "state": {"name": "state", "in": "query", "description": "empty or all: every state",
+              "schema": {"type": "string", "enum": [*STATES, "all", ""], "default": "all"}},
+    "provider": {"name": "provider", "in": "query", "schema": PROVIDER_FILTER},
+    "call_id": {"name": "call_id", "in": "query", "schema": CALL_ID_FILTER},
+    "cursor": {"name": "cursor", "in": "query", "description": "next_cursor of the previous page; empty: the first",
+               "schema": {"type": "string", "pattern": CURSOR_PATTERN}},
     "limit": {"name": "limit", "in": "query",
               "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
 }

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import selectors
 import socket
 import threading
@@ -38,7 +37,6 @@ import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemathesis.core.failures import FailureGroup
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
@@ -712,26 +710,6 @@ def admin_served(served, fake_roark) -> Served:
     return served
 
 
-def known_contract_gap(case, failure) -> bool:
-    """The gaps between the admin API and its OpenAPI document that schemathesis found,
-    each pinned by a strict xfail (test_admin_api_follows_its_document), so that the
-    fuzzing goes on looking for new ones."""
-    kind = type(failure).__name__
-    query = case.query or {}
-    body = case.body if isinstance(case.body, dict) else {}
-    if kind == "RejectedPositiveData":
-        call_ids = [v for v in (query.get("call_id"), body.get("call_id")) if isinstance(v, str)]
-        cursor = query.get("cursor")
-        ids = body.get("ids")
-        return (any(not v.isprintable() for v in call_ids)
-                or (isinstance(cursor, str) and cursor != "" and not re.fullmatch(r"[1-9][0-9]{0,18}", cursor))
-                or (isinstance(ids, list) and any(isinstance(v, float) for v in ids)))
-    if kind == "AcceptedNegativeData":
-        return (any(body.get(k, "") is None for k in ("call_id", "provider"))
-                or any(query.get(k) == "" for k in ("state", "provider")))
-    return False
-
-
 @ADMIN_SCHEMA.auth()
 class AdminBearer:
     """The admin token, applied the way the document's security scheme says, so that
@@ -751,18 +729,8 @@ class AdminBearer:
 def test_admin_api_conforms_to_its_openapi_under_fuzzing(case, admin_served):
     """schemathesis against the relay's own OpenAPI document, with the admin token:
     no 5xx, answers match the documented statuses and schemas, no operation works
-    without the token. (`unsupported_method` is left to
-    test_405_names_the_allowed_methods, an xfail for a defect it found.)"""
-    try:
-        response = case.call_and_validate(base_url=admin_served.url,
-                                          excluded_checks=[schemathesis.checks.unsupported_method])
-    except FailureGroup as group:
-        unknown = [f for f in group.exceptions if not known_contract_gap(case, f)]
-        if unknown:
-            details = "; ".join(f"{type(f).__name__}: {f.message}" for f in unknown)
-            raise AssertionError(f"{details} -- query={case.query!r} body={case.body!r} "
-                                 f"path={case.path_parameters!r}") from group
-        response = case.call(base_url=admin_served.url)
+    without the token, other methods get 405 with Allow."""
+    response = case.call_and_validate(base_url=admin_served.url)
     admin_served.scan.served_text(f"admin {response.status_code}", response.text)
     assert response.status_code in ADMIN_STATUSES
     if response.status_code >= 400:
@@ -883,17 +851,8 @@ def _document_allows(schema: dict, value: object) -> bool:
     return jsonschema.Draft202012Validator(root).is_valid(value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "contract gaps in relay/admin (found by schemathesis): the OpenAPI document allows what "
-    "the API refuses (400) -- call_id text that is not str.isprintable(), any string as "
-    "cursor, ids written 1.0 (a JSON Schema integer) -- and refuses what it accepts (200) "
-    "-- null provider/call_id in a replay, an empty state or provider filter (taken as "
-    "absent, outside the enums); fix: make openapi.py say what api.py enforces "
-    "(call_id: a `pattern`, with parse_call_id relaxed to refuse only control characters "
-    "so one can be written; cursor: pattern ^[1-9][0-9]{0,18}$; ids: accept integral "
-    "floats or type them so) and refuse null filters in replay_many (`document.get(k, '') "
-    "is None` -> 400), or document them nullable; refuse empty state/provider or add \"\" "
-    "to their enums"))
+# Edge inputs on which the document and the API once disagreed (found by schemathesis):
+# the API must accept exactly what the document allows.
 @pytest.mark.parametrize("method, path, params, body", [
     ("GET", "/admin/api/deliveries", {"call_id": "\U000828c8"}, None),
     ("GET", "/admin/api/deliveries", {"call_id": "\u00a0lead"}, None),
