@@ -82,7 +82,7 @@ class Settings:
     body_timeout_seconds: float = 30.0
     store_retry_after_seconds: int = 5
 
-    forward_concurrency: int = 8
+    forward_concurrency: int = 128
     lease_seconds: float = 120.0
     poll_interval_seconds: float = 1.0
     auth_pause_seconds: float = 300.0
@@ -133,7 +133,7 @@ class Settings:
             log_format=env.choice("RELAY_LOG_FORMAT", "auto", ("auto", "json", "console")),
             max_body_bytes=env.number("RELAY_MAX_BODY_BYTES", 25 * 1024 * 1024, int, minimum=1024),
             body_timeout_seconds=env.number("RELAY_BODY_TIMEOUT_SECONDS", 30.0, float, minimum=0.1),
-            forward_concurrency=env.number("RELAY_FORWARD_CONCURRENCY", 8, int, minimum=1, maximum=512),
+            forward_concurrency=env.number("RELAY_FORWARD_CONCURRENCY", 128, int, minimum=1, maximum=512),
             lease_seconds=lease,
             poll_interval_seconds=env.number("RELAY_POLL_INTERVAL_SECONDS", 1.0, float, minimum=0.01),
             auth_pause_seconds=env.number("RELAY_AUTH_PAUSE_SECONDS", 300.0, float, minimum=0.1),
