@@ -58,9 +58,9 @@ class Forwarder:
         self._inflight: dict[int, tuple[Delivery, str, asyncio.Task[None]]] = {}
         self._inflight_bytes = 0
         self._slot_freed = asyncio.Event()
-        # While a backlog drains, claim once a quarter of the slots is free, not as each
+        # While a backlog drains, claim once an eighth of the slots is free, not as each
         # delivery ends; an idle forwarder (nothing in flight) claims whatever is due.
-        self._min_claim = max(1, settings.forward_concurrency // 4)
+        self._min_claim = max(1, settings.forward_concurrency // 8)
         self._task: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], None] | None = None
         self.paused_until = 0.0
