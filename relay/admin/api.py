@@ -16,12 +16,13 @@ from typing import Any
 
 import structlog
 from starlette.datastructures import QueryParams
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from relay.admin.auth import AdminAuth
-from relay.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from relay.errors import BadRequest, HTTPError, NotFound, UnsupportedMediaType
+from relay.ingest import read_body
 from relay.outbox import Delivery, DeliveryFilter, State
 from relay.providers import parse_json_object
 from relay.redaction import Redactor
@@ -168,17 +169,12 @@ async def replay(request: Request, ids: list[int] | None, where: DeliveryFilter)
 async def _json_body(request: Request) -> Mapping[str, Any]:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
-    body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_JSON_BODY:
-                raise PayloadTooLarge(f"the body may be at most {MAX_JSON_BODY} bytes")
-    except ClientDisconnect:
-        message = "client disconnected before sending the whole body"
-        log.info("admin_request_rejected", path=request.url.path, reason=message)
-        raise BadRequest(message) from None
-    return parse_json_object(bytes(body))
+        body = await read_body(request, MAX_JSON_BODY, request.app.state.settings.body_timeout_seconds)
+    except HTTPError as error:
+        log.info("admin_request_rejected", path=request.url.path, reason=error.message)
+        raise
+    return parse_json_object(body)
 
 
 class AdminApi:
