@@ -458,6 +458,32 @@ def closed_within(sock: socket.socket, timeout: float) -> bool:
     return False
 
 
+def send_until_cut_off(sock: socket.socket, piece: bytes, at_most: int) -> None:
+    """Send `piece` again and again, up to `at_most` bytes (the relay must stop it long
+    before), or until the relay closes the connection."""
+    sent = 0
+    try:
+        while sent < at_most:
+            sock.sendall(piece)
+            sent += len(piece)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+def trickle_until_closed(sock: socket.socket, at_most: float) -> bool:
+    """Send one byte at a time, 0.2 s apart, for at most `at_most` seconds; whether the
+    relay closed the connection meanwhile."""
+    started = time.monotonic()
+    while time.monotonic() - started < at_most:
+        try:
+            sock.sendall(b"a")
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        if closed_within(sock, 0.2):
+            return True
+    return False
+
+
 def head(path: str, extra: str = "", length: int | None = None, headers: dict | None = None) -> bytes:
     lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
     lines += [f"{k}: {v}" for k, v in (headers or {"x-vapi-secret": VAPI_SECRET}).items()]
@@ -482,14 +508,7 @@ def test_huge_declared_body_is_refused_before_it_is_sent(served):
 def test_huge_chunked_body_is_cut_off_at_the_limit(served):
     with served.connect() as sock:
         sock.sendall(head("/webhooks/vapi", extra="Transfer-Encoding: chunked\r\n"))
-        chunk = b"%x\r\n%s\r\n" % (8192, b" " * 8192)
-        sent = 0
-        try:
-            while sent < 4 * MAX_BODY:  # bounded: the relay must answer long before this
-                sock.sendall(chunk)
-                sent += 8192
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        send_until_cut_off(sock, b"%x\r\n%s\r\n" % (8192, b" " * 8192), 4 * MAX_BODY)
         status, headers, body = read_response(sock, 5)
     assert status == 413
     check_error_response(status, headers, body)
@@ -519,13 +538,8 @@ def test_truncated_body_that_stays_open_gets_408_and_is_closed(served):
 def test_oversized_request_head_gets_431_and_memory_stays_bounded(served):
     with served.connect() as sock:
         sock.sendall(b"POST /webhooks/vapi HTTP/1.1\r\nHost: x\r\n")
-        sent = 0
-        try:
-            while sent < 64 * MAX_REQUEST_HEAD_BYTES:  # bounded; the relay stops it at 1/64 of this
-                sock.sendall(b"X-Pad: " + b"a" * 4000 + b"\r\n")
-                sent += 4009
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        # the relay stops it at 1/64 of this
+        send_until_cut_off(sock, b"X-Pad: " + b"a" * 4000 + b"\r\n", 64 * MAX_REQUEST_HEAD_BYTES)
         status, headers, body = read_response(sock, 5)
     assert status == 431
     check_error_response(status, headers, body)
@@ -669,15 +683,8 @@ def test_keep_alive_connection_trickling_the_next_request_is_cut_off(served):
         # A valid start of a next request, then one header byte at a time, for ever.
         sock.sendall(b"POST /webhooks/vapi HTTP/1.1\r\nHost: x\r\nX-Pad: ")
         started = time.monotonic()
-        closed = False
-        while time.monotonic() - started < BODY_TIMEOUT + 4 and not closed:
-            try:
-                sock.sendall(b"a")
-            except (BrokenPipeError, ConnectionResetError):
-                closed = True
-                break
-            closed = closed_within(sock, 0.2)
-        assert closed, "a keep-alive connection trickling a request head stayed open"
+        assert trickle_until_closed(sock, BODY_TIMEOUT + 4), \
+            "a keep-alive connection trickling a request head stayed open"
         assert time.monotonic() - started < BODY_TIMEOUT + 2
 
 
@@ -814,13 +821,7 @@ def test_slow_bodies_on_admin_endpoints_are_cut_off(served, path, headers, conte
                  "Content-Length: 100000", *(f"{k}: {v}" for k, v in headers.items())]
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         started = time.monotonic()
-        closed = False
-        while time.monotonic() - started < BODY_TIMEOUT + 5 and not closed:
-            try:
-                sock.sendall(b"a")
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            closed = closed_within(sock, 0.2)
+        trickle_until_closed(sock, BODY_TIMEOUT + 5)
         assert time.monotonic() - started < BODY_TIMEOUT + 3, f"{path}: a body trickled in for ever"
 
 
