@@ -84,8 +84,7 @@ def _reject_unpaired_surrogates(raw_body: bytes, document: object) -> None:
     try:
         json.dumps(document, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise BadRequest("body contains an unpaired UTF-16 surrogate escape, which is not "
-                         "valid Unicode", error_code="invalid_json") from None
+        raise ValueError("an unpaired UTF-16 surrogate escape is not valid Unicode") from None
 
 
 def parse_json_object(raw_body: bytes) -> dict[str, Any]:
@@ -103,7 +102,9 @@ def parse_json_object(raw_body: bytes) -> dict[str, Any]:
 
 
 def _loads(raw_body: bytes) -> Any:
-    """msgspec, a fifth of the stdlib's cost per webhook, refuses everything the strict
+    """The JSON document in `raw_body`, or ValueError (RecursionError when too deep).
+
+    msgspec, a fifth of the stdlib's cost per webhook, refuses everything the strict
     path refuses (NaN, Infinity, overflowing numbers, unpaired surrogates, invalid UTF-8,
     control characters) and keeps big integers exact. The strict path decides whatever it
     refuses: that gives the sender a clear reason, and accepts a leading BOM."""
@@ -157,7 +158,8 @@ def upstream_body(
     field_case: str = "snake",
     strip_secrets: Redactor | None = None,
 ) -> bytes:
-    """The JSON body Roark's spec defines for this stored webhook."""
+    """The JSON body Roark's spec defines for this stored webhook; ValueError (or
+    RecursionError) when it cannot be made, which no retry would change."""
     document = _loads(raw_body)
     if strip_secrets is not None:
         document = strip_secrets.strip(document)
@@ -170,7 +172,10 @@ def upstream_body(
     }
     if properties:
         body["properties"] = dict(properties)
-    return msgspec.json.encode(body)
+    try:
+        return msgspec.json.encode(body)
+    except msgspec.EncodeError as error:
+        raise ValueError(str(error)) from error
 
 
 def roark_call_id(response_json: object) -> str | None:

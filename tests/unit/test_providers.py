@@ -72,3 +72,10 @@ def test_refusals_name_their_reason(raw, reason):
         parse_json_object(raw)
     assert refused.value.status_code == 400
     assert reason.lower() in str(refused.value).lower()
+
+
+def test_a_stored_body_that_cannot_become_roarks_raises_value_error():
+    # The forwarder marks such a delivery failed for good (ValueError); anything else
+    # would escape its task and leave the row leased, to be claimed again for ever.
+    with pytest.raises(ValueError):
+        upstream_body(VAPI, b'{"message": {"type": "end-of-call-report", "a": "\\ud800"}}', {})
