@@ -107,12 +107,9 @@ class Forwarder:
         log.info("forwarder_stopped", released=len(unfinished))
 
     async def _idle(self, seconds: float, until_slot_freed: bool = False) -> None:
-        """Wait for new work (or a delivery to end) at most `seconds`."""
-        self._wake.clear()
-        events = [self._wake]
-        if until_slot_freed:
-            self._slot_freed.clear()
-            events.append(self._slot_freed)
+        """Wait at most `seconds` for new work (or a delivery to end) signalled since the
+        top of this round of `_run`, which cleared the events."""
+        events = [self._wake, self._slot_freed] if until_slot_freed else [self._wake]
         waits = [asyncio.ensure_future(event.wait()) for event in events]
         try:
             await asyncio.wait(waits, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED)
@@ -124,6 +121,12 @@ class Forwarder:
         settings = self._settings
         token_prefix = uuid.uuid4().hex[:12]
         while not self._stopping:
+            # Cleared before looking for work, not when about to wait for more: a wake-up
+            # that comes meanwhile (new work, a delivery ending, stop) is then not lost.
+            # (It was: a stop that came during a claim was cleared away, and shutdown
+            # waited out a whole poll interval.)
+            self._wake.clear()
+            self._slot_freed.clear()
             now = self._clock()
             hold_until = max(self.paused_until, self.rate_limited_until)
             if hold_until > now:
@@ -133,7 +136,6 @@ class Forwarder:
             free_bytes = MAX_BYTES_IN_FLIGHT - self._inflight_bytes
             # one claim (one transaction) for many rows; room for bodies while any is in flight
             if free < self._min_claim or (free_bytes <= 0 and self._inflight):
-                self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
             token = f"{token_prefix}-{uuid.uuid4().hex[:12]}"

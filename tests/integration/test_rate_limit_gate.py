@@ -1,4 +1,5 @@
-"""The forwarder's rate-limit gate against a claim in progress, made deterministic.
+"""The forwarder against what arrives while a claim is in progress, made deterministic:
+a Retry-After, and a stop.
 
 The upstream-chaos suite (tests/e2e/test_upstream_chaos.py) saw, in about one run in
 four, a delivery sent a few milliseconds after the relay had read a 429/503 asking for a
@@ -101,5 +102,38 @@ async def scenario(settings: Settings, tmp_path) -> None:
     finally:
         backend.release.set()
         await forwarder.stop()
+        await client.aclose()
+        await outbox.close()
+
+
+def test_a_stop_that_arrives_during_a_claim_is_not_lost(tmp_path):
+    # It was: the forwarder cleared its wake-up event after the claim, before waiting for
+    # more work, so shutdown waited out the whole poll interval (here 600 s; CI saw a
+    # PostgreSQL test hang on it).
+    settings = Settings.from_env({
+        "ROARK_API_KEY": ROARK_KEY,
+        "ROARK_BASE_URL": "http://roark.invalid",
+        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}",
+        "RELAY_POLL_INTERVAL_SECONDS": "600",
+    })
+    asyncio.run(asyncio.wait_for(stop_during_claim(settings, tmp_path), timeout=30))
+
+
+async def stop_during_claim(settings: Settings, tmp_path) -> None:
+    backend = ClaimHeldOpen(str(tmp_path / "relay.db"))
+    outbox = AsyncOutbox(backend)
+    await outbox.migrate()
+    client = RoarkClient(settings, transport=httpx.MockTransport(lambda request: httpx.Response(201)))
+    forwarder = Forwarder(outbox, client, settings, Metrics())
+    backend.armed.set()
+    forwarder.start()
+    try:
+        await asyncio.to_thread(backend.holding.wait, 10)  # the forwarder is inside a claim
+        stopping = asyncio.create_task(forwarder.stop())
+        await asyncio.sleep(0)  # one turn of the loop: stop() signals, then waits for the forwarder
+        backend.release.set()
+        await asyncio.wait_for(stopping, 5)
+    finally:
+        backend.release.set()
         await client.aclose()
         await outbox.close()
