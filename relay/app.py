@@ -29,7 +29,7 @@ from relay.ingest import receive_webhook
 from relay.metrics import Metrics
 from relay.outbox import AsyncOutbox, open_backend
 from relay.retention import run_retention
-from relay.settings import PROVIDER_NAMES, Settings
+from relay.settings import Settings
 from relay.upstream import RoarkClient
 
 log = structlog.get_logger("relay.app")
@@ -158,13 +158,9 @@ async def metrics(request: Request) -> Response:
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        for provider in PROVIDER_NAMES:
-            if provider in settings.insecure_skip_verification:
-                log.warning("verification_disabled", provider=provider,
-                            danger="anyone can post forged webhooks to this relay")
-            elif settings.verification_missing(provider):
-                log.warning("provider_not_configured", provider=provider,
-                            consequence="all its webhooks are refused with 401")
+        for provider, warnings in settings.provider_warnings().items():
+            for warning in warnings:
+                log.warning("provider_settings", provider=provider, warning=warning)
         outbox = AsyncOutbox(open_backend(settings.database_url, pool_size=settings.database_pool_size))
         version = await outbox.migrate()
         client = RoarkClient(settings)

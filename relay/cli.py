@@ -16,7 +16,8 @@ from relay import __version__
 from relay.errors import ConfigError, StoreUnavailable
 from relay.outbox import Backend, DeliveryFilter, State, open_backend
 from relay.redaction import Redactor
-from relay.settings import PROVIDER_NAMES, Settings
+from relay.providers import PROVIDER_NAMES
+from relay.settings import Settings
 from relay.views import delivery_json, iso, masked_payload
 
 DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -74,6 +75,15 @@ def serve(host: str | None, port: int | None) -> None:
     run(settings, host=host or settings.host, port=settings.port if port is None else port)
 
 
+@main.command("settings")
+def show_settings() -> None:
+    """Print every setting with its default and meaning, as an environment file (this
+    is config/relay.env.example)."""
+    from relay.settings import example_file
+
+    click.echo(example_file(), nl=False)
+
+
 @main.command()
 def migrate() -> None:
     """Create or upgrade the outbox schema in the configured database, then exit."""
@@ -100,14 +110,10 @@ def check(upstream: bool) -> None:
     settings = load_settings()
     failed = False
     click.echo(f"configuration: ok (Roark at {settings.roark_base_url})")
-    for provider in PROVIDER_NAMES:
-        if provider in settings.insecure_skip_verification:
-            click.echo(f"{provider}: WARNING signature verification is disabled "
-                       "(RELAY_INSECURE_SKIP_VERIFICATION)")
-        elif settings.verification_missing(provider):
-            variable = "RETELL_API_KEY" if provider == "retell" else "VAPI_SECRET or VAPI_HMAC_SECRET"
-            click.echo(f"{provider}: WARNING no secret configured; its webhooks are refused. Set {variable}.")
-        else:
+    for provider, warnings in settings.provider_warnings().items():
+        for warning in warnings:
+            click.echo(f"{provider}: WARNING {warning}")
+        if not warnings:
             click.echo(f"{provider}: signature verification configured")
     if settings.admin_token is None:
         click.echo("status page, admin API and /metrics: disabled (set RELAY_ADMIN_TOKEN to enable)")

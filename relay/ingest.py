@@ -24,14 +24,12 @@ from relay.errors import (
     RequestTimeout,
     ServiceUnavailable,
     StoreUnavailable,
-    Unauthorized,
     UnsupportedMediaType,
 )
 from relay.outbox import NewDelivery
-from relay.providers import PROVIDERS, Provider, parse_envelope
+from relay.providers import PROVIDERS, Provider
 from relay.settings import Settings
 from relay.sources import source_properties
-from relay.verification import verify_retell, verify_vapi
 
 log = structlog.get_logger("relay.ingest")
 
@@ -78,19 +76,8 @@ def check_content_type(request: Request) -> None:
 
 
 def verify(settings: Settings, provider: Provider, raw_body: bytes, request: Request) -> None:
-    if provider.name in settings.insecure_skip_verification:
-        return
-    now = time.time()
-    if provider.name == "retell":
-        if not settings.retell_api_keys:
-            raise Unauthorized(
-                "Retell webhooks are refused: RETELL_API_KEY is not configured on this relay",
-                error_code="provider_not_configured",
-            )
-        keys = [key.reveal() for key in settings.retell_api_keys]
-        verify_retell(keys, raw_body, request.headers, now)
-    else:
-        verify_vapi(settings.vapi_token, settings.vapi_hmac, raw_body, request.headers, now)
+    if provider.name not in settings.insecure_skip_verification:
+        provider.verify(settings.providers[provider.name], raw_body, request.headers, time.time())
 
 
 async def receive_webhook(request: Request) -> JSONResponse:
@@ -108,12 +95,12 @@ async def receive_webhook(request: Request) -> JSONResponse:
         check_content_type(request)
         raw_body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
         verify(settings, provider, raw_body, request)
-        envelope = parse_envelope(provider, raw_body)
+        envelope = provider.envelope(raw_body)
         fields.update(event_type=envelope.event, call_id=envelope.call_id)
-        if envelope.event != provider.forwarded_event:
+        if envelope.event not in provider.roark_events:
             outcome, data = "ignored", {
                 "status": "ignored",
-                "reason": f"only {provider.forwarded_event} is forwarded to Roark",
+                "reason": f"only {', '.join(sorted(provider.roark_events))} is forwarded to Roark",
             }
         else:
             try:
@@ -127,7 +114,7 @@ async def receive_webhook(request: Request) -> JSONResponse:
                         provider=provider.name,
                         event=envelope.event,
                         call_id=envelope.call_id,
-                        dedupe_key=envelope.dedupe_key(),
+                        dedupe_key=envelope.dedupe_key,
                         body=raw_body,
                         received_at=time.time(),
                         request_id=request.state.request_id,

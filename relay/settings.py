@@ -1,258 +1,48 @@
 """The relay's configuration: one frozen object, read from the environment once.
 
-`Settings.from_env()` is the only place the relay reads environment variables. It
-validates everything at start-up and raises `ConfigError` naming the variable, so a
-misconfigured relay refuses to start instead of failing on the first webhook.
+`Settings.from_env()` is the only place the relay reads environment variables. Each
+setting is declared once below (variable, default, bounds, help; see `relay.envvars`),
+each provider declares its own in its module, and config/relay.env.example is written
+from the same declarations (`relay settings`). Everything is validated at start-up: a
+`ConfigError` names the variable, so a misconfigured relay refuses to start instead of
+failing on the first webhook.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
+from relay import envvars
+from relay.envvars import (
+    Choice,
+    Flag,
+    Integer,
+    JsonObject,
+    Names,
+    Parser,
+    Secret,
+    SecretValue,
+    Seconds,
+    Text,
+    Url,
+    setting,
+)
 from relay.errors import ConfigError
+from relay.providers import PROVIDER_NAMES, PROVIDERS
 from relay.retry import RetryPolicy
-from relay.verification import VapiHmacScheme, VapiTokenScheme
 
-T = TypeVar("T")
+__all__ = ["Secret", "Settings", "example_file"]
 
-PROVIDER_NAMES = ("vapi", "retell")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-class Secret:
-    """A secret string whose repr and str never show the value."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-@dataclass(frozen=True)
-class Settings:
-    roark_api_key: Secret
-    roark_base_url: str = "https://api.roark.ai"
-    roark_timeout_seconds: float = 60.0
-    roark_properties: Mapping[str, Any] = field(default_factory=dict)
-    roark_field_case: str = "snake"
-    sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-
-    database_url: str = "sqlite:///relay.db"
-    database_pool_size: int = 10
-    retention_days: float = 30.0
-    retention_interval_seconds: float = 3600.0
-    pending_age_degraded_seconds: float = 900.0
-
-    admin_token: Secret | None = None
-    redact_keys: tuple[str, ...] = ()
-    strip_secrets_upstream: bool = False
-
-    retell_api_keys: tuple[Secret, ...] = ()
-    vapi_token: VapiTokenScheme | None = field(default=None, repr=False)
-    vapi_hmac: VapiHmacScheme | None = field(default=None, repr=False)
-    insecure_skip_verification: frozenset[str] = frozenset()
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    log_level: str = "info"
-    log_format: str = "auto"
-
-    max_body_bytes: int = 25 * 1024 * 1024
-    body_timeout_seconds: float = 30.0
-    store_retry_after_seconds: int = 5
-
-    forward_concurrency: int = 128
-    lease_seconds: float = 120.0
-    poll_interval_seconds: float = 1.0
-    auth_pause_seconds: float = 300.0
-    shutdown_grace_seconds: float = 10.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = _Env(os.environ if environ is None else environ)
-        api_key = env.text("ROARK_API_KEY")
-        if not api_key:
-            raise ConfigError("ROARK_API_KEY", "is required (your Roark API key)")
-        timeout = env.number("ROARK_TIMEOUT_SECONDS", 60.0, float, minimum=1)
-        lease = env.number("RELAY_LEASE_SECONDS", timeout * 2, float, minimum=1)
-        if lease <= timeout:
-            raise ConfigError(
-                "RELAY_LEASE_SECONDS",
-                f"must exceed ROARK_TIMEOUT_SECONDS ({timeout:g}) or a slow delivery "
-                "could be claimed twice",
-            )
-        retry_defaults = RetryPolicy()
-        return cls(
-            roark_api_key=Secret(api_key),
-            roark_base_url=env.url("ROARK_BASE_URL", "https://api.roark.ai"),
-            roark_timeout_seconds=timeout,
-            roark_properties=env.json_object("ROARK_PROPERTIES"),
-            roark_field_case=env.choice("ROARK_FIELD_CASE", "snake", ("snake", "camel")),
-            sources=env.sources(),
-            database_url=env.database_url(),
-            database_pool_size=env.number("RELAY_DATABASE_POOL_SIZE", 10, int, minimum=1, maximum=100),
-            retention_days=env.number("RELAY_RETENTION_DAYS", 30.0, float, minimum=0),
-            retention_interval_seconds=env.number(
-                "RELAY_RETENTION_INTERVAL_SECONDS", 3600.0, float, minimum=1
-            ),
-            pending_age_degraded_seconds=env.number(
-                "RELAY_PENDING_AGE_DEGRADED_SECONDS", 900.0, float, minimum=1
-            ),
-            admin_token=env.admin_token(),
-            redact_keys=tuple(k.strip() for k in (env.text("RELAY_REDACT_KEYS") or "").split(",") if k.strip()),
-            strip_secrets_upstream=env.flag("RELAY_STRIP_SECRETS_UPSTREAM"),
-            retell_api_keys=env.secrets("RETELL_API_KEY"),
-            vapi_token=env.vapi_token(),
-            vapi_hmac=env.vapi_hmac(),
-            insecure_skip_verification=env.providers("RELAY_INSECURE_SKIP_VERIFICATION"),
-            host=env.text("RELAY_HOST") or "127.0.0.1",
-            port=env.number("PORT", 8000, int, minimum=0, maximum=65535),
-            log_level=env.choice("RELAY_LOG_LEVEL", "info", LOG_LEVELS),
-            log_format=env.choice("RELAY_LOG_FORMAT", "auto", ("auto", "json", "console")),
-            max_body_bytes=env.number("RELAY_MAX_BODY_BYTES", 25 * 1024 * 1024, int, minimum=1024),
-            body_timeout_seconds=env.number("RELAY_BODY_TIMEOUT_SECONDS", 30.0, float, minimum=0.1),
-            forward_concurrency=env.number("RELAY_FORWARD_CONCURRENCY", 128, int, minimum=1, maximum=512),
-            lease_seconds=lease,
-            poll_interval_seconds=env.number("RELAY_POLL_INTERVAL_SECONDS", 1.0, float, minimum=0.01),
-            auth_pause_seconds=env.number("RELAY_AUTH_PAUSE_SECONDS", 300.0, float, minimum=0.1),
-            shutdown_grace_seconds=env.number("RELAY_SHUTDOWN_GRACE_SECONDS", 10.0, float, minimum=0),
-            retry=RetryPolicy(
-                max_attempts=env.number(
-                    "RELAY_RETRY_MAX_ATTEMPTS", retry_defaults.max_attempts, int, minimum=1
-                ),
-                base_delay=env.number(
-                    "RELAY_RETRY_BASE_SECONDS", retry_defaults.base_delay, float, minimum=0
-                ),
-                max_delay=env.number(
-                    "RELAY_RETRY_MAX_DELAY_SECONDS", retry_defaults.max_delay, float, minimum=0
-                ),
-            ),
-        )
-
-    def verification_missing(self, provider: str) -> bool:
-        """True when the provider has no secret configured and is not explicitly opted out."""
-        if provider in self.insecure_skip_verification:
-            return False
-        if provider == "retell":
-            return not self.retell_api_keys
-        return self.vapi_token is None and self.vapi_hmac is None
-
-
-class _Env:
-    """Typed, validated reads of environment variables; every error names its variable."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def text(self, name: str) -> str | None:
-        value = self._environ.get(name, "").strip()
-        return value or None
-
-    def number(
-        self,
-        name: str,
-        default: T,
-        kind: Callable[[str], T],
-        *,
-        minimum: float | None = None,
-        maximum: float | None = None,
-    ) -> T:
-        raw = self.text(name)
-        if raw is None:
-            return default
-        try:
-            value = kind(raw)
-        except ValueError:
-            raise ConfigError(name, f"must be a {kind.__name__}, got {raw!r}") from None
-        if value != value or (minimum is not None and value < minimum):  # NaN fails too
-            raise ConfigError(name, f"must be at least {minimum}, got {raw!r}")
-        if maximum is not None and value > maximum:
-            raise ConfigError(name, f"must be at most {maximum}, got {raw!r}")
-        return value
-
-    def flag(self, name: str) -> bool:
-        raw = (self.text(name) or "false").lower()
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(name, f"must be true or false, got {raw!r}")
-
-    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
-        value = (self.text(name) or default).lower()
-        if value not in allowed:
-            raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
-        return value
-
-    def url(self, name: str, default: str) -> str:
-        value = self.text(name) or default
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(name, f"must be an http(s) URL, got {value!r}")
-        return value.rstrip("/")
-
-    def json_object(self, name: str) -> dict[str, Any]:
-        raw = self.text(name)
-        if raw is None:
-            return {}
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            raise ConfigError(name, "must be a JSON object, e.g. {\"env\": \"prod\"}") from None
-        if not isinstance(value, dict):
-            raise ConfigError(name, "must be a JSON object, e.g. {\"env\": \"prod\"}")
-        return value
-
-    def sources(self) -> dict[str, dict[str, Any]]:
-        sources = self.json_object("RELAY_SOURCES")
-        for name, properties in sources.items():
-            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) or not isinstance(properties, dict):
-                raise ConfigError(
-                    "RELAY_SOURCES",
-                    'must map source names (letters, digits, _ -) to objects, e.g. '
-                    '{"acme": {"business_name": "Acme"}}',
-                )
-        return sources
-
-    def secrets(self, name: str) -> tuple[Secret, ...]:
-        """Comma-separated values, so a secret can be rotated without downtime."""
-        raw = self.text(name) or ""
-        return tuple(Secret(part.strip()) for part in raw.split(",") if part.strip())
-
-    def providers(self, name: str) -> frozenset[str]:
-        raw = self.text(name) or ""
-        chosen = frozenset(p.strip().lower() for p in raw.split(",") if p.strip())
-        unknown = chosen - set(PROVIDER_NAMES)
-        if unknown:
-            raise ConfigError(name, f"unknown provider(s) {sorted(unknown)}; use vapi, retell")
-        return chosen
-
-    def database_url(self) -> str:
-        # Heroku's Postgres add-on sets DATABASE_URL; our own variable wins when both are set.
-        name = "RELAY_DATABASE_URL" if self.text("RELAY_DATABASE_URL") else "DATABASE_URL"
-        raw = self.text(name) or "sqlite:///relay.db"
+class DatabaseUrl(Parser):
+    def __call__(self, name: str, raw: str) -> str:
         scheme = urlsplit(raw).scheme
         if scheme == "":
             return f"sqlite:///{raw}"  # a bare path is a SQLite file
@@ -266,40 +56,178 @@ class _Env:
             )
         return raw
 
-    def admin_token(self) -> Secret | None:
-        token = self.text("RELAY_ADMIN_TOKEN")
-        if token is not None and len(token) < 16:
-            raise ConfigError("RELAY_ADMIN_TOKEN", "must be at least 16 characters (use a random string)")
-        return None if token is None else Secret(token)
 
-    def vapi_token(self) -> VapiTokenScheme | None:
-        tokens = self.secrets("VAPI_SECRET")
-        if not tokens:
-            return None
-        try:
-            return VapiTokenScheme(
-                tokens=tuple(t.reveal() for t in tokens),
-                header=self.text("VAPI_SECRET_HEADER"),
-                prefix=self._environ.get("VAPI_SECRET_PREFIX"),
+class Sources(JsonObject):
+    def __call__(self, name: str, raw: str) -> dict[str, Any]:
+        sources = super().__call__(name, raw)
+        for source, properties in sources.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", source) or not isinstance(properties, dict):
+                raise ConfigError(name, "must map source names (letters, digits, _ -) to objects, "
+                                        'e.g. {"acme": {"business_name": "Acme"}}')
+        return sources
+
+
+class AdminToken(Parser):
+    def __call__(self, name: str, raw: str) -> Secret:
+        if len(raw) < 16:
+            raise ConfigError(name, "must be at least 16 characters (use a random string)")
+        return Secret(raw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    roark_api_key: Secret = setting(
+        "ROARK_API_KEY", None, SecretValue(),
+        "Your Roark API key, sent as `Authorization: Bearer ...`.",
+        required=True, example="rk_live_replace_me", section="Roark (upstream)")
+    roark_base_url: str = setting("ROARK_BASE_URL", "https://api.roark.ai", Url(), "Roark's API.")
+    roark_timeout_seconds: float = setting(
+        "ROARK_TIMEOUT_SECONDS", 60.0, Seconds(1), "Seconds for one POST to Roark (connecting gets 5 s of it).")
+    roark_properties: Mapping[str, Any] = setting(
+        "ROARK_PROPERTIES", {}, JsonObject('{"business_name": "Acme"}'),
+        'JSON object sent as `properties` with every call, e.g. {"business_name": "Acme"}.')
+    roark_field_case: str = setting(
+        "ROARK_FIELD_CASE", "snake", Choice(("snake", "camel")),
+        """snake (the spec: vapi_end_of_call_report_payload) or camel
+        (vapiEndOfCallReportPayload) for deployments whose Roark API expects the older
+        SDK's field names.""")
+    sources: Mapping[str, Mapping[str, Any]] = setting(
+        "RELAY_SOURCES", {}, Sources(),
+        """Named sources: a webhook sent to /webhooks/vapi/acme carries these properties
+        too, e.g. {"acme": {"business_name": "Acme"}}. Query parameters on a webhook URL
+        (/webhooks/vapi?business_name=Acme) are added as properties as well; they override
+        a source's, which override ROARK_PROPERTIES.""")
+
+    database_url: str = setting(
+        "RELAY_DATABASE_URL", "sqlite:///relay.db", DatabaseUrl(),
+        """The outbox. A file path or sqlite:///path (sqlite:////abs/path for an absolute
+        one), or postgresql://user:password@host:5432/dbname. DATABASE_URL (set by
+        Heroku's Postgres add-on) is used when this is unset.""",
+        fallback="DATABASE_URL", section="Storage")
+    database_pool_size: int = setting(
+        "RELAY_DATABASE_POOL_SIZE", 10, Integer(1, 100),
+        "Most connections one relay process opens to PostgreSQL (small Heroku plans allow 20).")
+    retention_days: float = setting(
+        "RELAY_RETENTION_DAYS", 30.0, Seconds(0),
+        """Delivered webhooks older than this many days are deleted; failed ones are kept
+        until replayed or pruned. 0 keeps everything.""")
+    retention_interval_seconds: float = setting(
+        "RELAY_RETENTION_INTERVAL_SECONDS", 3600.0, Seconds(1), "How often retention runs.")
+
+    insecure_skip_verification: tuple[str, ...] = setting(
+        "RELAY_INSECURE_SKIP_VERIFICATION", (), Names(PROVIDER_NAMES),
+        """DANGER, local experiments only: accept unsigned webhooks from these providers
+        (comma-separated). The relay logs a warning at start-up for each.""",
+        example="", section="Webhook verification")
+
+    host: str = setting("RELAY_HOST", "127.0.0.1", Text(),
+                        "Interface to bind; 0.0.0.0 to accept webhooks from outside.", section="Server")
+    port: int = setting("PORT", 8000, Integer(0, 65535), "Port to listen on.")
+    log_level: str = setting("RELAY_LOG_LEVEL", "info", Choice(LOG_LEVELS), "Log level.")
+    log_format: str = setting("RELAY_LOG_FORMAT", "auto", Choice(("auto", "json", "console")),
+                              "auto: JSON unless on a terminal.")
+    max_body_bytes: int = setting(
+        "RELAY_MAX_BODY_BYTES", 25 * 1024 * 1024, Integer(1024),
+        "Bodies larger than this are refused with 413 (VAPI reports can reach several MB).")
+    body_timeout_seconds: float = setting(
+        "RELAY_BODY_TIMEOUT_SECONDS", 30.0, Seconds(0.1),
+        "A client that has not sent its whole body by then gets 408.")
+
+    admin_token: Secret | None = setting(
+        "RELAY_ADMIN_TOKEN", None, AdminToken(),
+        """Enables the status page (/status), the admin API (/admin/api) and /metrics;
+        scripts send it as `Authorization: Bearer ...`. At least 16 characters. Unset:
+        all disabled.""",
+        section="Operators")
+    pending_age_degraded_seconds: float = setting(
+        "RELAY_PENDING_AGE_DEGRADED_SECONDS", 900.0, Seconds(1),
+        '/health reports "degraded" when the oldest undelivered webhook is older than this.')
+    redact_keys: tuple[str, ...] = setting(
+        "RELAY_REDACT_KEYS", (), Names(),
+        """Extra payload keys whose values are masked wherever the relay shows a payload
+        (twilioAuthToken, twilioApiSecret and anything named like a secret always are),
+        comma-separated, e.g. customerPin,internalNote.""")
+    strip_secrets_upstream: bool = setting(
+        "RELAY_STRIP_SECRETS_UPSTREAM", False, Flag(),
+        "true: also remove those secret values from the payload before forwarding to Roark.")
+
+    forward_concurrency: int = setting(
+        "RELAY_FORWARD_CONCURRENCY", 128, Integer(1, 512),
+        """Deliveries in flight at once. It bounds a drain at this many per Roark latency
+        (128 at 200 ms: 640/s); the bytes in flight are capped at 16 MB however many.""",
+        section="Forwarding")
+    lease_seconds: float | None = setting(
+        "RELAY_LEASE_SECONDS", None, Seconds(1),
+        """A claimed delivery not finished within this long is claimed again (crash
+        recovery). Must exceed ROARK_TIMEOUT_SECONDS; defaults to twice it.""",
+        example="120")
+    poll_interval_seconds: float = setting(
+        "RELAY_POLL_INTERVAL_SECONDS", 1.0, Seconds(0.01),
+        "How often the forwarder looks for due deliveries when nothing wakes it.")
+    auth_pause_seconds: float = setting(
+        "RELAY_AUTH_PAUSE_SECONDS", 300.0, Seconds(0.1),
+        "After Roark answers 401/403 (a wrong key), wait this long before trying again.")
+    shutdown_grace_seconds: float = setting(
+        "RELAY_SHUTDOWN_GRACE_SECONDS", 10.0, Seconds(0),
+        "On shutdown, in-flight deliveries get this long to finish before being handed back.")
+    retry_max_attempts: int = setting(
+        "RELAY_RETRY_MAX_ATTEMPTS", RetryPolicy.max_attempts, Integer(1),
+        """Exponential backoff from RELAY_RETRY_BASE_SECONDS, x3 per attempt, capped at
+        RELAY_RETRY_MAX_DELAY_SECONDS, ±20% jitter; the defaults span more than 24 hours.""")
+    retry_base_seconds: float = setting(
+        "RELAY_RETRY_BASE_SECONDS", RetryPolicy.base_delay, Seconds(0), "First retry delay.")
+    retry_max_delay_seconds: float = setting(
+        "RELAY_RETRY_MAX_DELAY_SECONDS", RetryPolicy.max_delay, Seconds(0), "Longest retry delay.")
+
+    #: Each provider's own settings (see its module), by provider name.
+    providers: Mapping[str, Any] = field(default_factory=dict)
+    store_retry_after_seconds: int = 5
+    retry: RetryPolicy = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds is None:
+            object.__setattr__(self, "lease_seconds", self.roark_timeout_seconds * 2)
+        elif self.lease_seconds <= self.roark_timeout_seconds:
+            raise ConfigError(
+                "RELAY_LEASE_SECONDS",
+                f"must exceed ROARK_TIMEOUT_SECONDS ({self.roark_timeout_seconds:g}) or a slow "
+                "delivery could be claimed twice",
             )
-        except ValueError as error:  # e.g. a prefix without a header to apply it to
-            raise ConfigError("VAPI_SECRET_PREFIX", str(error)) from None
-
-    def vapi_hmac(self) -> VapiHmacScheme | None:
-        secrets = self.secrets("VAPI_HMAC_SECRET")
-        if not secrets:
-            return None
-        default = {f.name: f.default for f in dataclasses.fields(VapiHmacScheme)}
-        options = dict(
-            algorithm=self.choice("VAPI_HMAC_ALGORITHM", default["algorithm"], ("sha256", "sha512", "sha1")),
-            signature_header=self.text("VAPI_HMAC_SIGNATURE_HEADER") or default["signature_header"],
-            timestamp_header=self.text("VAPI_HMAC_TIMESTAMP_HEADER") or default["timestamp_header"],
-            encoding=self.choice("VAPI_HMAC_ENCODING", default["encoding"], ("hex", "base64")),
-            prefix=self._environ.get("VAPI_HMAC_PREFIX", default["prefix"]),
-            secret_is_base64=self.flag("VAPI_HMAC_SECRET_BASE64"),
-            payload_template=self.text("VAPI_HMAC_PAYLOAD_TEMPLATE") or default["payload_template"],
-        )
         try:
-            return VapiHmacScheme(secrets=tuple(s.reveal() for s in secrets), **options)
-        except ValueError as error:  # e.g. a secret that is not valid base64
-            raise ConfigError("VAPI_HMAC_SECRET", str(error)) from None
+            retry = RetryPolicy(max_attempts=self.retry_max_attempts, base_delay=self.retry_base_seconds,
+                                max_delay=self.retry_max_delay_seconds)
+        except ValueError as error:
+            raise ConfigError("RELAY_RETRY_MAX_DELAY_SECONDS", str(error)) from None
+        object.__setattr__(self, "retry", retry)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        providers = {name: envvars.read(p.Settings, environ) for name, p in PROVIDERS.items()}
+        return envvars.read(cls, environ, providers=providers)
+
+    def provider_warnings(self) -> dict[str, list[str]]:
+        """Per provider, what an operator must hear at start-up (nothing: all is well)."""
+        return {
+            name: ["signature verification is disabled (RELAY_INSECURE_SKIP_VERIFICATION): "
+                   "anyone can post forged webhooks to this relay"]
+            if name in self.insecure_skip_verification else provider.warnings(self.providers[name])
+            for name, provider in PROVIDERS.items()
+        }
+
+
+EXAMPLE_HEADER = """\
+# Roark Relay configuration. Copy to .env (or set in your platform's config vars).
+# Every variable is read once at start-up; an invalid value stops the relay with a
+# one-line message naming the variable. Secrets may hold several comma-separated
+# values, so a secret can be rotated: add the new one, switch the provider, drop the old.
+# Written by `relay settings` from the declarations in relay/settings.py and
+# relay/providers/; change those, not this file."""
+
+
+def example_file() -> str:
+    """config/relay.env.example: every setting with its default (or an example) and help."""
+    lines = [EXAMPLE_HEADER, *envvars.document(Settings)]
+    for provider in PROVIDERS.values():
+        lines += envvars.document(provider.Settings)
+    return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
-"""The Roark API client: one shared pool of keep-alive connections (relay.http1),
-explicit timeouts, no retries.
+"""The Roark API client: the request Roark's spec defines for a stored webhook, sent over
+one shared pool of keep-alive connections (relay.http1), with explicit timeouts and no
+retries.
 
 Retrying is the forwarder's job (persisted per row); this module makes exactly one
 attempt and reports what happened in a form `relay.retry.decide` understands.
@@ -9,19 +10,53 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
-from relay import __version__, http1
+from relay import __version__, http1, jsonbody
 from relay.outbox import Delivery
-from relay.providers import PROVIDERS, roark_call_id, upstream_body
+from relay.providers import PROVIDERS, Provider
 from relay.redaction import Redactor
 from relay.retry import AttemptResult
 from relay.settings import Settings
 
 #: How much of an upstream error we keep; Roark's ErrorResponse messages are short.
 MAX_ERROR_TEXT = 500
+
+
+def roark_body(
+    provider: Provider,
+    raw_body: bytes,
+    properties: Mapping[str, Any],
+    field_case: str = "snake",
+    strip_secrets: Redactor | None = None,
+) -> bytes:
+    """The JSON body Roark's spec defines for this stored webhook; ValueError (or
+    RecursionError) when it cannot be made, which no retry would change."""
+    document = jsonbody.loads(raw_body)
+    if strip_secrets is not None:
+        document = strip_secrets.strip(document)
+    camel = field_case == "camel"
+    body: dict[str, Any] = {
+        provider.roark.camel_payload_field if camel else provider.roark.payload_field:
+            provider.roark_payload(document),
+        "skipAlreadyImported" if camel else "skip_already_imported": True,
+    }
+    if properties:
+        body["properties"] = dict(properties)
+    return jsonbody.dumps(body)
+
+
+def roark_call_id(response_json: object) -> str | None:
+    """Roark's id for the imported call, from `{"data": {"call_id": ...}}` (or `callId`)."""
+    if isinstance(response_json, dict) and isinstance(response_json.get("data"), dict):
+        data = response_json["data"]
+        value = data.get("call_id", data.get("callId"))
+        return value if isinstance(value, str) else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -65,7 +100,7 @@ class RoarkClient:
         self._strip_secrets = Redactor(settings.redact_keys) if settings.strip_secrets_upstream else None
         self._transport = transport or _transport(settings)
         base = settings.roark_base_url.rstrip("/")
-        self._urls = {name: httpx.URL(base + p.upstream_path) for name, p in PROVIDERS.items()}
+        self._urls = {name: httpx.URL(base + p.roark.path) for name, p in PROVIDERS.items()}
         self._headers = {
             "Authorization": f"Bearer {settings.roark_api_key.reveal()}",
             "User-Agent": f"roark-relay/{__version__}",
@@ -76,7 +111,7 @@ class RoarkClient:
     async def deliver(self, delivery: Delivery) -> Outcome:
         provider = PROVIDERS[delivery.provider]
         try:
-            body = upstream_body(
+            body = roark_body(
                 provider,
                 delivery.body,
                 # The webhook URL's own properties win over the relay-wide ones.

@@ -3,12 +3,11 @@ in the CLI, the admin API and the status page."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any
 
 from relay.outbox import Attempt, Delivery, State
-from relay.providers import reject_json_constant
+from relay import jsonbody
 from relay.redaction import Redactor
 
 
@@ -53,7 +52,7 @@ def masked_payload(body: bytes | None, redactor: Redactor) -> tuple[Any, str | N
     if body is None:
         return None, "the body is not stored"
     try:
-        document = json.loads(body, parse_constant=reject_json_constant)
+        document = jsonbody.loads(body)
     except (ValueError, RecursionError):
         return None, "not shown: the body is not valid JSON, so secrets in it cannot be masked"
     return redactor.mask(document), None

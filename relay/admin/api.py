@@ -24,9 +24,9 @@ from relay.admin.auth import AdminAuth
 from relay.errors import BadRequest, HTTPError, NotFound, UnsupportedMediaType
 from relay.ingest import read_body
 from relay.outbox import Delivery, DeliveryFilter, State
-from relay.providers import parse_json_object
+from relay.jsonbody import parse_object
 from relay.redaction import Redactor
-from relay.settings import PROVIDER_NAMES
+from relay.providers import PROVIDER_NAMES
 from relay.views import attempt_json, delivery_json, iso, masked_payload
 
 log = structlog.get_logger("relay.admin")
@@ -174,7 +174,7 @@ async def _json_body(request: Request) -> Mapping[str, Any]:
     except HTTPError as error:
         log.info("admin_request_rejected", path=request.url.path, reason=error.message)
         raise
-    return parse_json_object(body)
+    return parse_object(body)
 
 
 class AdminApi:

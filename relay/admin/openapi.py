@@ -11,7 +11,7 @@ from typing import Any
 from relay import __version__
 from relay.admin.api import (CALL_ID_PATTERN, CURSOR_PATTERN, DEFAULT_LIMIT, MAX_CALL_ID, MAX_ID, MAX_IDS,
                              MAX_LIMIT, STATES)
-from relay.settings import PROVIDER_NAMES
+from relay.providers import PROVIDER_NAMES
 
 
 def _ref(name: str) -> dict[str, str]:

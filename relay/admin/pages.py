@@ -26,7 +26,7 @@ from relay.admin.auth import BEARER_CHALLENGE, Access, AdminAuth, safe_next
 from relay.errors import BadRequest, HTTPError, NotFound, Unauthorized
 from relay.outbox import DeliveryFilter, State
 from relay.redaction import Redactor
-from relay.settings import PROVIDER_NAMES
+from relay.providers import PROVIDER_NAMES
 from relay.views import iso, masked_payload
 
 PAGE_SIZE = 50

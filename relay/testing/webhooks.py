@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from relay.verification import sign_retell
+from relay.providers import retell
 
 SAMPLES = Path(__file__).with_name("samples")
 
@@ -33,7 +33,7 @@ def with_call_id(name: str, call_id: str) -> bytes:
 
 def retell_headers(body: bytes, key: str, now: float | None = None) -> dict[str, str]:
     timestamp_ms = int((time.time() if now is None else now) * 1000)
-    return {"content-type": "application/json", "x-retell-signature": sign_retell(key, body, timestamp_ms)}
+    return {"content-type": "application/json", "x-retell-signature": retell.sign(key, body, timestamp_ms)}
 
 
 def vapi_headers(secret: str) -> dict[str, str]:

@@ -22,8 +22,8 @@ import time
 import httpx
 import pytest
 
+from relay.providers import retell, vapi
 from relay.testing.fake_roark import Accept, Respond
-from relay.verification import VapiHmacScheme, sign_retell, sign_vapi_hmac
 from tests.e2e.conftest import rows
 from tests.helpers import RETELL_KEY, ROARK_KEY, VAPI_SECRET, eventually, retell_headers, vapi_headers, with_call_id
 from tests.secret_scan import (  # noqa: F401  (secret_scan is a fixture)
@@ -35,7 +35,7 @@ from tests.secret_scan import (  # noqa: F401  (secret_scan is a fixture)
 
 pytestmark = pytest.mark.e2e
 WAIT = 20
-HMAC = VapiHmacScheme(secrets=(VAPI_HMAC_SECRET,))
+HMAC = vapi.HmacScheme(secrets=(VAPI_HMAC_SECRET,))
 
 
 @pytest.mark.timeout(120)
@@ -65,7 +65,7 @@ def test_nothing_logged_or_served_contains_a_secret(start_relay, relay_env, fake
          headers={"content-type": "application/json", "authorization": f"Bearer {VAPI_SECRET}"})
     signed = with_call_id("vapi/end-of-call-report", "leak-hmac")
     send("POST", "/webhooks/vapi", 200, content=signed,
-         headers={"content-type": "application/json", **sign_vapi_hmac(HMAC, signed, now)})
+         headers={"content-type": "application/json", **vapi.sign_hmac(HMAC, signed, now)})
     retell = with_call_id("retell/call_ended", "leak-retell")
     send("POST", "/webhooks/retell", 200, content=retell, headers=retell_headers(retell))
 
@@ -78,8 +78,8 @@ def test_nothing_logged_or_served_contains_a_secret(start_relay, relay_env, fake
         vapi_headers(ROARK_KEY),
         {"content-type": "application/json", "authorization": f"Bearer {ADMIN_TOKEN}"},
         {"content-type": "application/json", "authorization": f"Basic {VAPI_SECRET}"},
-        {"content-type": "application/json", **sign_vapi_hmac(VapiHmacScheme(secrets=(VAPI_SECRET,)), other, now)},
-        {"content-type": "application/json", **sign_vapi_hmac(HMAC, other, str(int(time.time()) - 3600))},
+        {"content-type": "application/json", **vapi.sign_hmac(vapi.HmacScheme(secrets=(VAPI_SECRET,)), other, now)},
+        {"content-type": "application/json", **vapi.sign_hmac(HMAC, other, str(int(time.time()) - 3600))},
         {"content-type": "application/json", "x-signature": VAPI_HMAC_SECRET, "x-timestamp": now},
     ):
         send("POST", "/webhooks/vapi", 401, content=other, headers=headers)
@@ -88,7 +88,7 @@ def test_nothing_logged_or_served_contains_a_secret(start_relay, relay_env, fake
         retell_headers(retell, now=time.time() - 3600),
         {"content-type": "application/json", "x-retell-signature": RETELL_KEY},
         {"content-type": "application/json",
-         "x-retell-signature": sign_retell(RETELL_KEY, retell, int(time.time() * 1000)) + "0"},
+         "x-retell-signature": retell.sign(RETELL_KEY, retell, int(time.time() * 1000)) + "0"},
     ):
         send("POST", "/webhooks/retell", 401, content=retell, headers=headers)
     send("POST", "/webhooks/vapi", 415, content=report, headers={"x-vapi-secret": VAPI_SECRET})

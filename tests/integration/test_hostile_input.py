@@ -44,10 +44,10 @@ from relay.admin.openapi import openapi_document
 from relay.app import create_app
 from relay.errors import BadRequest
 from relay.ingest import read_body
-from relay.providers import PROVIDERS, upstream_body
+from relay.providers import PROVIDERS, retell, vapi
 from relay.server import MAX_REQUEST_HEAD_BYTES, uvicorn_config
 from relay.settings import Settings
-from relay.verification import VapiHmacScheme, sign_retell, sign_vapi_hmac
+from relay.upstream import roark_body
 from tests.helpers import RETELL_KEY, VAPI_SECRET, eventually, sample, with_call_id
 from tests.secret_scan import (  # noqa: F401  (secret_scan is a fixture)
     ADMIN_TOKEN,
@@ -61,7 +61,7 @@ MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 1.0
 ERROR_KEYS = {"error_type", "error_code", "message", "request_id"}
 WEBHOOK_STATUSES = {200, 400, 401, 404, 405, 408, 413, 415}
-HMAC = VapiHmacScheme(secrets=(VAPI_HMAC_SECRET,))
+HMAC = vapi.HmacScheme(secrets=(VAPI_HMAC_SECRET,))
 SAMPLES = {"vapi": "vapi/end-of-call-report", "retell": "retell/call_ended"}
 
 FUZZ = settings(
@@ -128,12 +128,12 @@ def signed(provider: str, body: bytes, how: str = "valid", now: float | None = N
     if provider == "retell":
         key = RETELL_KEY if how == "valid" else "retell_key_wrong_000"
         try:
-            headers["x-retell-signature"] = sign_retell(key, body, int(now * 1000))
+            headers["x-retell-signature"] = retell.sign(key, body, int(now * 1000))
         except UnicodeDecodeError:  # no Retell signature exists for a non-UTF-8 body
             headers["x-retell-signature"] = f"v={int(now * 1000)},d={'0' * 64}"
         return headers
     if how == "hmac":
-        return {**headers, **sign_vapi_hmac(HMAC, body, str(int(now)))}
+        return {**headers, **vapi.sign_hmac(HMAC, body, str(int(now)))}
     if how == "bearer":
         return {**headers, "authorization": f"Bearer {VAPI_SECRET}"}
     return {**headers, "x-vapi-secret": VAPI_SECRET if how == "valid" else "vapi_secret_wrong_00"}
@@ -141,7 +141,7 @@ def signed(provider: str, body: bytes, how: str = "valid", now: float | None = N
 
 def assert_forwardable(provider: str, body: bytes) -> None:
     """An acknowledged webhook must be one the forwarder can turn into Roark's request."""
-    forwarded = json.loads(upstream_body(PROVIDERS[provider], body, {}))
+    forwarded = json.loads(roark_body(PROVIDERS[provider], body, {}))
     assert isinstance(forwarded, dict)
 
 

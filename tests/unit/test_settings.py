@@ -1,7 +1,13 @@
+from pathlib import Path
+
 import pytest
 
+from relay import envvars
 from relay.errors import ConfigError
-from relay.settings import Secret, Settings
+from relay.providers import PROVIDERS
+from relay.settings import Secret, Settings, example_file
+
+EXAMPLE = Path(__file__).parents[2] / "config" / "relay.env.example"
 
 BASE = {"ROARK_API_KEY": "rk_live_supersecret"}
 
@@ -16,8 +22,11 @@ def test_defaults():
     assert s.database_url == "sqlite:///relay.db"
     assert s.port == 8000 and s.log_level == "info"
     assert s.max_body_bytes == 25 * 1024 * 1024
-    assert s.retell_api_keys == () and s.vapi_token is None and s.vapi_hmac is None
-    assert s.verification_missing("vapi") and s.verification_missing("retell")
+    assert s.providers["retell"].api_keys == ()
+    assert s.providers["vapi"].token is None and s.providers["vapi"].hmac is None
+    warnings = s.provider_warnings()
+    assert "VAPI_SECRET or VAPI_HMAC_SECRET" in warnings["vapi"][0]
+    assert "RETELL_API_KEY" in warnings["retell"][0]
 
 
 def test_api_key_is_required_and_named():
@@ -65,15 +74,16 @@ def test_secrets_are_never_shown_by_repr():
         VAPI_SECRET="vapi-token",
         VAPI_HMAC_SECRET="vapi-hmac",
     )
-    text = repr(s) + str(s) + repr(s.vapi_token) + repr(s.vapi_hmac)
+    vapi = s.providers["vapi"]
+    text = repr(s) + str(s) + repr(vapi.token) + repr(vapi.hmac)
     for secret in ("rk_live_supersecret", "retell-key-1", "retell-key-2", "vapi-token", "vapi-hmac"):
         assert secret not in text
 
 
 def test_comma_separated_secrets_allow_rotation():
     s = settings(RETELL_API_KEY="old, new,", VAPI_SECRET="a,b")
-    assert [k.reveal() for k in s.retell_api_keys] == ["old", "new"]
-    assert s.vapi_token.tokens == ("a", "b")
+    assert [k.reveal() for k in s.providers["retell"].api_keys] == ["old", "new"]
+    assert s.providers["vapi"].token.tokens == ("a", "b")
 
 
 def test_secret_wrapper():
@@ -93,16 +103,17 @@ def test_vapi_schemes_from_env():
         VAPI_HMAC_SECRET="c2VjcmV0", VAPI_HMAC_ALGORITHM="SHA512", VAPI_HMAC_ENCODING="base64",
         VAPI_HMAC_PREFIX="sha512=", VAPI_HMAC_SECRET_BASE64="true",
     )
-    assert s.vapi_token.header == "X-Custom" and s.vapi_token.prefix == ""
-    h = s.vapi_hmac
+    vapi = s.providers["vapi"]
+    assert vapi.token.header == "X-Custom" and vapi.token.prefix == ""
+    h = vapi.hmac
     assert (h.algorithm, h.encoding, h.prefix, h.secret_is_base64) == ("sha512", "base64", "sha512=", True)
-    assert not s.verification_missing("vapi")
+    assert s.provider_warnings()["vapi"] == []
 
 
 def test_insecure_opt_out_is_explicit_per_provider():
-    s = settings(RELAY_INSECURE_SKIP_VERIFICATION="retell")
-    assert not s.verification_missing("retell")
-    assert s.verification_missing("vapi")
+    warnings = settings(RELAY_INSECURE_SKIP_VERIFICATION="retell").provider_warnings()
+    assert "disabled" in warnings["retell"][0]
+    assert "VAPI_SECRET" in warnings["vapi"][0]
 
 
 def test_lease_defaults_to_twice_the_upstream_timeout():
@@ -152,3 +163,55 @@ def test_sources_must_be_named_objects():
         with pytest.raises(ConfigError) as caught:
             settings(RELAY_SOURCES=bad)
         assert caught.value.variable == "RELAY_SOURCES"
+
+
+def test_the_example_file_is_written_from_the_declarations():
+    # `relay settings > config/relay.env.example` after changing a setting.
+    assert EXAMPLE.read_text() == example_file()
+
+
+def declared():
+    for cls in (Settings, *(p.Settings for p in PROVIDERS.values())):
+        yield from envvars.variables(cls)
+
+
+def example_values() -> dict[str, str]:
+    values = {}
+    for line in EXAMPLE.read_text().splitlines():
+        name, equals, value = line.removeprefix("# ").partition("=")
+        if equals and name.isupper() and " " not in name:
+            values[name] = value
+    return values
+
+
+def test_the_example_names_every_variable_and_its_default():
+    documented = example_values()
+    names = {var.name for _, var in declared()} | {var.fallback for _, var in declared() if var.fallback}
+    assert set(documented) == names
+    defaults = settings()
+    for f, var in declared():
+        if var.example is not None or var.required:
+            continue
+        owners = [defaults, *defaults.providers.values()]
+        expected = getattr(next(o for o in owners if f in envvars.dataclasses.fields(o)), f.name)
+        written = documented[var.name]
+        assert (var.parse(var.name, written) if written else type(expected)()) == expected, var.name
+
+
+def test_every_setting_has_help_and_a_unique_variable():
+    names = [var.name for _, var in declared()]
+    assert len(names) == len(set(names))
+    assert all(var.help.endswith((".", ")", "=")) for _, var in declared())
+
+
+def test_bounds_are_enforced_from_the_declaration():
+    with pytest.raises(ConfigError, match="at most 512"):
+        settings(RELAY_FORWARD_CONCURRENCY="513")
+    with pytest.raises(ConfigError, match="at least 0.01"):
+        settings(RELAY_POLL_INTERVAL_SECONDS="0.001")
+
+
+def test_a_retry_policy_that_cannot_work_is_refused():
+    with pytest.raises(ConfigError) as caught:
+        settings(RELAY_RETRY_BASE_SECONDS="60", RELAY_RETRY_MAX_DELAY_SECONDS="10")
+    assert caught.value.variable == "RELAY_RETRY_MAX_DELAY_SECONDS"

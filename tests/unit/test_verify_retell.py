@@ -7,7 +7,7 @@ import pytest
 from starlette.datastructures import Headers
 
 from relay.errors import Unauthorized
-from relay.verification import retell_digest, sign_retell, verify_retell
+from relay.providers import retell
 
 KEY = "key_retell_live_6f1c0a9e"
 OLD_KEY = "key_retell_old_2b7d4e11"
@@ -27,7 +27,7 @@ def retell_headers(value: str) -> Headers:
 
 def rejected(keys, body, headers, code, now=NOW, **kwargs) -> Unauthorized:
     with pytest.raises(Unauthorized) as info:
-        verify_retell(keys, body, headers, now, **kwargs)
+        retell.verify_signature(keys, body, headers, now, **kwargs)
     error = info.value
     assert error.error_code == code
     assert error.status_code == 401
@@ -41,19 +41,19 @@ def test_worked_example_from_providers_md_is_accepted():
     raw_text = UNICODE_BODY.decode("utf-8")
     d = hmac.new(KEY.encode(), (raw_text + str(TS)).encode(), hashlib.sha256).hexdigest()
 
-    assert sign_retell(KEY, UNICODE_BODY, TS) == f"v={TS},d={d}"
+    assert retell.sign(KEY, UNICODE_BODY, TS) == f"v={TS},d={d}"
     headers = Headers(headers={"x-retell-signature": f"v={TS},d={d}"})
-    verify_retell([KEY], UNICODE_BODY, headers, NOW)
+    retell.verify_signature([KEY], UNICODE_BODY, headers, NOW)
 
 
 @pytest.mark.parametrize("body", [BODY, UNICODE_BODY, b""], ids=["ascii", "unicode", "empty"])
 def test_good_signature_is_accepted(body):
-    headers = Headers(headers={"X-Retell-Signature": sign_retell(KEY, body, TS)})
-    verify_retell([KEY], body, headers, NOW)
+    headers = Headers(headers={"X-Retell-Signature": retell.sign(KEY, body, TS)})
+    retell.verify_signature([KEY], body, headers, NOW)
 
 
 def test_reserialised_unicode_body_does_not_verify():
-    signature = sign_retell(KEY, UNICODE_BODY, TS)
+    signature = retell.sign(KEY, UNICODE_BODY, TS)
     reserialised = json.dumps(json.loads(UNICODE_BODY), ensure_ascii=True).encode()
 
     rejected([KEY], reserialised, retell_headers(signature), "invalid_signature")
@@ -69,34 +69,34 @@ def test_reserialised_unicode_body_does_not_verify():
     ids=["tampered-body", "wrong-key", "short-wrong-key"],
 )
 def test_bad_signature_is_rejected(keys, body):
-    rejected(keys, body, retell_headers(sign_retell(KEY, BODY, TS)), "invalid_signature")
+    rejected(keys, body, retell_headers(retell.sign(KEY, BODY, TS)), "invalid_signature")
 
 
 @pytest.mark.parametrize("signing_key", [OLD_KEY, KEY])
 def test_any_configured_key_is_accepted(signing_key):
-    verify_retell([OLD_KEY, KEY], BODY, retell_headers(sign_retell(signing_key, BODY, TS)), NOW)
+    retell.verify_signature([OLD_KEY, KEY], BODY, retell_headers(retell.sign(signing_key, BODY, TS)), NOW)
 
 
 @pytest.mark.parametrize("offset_ms", [-300_000, 300_000, 0, -1, 1])
 def test_timestamp_inside_window_is_accepted(offset_ms):
-    signature = sign_retell(KEY, BODY, TS + offset_ms)
-    verify_retell([KEY], BODY, retell_headers(signature), NOW)
+    signature = retell.sign(KEY, BODY, TS + offset_ms)
+    retell.verify_signature([KEY], BODY, retell_headers(signature), NOW)
 
 
 @pytest.mark.parametrize("offset_ms", [-300_001, 300_001, -TS + 1, 10**19])
 def test_timestamp_outside_window_is_rejected(offset_ms):
-    signature = sign_retell(KEY, BODY, TS + offset_ms)
+    signature = retell.sign(KEY, BODY, TS + offset_ms)
     error = rejected([KEY], BODY, retell_headers(signature), "stale_timestamp")
     assert error.message == "signature timestamp is outside the 300 s window"
 
 
 def test_tolerance_is_configurable():
-    signature = sign_retell(KEY, BODY, TS - 10_001)
-    verify_retell([KEY], BODY, retell_headers(signature), NOW, tolerance=20)
+    signature = retell.sign(KEY, BODY, TS - 10_001)
+    retell.verify_signature([KEY], BODY, retell_headers(signature), NOW, tolerance=20)
     rejected([KEY], BODY, retell_headers(signature), "stale_timestamp", tolerance=10)
 
 
-DIGEST = retell_digest(KEY, BODY, TS)
+DIGEST = retell.digest(KEY, BODY, TS)
 
 
 @pytest.mark.parametrize(
@@ -142,10 +142,10 @@ def test_invalid_utf8_body_is_rejected():
 
 @pytest.mark.parametrize("keys", [[], [""]], ids=["no-keys", "empty-key"])
 def test_no_configured_key_is_rejected(keys):
-    headers = retell_headers(sign_retell("", BODY, TS))
+    headers = retell_headers(retell.sign("", BODY, TS))
     rejected(keys, BODY, headers, "provider_not_configured")
 
 
 def test_single_string_instead_of_key_list_is_a_programming_error():
     with pytest.raises(TypeError):
-        verify_retell(KEY, BODY, retell_headers(sign_retell(KEY, BODY, TS)), NOW)
+        retell.verify_signature(KEY, BODY, retell_headers(retell.sign(KEY, BODY, TS)), NOW)

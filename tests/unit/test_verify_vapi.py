@@ -7,15 +7,7 @@ import pytest
 from starlette.datastructures import Headers
 
 from relay.errors import Unauthorized
-from relay.verification import (
-    VapiHmacScheme,
-    VapiTokenScheme,
-    sign_vapi_hmac,
-    vapi_hmac_signature,
-    verify_vapi,
-    verify_vapi_hmac,
-    verify_vapi_token,
-)
+from relay.providers import vapi
 
 TOKEN = "vapi-token-3f9b27c1"
 OLD_TOKEN = "vapi-token-old-88a0d"
@@ -51,20 +43,20 @@ def assert_rejected(code, headers, verify, *leading_args) -> Unauthorized:
 
 
 def reject_token(scheme, headers, code) -> Unauthorized:
-    return assert_rejected(code, wire(headers), verify_vapi_token, scheme, BODY)
+    return assert_rejected(code, wire(headers), vapi.verify_token, scheme, BODY)
 
 
 def reject_hmac(scheme, headers, code, body=BODY) -> Unauthorized:
-    return assert_rejected(code, wire(headers), verify_vapi_hmac, scheme, body)
+    return assert_rejected(code, wire(headers), vapi.verify_hmac, scheme, body)
 
 
 # --- token ----------------------------------------------------------------------------
 
-DEFAULT = VapiTokenScheme(tokens=(TOKEN,))
-CUSTOM = VapiTokenScheme(tokens=(TOKEN,), header="X-Roark-Token")
-CUSTOM_PREFIXED = VapiTokenScheme(tokens=(TOKEN,), header="X-Roark-Token", prefix="Token ")
-AUTHORIZATION = VapiTokenScheme(tokens=(TOKEN,), header="authorization")
-AUTHORIZATION_RAW = VapiTokenScheme(tokens=(TOKEN,), header="Authorization", prefix="")
+DEFAULT = vapi.TokenScheme(tokens=(TOKEN,))
+CUSTOM = vapi.TokenScheme(tokens=(TOKEN,), header="X-Roark-Token")
+CUSTOM_PREFIXED = vapi.TokenScheme(tokens=(TOKEN,), header="X-Roark-Token", prefix="Token ")
+AUTHORIZATION = vapi.TokenScheme(tokens=(TOKEN,), header="authorization")
+AUTHORIZATION_RAW = vapi.TokenScheme(tokens=(TOKEN,), header="Authorization", prefix="")
 
 
 @pytest.mark.parametrize(
@@ -79,11 +71,11 @@ AUTHORIZATION_RAW = VapiTokenScheme(tokens=(TOKEN,), header="Authorization", pre
         (CUSTOM_PREFIXED, {"x-roark-token": f"token {TOKEN}"}),
         (AUTHORIZATION, {"Authorization": f"Bearer {TOKEN}"}),
         (AUTHORIZATION_RAW, {"Authorization": TOKEN}),
-        (VapiTokenScheme(tokens=(OLD_TOKEN, TOKEN)), {"X-Vapi-Secret": TOKEN}),
+        (vapi.TokenScheme(tokens=(OLD_TOKEN, TOKEN)), {"X-Vapi-Secret": TOKEN}),
     ],
 )
 def test_token_is_accepted(scheme, headers):
-    verify_vapi_token(scheme, BODY, Headers(headers=headers), NOW)
+    vapi.verify_token(scheme, BODY, Headers(headers=headers), NOW)
 
 
 @pytest.mark.parametrize(
@@ -134,12 +126,12 @@ def test_missing_token_message_names_the_expected_headers():
 )
 def test_invalid_token_scheme_is_refused(kwargs, error):
     with pytest.raises(error):
-        VapiTokenScheme(**kwargs)
+        vapi.TokenScheme(**kwargs)
 
 
 # --- HMAC -----------------------------------------------------------------------------
 
-HMAC = VapiHmacScheme(secrets=(SECRET,))
+HMAC = vapi.HmacScheme(secrets=(SECRET,))
 
 
 def oracle(key: bytes, payload: bytes, algorithm: str = "sha256") -> bytes:
@@ -149,47 +141,47 @@ def oracle(key: bytes, payload: bytes, algorithm: str = "sha256") -> bytes:
 @pytest.mark.parametrize("algorithm", ["sha256", "sha512", "sha1"])
 @pytest.mark.parametrize("encoding", ["hex", "base64"])
 def test_every_algorithm_and_encoding_round_trips(algorithm, encoding):
-    scheme = VapiHmacScheme(secrets=(SECRET,), algorithm=algorithm, encoding=encoding)
+    scheme = vapi.HmacScheme(secrets=(SECRET,), algorithm=algorithm, encoding=encoding)
     digest = oracle(SECRET.encode(), f"{TS}.".encode() + BODY, algorithm)
     expected = digest.hex() if encoding == "hex" else base64.b64encode(digest).decode()
 
-    assert vapi_hmac_signature(scheme, SECRET, BODY, TS) == expected
-    verify_vapi_hmac(scheme, BODY, Headers(headers=sign_vapi_hmac(scheme, BODY, TS)), NOW)
+    assert vapi.hmac_signature(scheme, SECRET, BODY, TS) == expected
+    vapi.verify_hmac(scheme, BODY, Headers(headers=vapi.sign_hmac(scheme, BODY, TS)), NOW)
 
 
 def test_default_headers_and_payload_match_an_independent_hmac():
     signature = hmac.new(SECRET.encode(), f"{TS}.".encode() + BODY, hashlib.sha256).hexdigest()
     headers = {"X-Signature": signature, "X-Timestamp": TS}
 
-    assert sign_vapi_hmac(HMAC, BODY, TS) == {"x-signature": signature, "x-timestamp": TS}
-    verify_vapi_hmac(HMAC, BODY, Headers(headers=headers), NOW)
+    assert vapi.sign_hmac(HMAC, BODY, TS) == {"x-signature": signature, "x-timestamp": TS}
+    vapi.verify_hmac(HMAC, BODY, Headers(headers=headers), NOW)
     uppercase = {**headers, "X-Signature": signature.upper()}
-    verify_vapi_hmac(HMAC, BODY, Headers(headers=uppercase), NOW)
+    vapi.verify_hmac(HMAC, BODY, Headers(headers=uppercase), NOW)
 
 
 @pytest.mark.parametrize("header_prefix", ["sha256=", "SHA256=", ""])
 def test_prefix_is_stripped_when_present(header_prefix):
-    scheme = VapiHmacScheme(secrets=(SECRET,), prefix="sha256=")
-    signed = sign_vapi_hmac(scheme, BODY, TS)
+    scheme = vapi.HmacScheme(secrets=(SECRET,), prefix="sha256=")
+    signed = vapi.sign_hmac(scheme, BODY, TS)
     assert signed["x-signature"].startswith("sha256=")
 
-    signature = vapi_hmac_signature(scheme, SECRET, BODY, TS)
+    signature = vapi.hmac_signature(scheme, SECRET, BODY, TS)
     headers = {"x-signature": header_prefix + signature, "x-timestamp": TS}
-    verify_vapi_hmac(scheme, BODY, Headers(headers=headers), NOW)
+    vapi.verify_hmac(scheme, BODY, Headers(headers=headers), NOW)
 
 
 def test_base64_secret_is_decoded_to_the_real_key():
-    scheme = VapiHmacScheme(
+    scheme = vapi.HmacScheme(
         secrets=(base64.b64encode(RAW_KEY).decode(),), secret_is_base64=True, encoding="base64"
     )
     expected = base64.b64encode(oracle(RAW_KEY, f"{TS}.".encode() + BODY)).decode()
 
-    assert sign_vapi_hmac(scheme, BODY, TS)["x-signature"] == expected
-    verify_vapi_hmac(scheme, BODY, Headers(headers=sign_vapi_hmac(scheme, BODY, TS)), NOW)
+    assert vapi.sign_hmac(scheme, BODY, TS)["x-signature"] == expected
+    vapi.verify_hmac(scheme, BODY, Headers(headers=vapi.sign_hmac(scheme, BODY, TS)), NOW)
 
 
 def test_custom_headers_and_payload_template():
-    scheme = VapiHmacScheme(
+    scheme = vapi.HmacScheme(
         secrets=(SECRET,),
         signature_header="X-Hook-Sig",
         timestamp_header="X-Hook-Time",
@@ -198,35 +190,35 @@ def test_custom_headers_and_payload_template():
     expected = oracle(SECRET.encode(), f"v1:{TS}:".encode() + BODY + f":{TS}".encode()).hex()
     headers = {"X-Hook-Sig": expected, "X-Hook-Time": TS}
 
-    verify_vapi_hmac(scheme, BODY, Headers(headers=headers), NOW)
+    vapi.verify_hmac(scheme, BODY, Headers(headers=headers), NOW)
     reject_hmac(HMAC, headers, "missing_signature")
 
 
 def test_unicode_body_is_signed_over_raw_bytes():
-    verify_vapi_hmac(HMAC, UNICODE_BODY, wire(sign_vapi_hmac(HMAC, UNICODE_BODY, TS)), NOW)
+    vapi.verify_hmac(HMAC, UNICODE_BODY, wire(vapi.sign_hmac(HMAC, UNICODE_BODY, TS)), NOW)
 
     reserialised = json.dumps(json.loads(UNICODE_BODY), ensure_ascii=True).encode()
-    reject_hmac(HMAC, sign_vapi_hmac(HMAC, UNICODE_BODY, TS), "invalid_signature", reserialised)
+    reject_hmac(HMAC, vapi.sign_hmac(HMAC, UNICODE_BODY, TS), "invalid_signature", reserialised)
 
 
 def test_invalid_utf8_body_is_signed_over_raw_bytes():
     body = b'{"message": "\xff\xfe"}'
-    verify_vapi_hmac(HMAC, body, wire(sign_vapi_hmac(HMAC, body, TS)), NOW)
-    reject_hmac(HMAC, sign_vapi_hmac(HMAC, body, TS), "invalid_signature", b'{"message": ""}')
+    vapi.verify_hmac(HMAC, body, wire(vapi.sign_hmac(HMAC, body, TS)), NOW)
+    reject_hmac(HMAC, vapi.sign_hmac(HMAC, body, TS), "invalid_signature", b'{"message": ""}')
 
 
 @pytest.mark.parametrize(
     ("verifier", "signer", "body"),
     [
         (HMAC, HMAC, BODY.replace(b"c1", b"c2")),
-        (HMAC, VapiHmacScheme(secrets=(OLD_SECRET,)), BODY),
-        (HMAC, VapiHmacScheme(secrets=(SECRET,), algorithm="sha512"), BODY),
-        (HMAC, VapiHmacScheme(secrets=(SECRET,), payload_template="{body}"), BODY),
+        (HMAC, vapi.HmacScheme(secrets=(OLD_SECRET,)), BODY),
+        (HMAC, vapi.HmacScheme(secrets=(SECRET,), algorithm="sha512"), BODY),
+        (HMAC, vapi.HmacScheme(secrets=(SECRET,), payload_template="{body}"), BODY),
     ],
     ids=["tampered-body", "wrong-secret", "other-algorithm", "other-template"],
 )
 def test_bad_signature_is_rejected(verifier, signer, body):
-    signed = sign_vapi_hmac(signer, BODY, TS)
+    signed = vapi.sign_hmac(signer, BODY, TS)
     if verifier.algorithm != signer.algorithm:
         signed["x-signature"] = signed["x-signature"][:64]
     reject_hmac(verifier, signed, "invalid_signature", body)
@@ -234,8 +226,8 @@ def test_bad_signature_is_rejected(verifier, signer, body):
 
 @pytest.mark.parametrize("signing_secret", [OLD_SECRET, SECRET])
 def test_any_configured_secret_is_accepted(signing_secret):
-    headers = sign_vapi_hmac(VapiHmacScheme(secrets=(signing_secret,)), BODY, TS)
-    verify_vapi_hmac(VapiHmacScheme(secrets=(OLD_SECRET, SECRET)), BODY, wire(headers), NOW)
+    headers = vapi.sign_hmac(vapi.HmacScheme(secrets=(signing_secret,)), BODY, TS)
+    vapi.verify_hmac(vapi.HmacScheme(secrets=(OLD_SECRET, SECRET)), BODY, wire(headers), NOW)
 
 
 @pytest.mark.parametrize(
@@ -243,7 +235,7 @@ def test_any_configured_secret_is_accepted(signing_secret):
     ["1699999700", "1700000300", TS, "1699999700000", "1700000300000", TS_MS, f"00{TS}"],
 )
 def test_timestamp_inside_window_is_accepted(timestamp):
-    verify_vapi_hmac(HMAC, BODY, wire(sign_vapi_hmac(HMAC, BODY, timestamp)), NOW)
+    vapi.verify_hmac(HMAC, BODY, wire(vapi.sign_hmac(HMAC, BODY, timestamp)), NOW)
 
 
 @pytest.mark.parametrize(
@@ -251,18 +243,18 @@ def test_timestamp_inside_window_is_accepted(timestamp):
     ["1699999699", "1700000301", "1699999699999", "1700000300001", "0", "9" * 20],
 )
 def test_timestamp_outside_window_is_rejected(timestamp):
-    error = reject_hmac(HMAC, sign_vapi_hmac(HMAC, BODY, timestamp), "stale_timestamp")
+    error = reject_hmac(HMAC, vapi.sign_hmac(HMAC, BODY, timestamp), "stale_timestamp")
     assert error.message == "signature timestamp is outside the 300 s window"
 
 
 def test_tolerance_is_configurable():
-    headers = wire(sign_vapi_hmac(HMAC, BODY, "1699999980"))
-    verify_vapi_hmac(HMAC, BODY, headers, NOW, tolerance=20)
+    headers = wire(vapi.sign_hmac(HMAC, BODY, "1699999980"))
+    vapi.verify_hmac(HMAC, BODY, headers, NOW, tolerance=20)
     with pytest.raises(Unauthorized, match="outside the 10 s window"):
-        verify_vapi_hmac(HMAC, BODY, headers, NOW, tolerance=10)
+        vapi.verify_hmac(HMAC, BODY, headers, NOW, tolerance=10)
 
 
-GOOD_SIGNATURE = vapi_hmac_signature(HMAC, SECRET, BODY, TS)
+GOOD_SIGNATURE = vapi.hmac_signature(HMAC, SECRET, BODY, TS)
 
 
 @pytest.mark.parametrize(
@@ -278,7 +270,7 @@ def test_missing_headers_are_rejected(headers, missing):
     assert error.message == f"{missing} header is missing"
 
 
-BASE64 = VapiHmacScheme(secrets=(SECRET,), encoding="base64")
+BASE64 = vapi.HmacScheme(secrets=(SECRET,), encoding="base64")
 
 
 @pytest.mark.parametrize(
@@ -324,28 +316,28 @@ def test_malformed_headers_are_rejected(scheme, signature, timestamp):
 )
 def test_invalid_hmac_scheme_is_refused(kwargs):
     with pytest.raises(ValueError):
-        VapiHmacScheme(**kwargs)
+        vapi.HmacScheme(**kwargs)
 
 
 def test_repr_never_shows_secrets():
-    schemes = VapiTokenScheme(tokens=(TOKEN, OLD_TOKEN)), VapiHmacScheme(secrets=(SECRET,))
+    schemes = vapi.TokenScheme(tokens=(TOKEN, OLD_TOKEN)), vapi.HmacScheme(secrets=(SECRET,))
     text = "".join(repr(scheme) + str(scheme) for scheme in schemes)
     for secret in (TOKEN, OLD_TOKEN, SECRET):
         assert secret not in text
 
 
-# --- verify_vapi ----------------------------------------------------------------------
+# --- verify_credentials ----------------------------------------------------------------------
 
 
 def test_nothing_configured_is_rejected():
     with pytest.raises(Unauthorized) as info:
-        verify_vapi(None, None, BODY, Headers(headers={"X-Vapi-Secret": TOKEN}), NOW)
+        vapi.verify_credentials(None, None, BODY, Headers(headers={"X-Vapi-Secret": TOKEN}), NOW)
     assert info.value.error_code == "provider_not_configured"
     assert "VAPI_SECRET" in info.value.message
     assert "VAPI_HMAC_SECRET" in info.value.message
 
 
-SIGNED = sign_vapi_hmac(HMAC, BODY, TS)
+SIGNED = vapi.sign_hmac(HMAC, BODY, TS)
 
 
 @pytest.mark.parametrize(
@@ -360,7 +352,7 @@ SIGNED = sign_vapi_hmac(HMAC, BODY, TS)
     ],
 )
 def test_any_configured_scheme_may_accept(token, hmac_scheme, headers):
-    verify_vapi(token, hmac_scheme, BODY, Headers(headers=headers), NOW)
+    vapi.verify_credentials(token, hmac_scheme, BODY, Headers(headers=headers), NOW)
 
 
 @pytest.mark.parametrize(
@@ -372,7 +364,7 @@ def test_any_configured_scheme_may_accept(token, hmac_scheme, headers):
          "missing; x-signature header is missing"),
         (DEFAULT, HMAC, {"X-Vapi-Secret": OLD_TOKEN}, "invalid_signature", "X-Vapi-Secret"),
         (DEFAULT, HMAC, {"x-timestamp": TS}, "missing_signature", "X-Vapi-Secret"),
-        (DEFAULT, HMAC, {"X-Vapi-Secret": OLD_TOKEN, **sign_vapi_hmac(HMAC, BODY, "1")},
+        (DEFAULT, HMAC, {"X-Vapi-Secret": OLD_TOKEN, **vapi.sign_hmac(HMAC, BODY, "1")},
          "stale_timestamp", "window"),
         (DEFAULT, HMAC, {"X-Vapi-Secret": OLD_TOKEN, "x-signature": "garbage"},
          "malformed_signature", "x-signature"),
@@ -380,5 +372,5 @@ def test_any_configured_scheme_may_accept(token, hmac_scheme, headers):
     ],
 )
 def test_most_informative_failure_is_reported(token, hmac_scheme, headers, code, mentions):
-    error = assert_rejected(code, wire(headers), verify_vapi, token, hmac_scheme, BODY)
+    error = assert_rejected(code, wire(headers), vapi.verify_credentials, token, hmac_scheme, BODY)
     assert mentions in error.message

@@ -1,19 +1,13 @@
-"""Authentication of incoming webhooks, one verifier per provider.
+"""VAPI: `{"message": {"type": ..., ...}}` server messages, authenticated by whichever
+credential the customer configured.
 
-Retell signs each request with the account's API key: the `x-retell-signature` header is
-`v=<ms timestamp>,d=<hex HMAC-SHA256>`, the HMAC covering the raw body (as UTF-8 text)
-followed directly by the decimal timestamp.
+- A shared token: legacy `X-Vapi-Secret: <token>` or `Authorization: Bearer <token>`;
+  the header name and prefix are configurable.
+- An HMAC credential: a signature in `x-signature` over `{timestamp}.{body}`, the
+  timestamp in `x-timestamp` (seconds or milliseconds: VAPI does not say); algorithm,
+  encoding, prefix, payload template and secret encoding configurable; ±5 minutes.
 
-VAPI authenticates with whichever credential the customer configured: a shared token
-(legacy `X-Vapi-Secret: <token>` or `Authorization: Bearer <token>`, header name and
-prefix configurable) or an HMAC credential (signature in `x-signature` over
-`{timestamp}.{body}`, timestamp in `x-timestamp`; algorithm, encoding, prefix, payload
-template and secret encoding configurable).
-
-Everything here is pure: the caller passes the secrets and the clock (`now`, unix
-seconds), so requests, tests and the demo signer share one implementation. Every rejection
-is an `Unauthorized` whose message says what is wrong without quoting a secret, a token or
-a signature.
+Roark's `POST /v1/vapi/call` takes the unwrapped `message` of an `end-of-call-report`.
 """
 
 from __future__ import annotations
@@ -25,14 +19,13 @@ import hmac
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from relay.errors import Unauthorized
+from relay.envvars import Choice, Flag, Secret, Secrets, Text, setting
+from relay.errors import BadRequest, ConfigError, Unauthorized
+from relay.providers.base import Provider, RoarkEndpoint
+from relay.providers.signing import TOLERANCE_SECONDS, check_window, has_prefix, header, require_header
 
-TOLERANCE_SECONDS = 300.0
-
-# Leading zeros are refused so the digits Retell signed are exactly str(int(digits)).
-# Twenty digits is far beyond any real timestamp and keeps int() cheap on hostile input.
-_RETELL_SIGNATURE = re.compile(r"v=([1-9][0-9]{0,19}),d=([0-9a-f]{64})")
 _TIMESTAMP = re.compile(r"[0-9]{1,20}")
 # bytes.fromhex alone would also accept whitespace between the digits.
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
@@ -56,101 +49,11 @@ def _secret_tuple(values: Sequence[str], name: str) -> tuple[str, ...]:
     return values
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is not None and not value.isascii():
-        raise Unauthorized(
-            f"{name} header contains non-ASCII characters", error_code="malformed_signature"
-        )
-    return value
-
-
-def _require(headers: Mapping[str, str], name: str) -> str:
-    value = _header(headers, name)
-    if value is None:
-        raise Unauthorized(f"{name} header is missing", error_code="missing_signature")
-    return value
-
-
-def _check_window(age_seconds: float, tolerance: float) -> None:
-    if abs(age_seconds) > tolerance:
-        raise Unauthorized(
-            f"signature timestamp is outside the {tolerance:g} s window",
-            error_code="stale_timestamp",
-        )
-
-
-def _has_prefix(value: str, prefix: str) -> bool:
-    # Prefixes such as "Bearer " name an auth scheme, which HTTP treats case-insensitively.
-    return value[: len(prefix)].lower() == prefix.lower()
-
-
-# --- Retell ---------------------------------------------------------------------------
-
-
-def retell_digest(api_key: str, raw_body: bytes, timestamp_ms: int) -> str:
-    """The hex digest Retell puts after `d=`.
-
-    Raises UnicodeDecodeError when `raw_body` is not UTF-8: Retell's scheme is defined on
-    the body as text, so such a body has no valid signature.
-    """
-    message = raw_body.decode("utf-8") + str(timestamp_ms)
-    return hmac.new(api_key.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-def sign_retell(api_key: str, raw_body: bytes, timestamp_ms: int) -> str:
-    """The `x-retell-signature` header value Retell would send for this body."""
-    return f"v={timestamp_ms},d={retell_digest(api_key, raw_body, timestamp_ms)}"
-
-
-def verify_retell(
-    api_keys: Sequence[str],
-    raw_body: bytes,
-    headers: Mapping[str, str],
-    now: float,
-    tolerance: float = TOLERANCE_SECONDS,
-) -> None:
-    """Accept the request if `x-retell-signature` was made with any of `api_keys`."""
-    if isinstance(api_keys, str):
-        raise TypeError("api_keys must be a sequence of keys, not a single string")
-    # An empty key is a configuration gap, not a key anybody should be able to sign with.
-    keys = [key for key in api_keys if key]
-    if not keys:
-        raise Unauthorized("no Retell API key is configured", error_code="provider_not_configured")
-
-    match = _RETELL_SIGNATURE.fullmatch(_require(headers, "x-retell-signature"))
-    if match is None:
-        raise Unauthorized(
-            "x-retell-signature header must be v=<ms timestamp>,d=<64 lowercase hex digits>",
-            error_code="malformed_signature",
-        )
-    timestamp_ms = int(match[1])
-    _check_window(now - timestamp_ms / 1000, tolerance)
-
-    presented = match[2].encode("ascii")
-    try:
-        matched = any(
-            hmac.compare_digest(
-                retell_digest(key, raw_body, timestamp_ms).encode("ascii"), presented
-            )
-            for key in keys
-        )
-    except UnicodeDecodeError:
-        raise Unauthorized(
-            "request body is not valid UTF-8, so it cannot carry a Retell signature",
-            error_code="invalid_signature",
-        ) from None
-    if not matched:
-        raise Unauthorized(
-            "x-retell-signature does not match the request body", error_code="invalid_signature"
-        )
-
-
-# --- VAPI: shared token ---------------------------------------------------------------
+# --- shared token ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class VapiTokenScheme:
+class TokenScheme:
     """A VAPI bearer or legacy secret credential.
 
     `header=None` accepts both `X-Vapi-Secret: <token>` and `Authorization: Bearer <token>`.
@@ -177,8 +80,8 @@ class VapiTokenScheme:
         return ((self.header, "Bearer " if self.header.lower() == "authorization" else ""),)
 
 
-def _check_token(scheme: VapiTokenScheme, name: str, prefix: str, value: str) -> None:
-    if not _has_prefix(value, prefix):
+def _check_token(scheme: TokenScheme, name: str, prefix: str, value: str) -> None:
+    if not has_prefix(value, prefix):
         raise Unauthorized(
             f"{name} header must start with {prefix!r}", error_code="malformed_signature"
         )
@@ -191,8 +94,8 @@ def _check_token(scheme: VapiTokenScheme, name: str, prefix: str, value: str) ->
         )
 
 
-def verify_vapi_token(
-    scheme: VapiTokenScheme, raw_body: bytes, headers: Mapping[str, str], now: float
+def verify_token(
+    scheme: TokenScheme, raw_body: bytes, headers: Mapping[str, str], now: float
 ) -> None:
     """Accept the request if one expected header carries a configured token.
 
@@ -202,7 +105,7 @@ def verify_vapi_token(
     failures: list[Unauthorized] = []
     for name, prefix in expected:
         try:
-            value = _header(headers, name)
+            value = header(headers, name)
             if value is not None:
                 _check_token(scheme, name, prefix, value)
                 return
@@ -214,11 +117,11 @@ def verify_vapi_token(
     raise max(failures, key=lambda exc: _SPECIFICITY.index(exc.error_code))
 
 
-# --- VAPI: HMAC -----------------------------------------------------------------------
+# --- HMAC --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class VapiHmacScheme:
+class HmacScheme:
     """A VAPI HMAC credential; the defaults are VAPI's."""
 
     secrets: tuple[str, ...] = field(repr=False)
@@ -254,7 +157,7 @@ class VapiHmacScheme:
         return secret.encode("utf-8")
 
 
-def _vapi_digest(scheme: VapiHmacScheme, secret: str, raw_body: bytes, timestamp: str) -> bytes:
+def _digest(scheme: HmacScheme, secret: str, raw_body: bytes, timestamp: str) -> bytes:
     # The body is spliced in as received: decoding and re-encoding it could change the
     # bytes VAPI signed.
     parts = scheme.payload_template.split("{body}")
@@ -264,22 +167,22 @@ def _vapi_digest(scheme: VapiHmacScheme, secret: str, raw_body: bytes, timestamp
     return hmac.new(scheme.key(secret), payload, scheme.algorithm).digest()
 
 
-def vapi_hmac_signature(
-    scheme: VapiHmacScheme, secret: str, raw_body: bytes, timestamp: str
+def hmac_signature(
+    scheme: HmacScheme, secret: str, raw_body: bytes, timestamp: str
 ) -> str:
     """The encoded signature (without prefix) VAPI would send for this body and timestamp."""
-    digest = _vapi_digest(scheme, secret, raw_body, timestamp)
+    digest = _digest(scheme, secret, raw_body, timestamp)
     return digest.hex() if scheme.encoding == "hex" else base64.b64encode(digest).decode("ascii")
 
 
-def sign_vapi_hmac(scheme: VapiHmacScheme, raw_body: bytes, timestamp: str) -> dict[str, str]:
+def sign_hmac(scheme: HmacScheme, raw_body: bytes, timestamp: str) -> dict[str, str]:
     """The headers VAPI would send, signed with the first secret."""
-    signature = vapi_hmac_signature(scheme, scheme.secrets[0], raw_body, timestamp)
+    signature = hmac_signature(scheme, scheme.secrets[0], raw_body, timestamp)
     return {scheme.signature_header: scheme.prefix + signature, scheme.timestamp_header: timestamp}
 
 
-def _decode_signature(scheme: VapiHmacScheme, value: str) -> bytes:
-    if scheme.prefix and _has_prefix(value, scheme.prefix):
+def _decode_signature(scheme: HmacScheme, value: str) -> bytes:
+    if scheme.prefix and has_prefix(value, scheme.prefix):
         value = value[len(scheme.prefix) :]
     if scheme.encoding == "hex":
         decoded = bytes.fromhex(value) if _HEX.fullmatch(value) else b""
@@ -297,25 +200,25 @@ def _decode_signature(scheme: VapiHmacScheme, value: str) -> bytes:
     return decoded
 
 
-def verify_vapi_hmac(
-    scheme: VapiHmacScheme,
+def verify_hmac(
+    scheme: HmacScheme,
     raw_body: bytes,
     headers: Mapping[str, str],
     now: float,
     tolerance: float = TOLERANCE_SECONDS,
 ) -> None:
     """Accept the request if its HMAC signature was made with any of the scheme's secrets."""
-    presented = _decode_signature(scheme, _require(headers, scheme.signature_header))
-    timestamp = _require(headers, scheme.timestamp_header)
+    presented = _decode_signature(scheme, require_header(headers, scheme.signature_header))
+    timestamp = require_header(headers, scheme.timestamp_header)
     if _TIMESTAMP.fullmatch(timestamp) is None:
         raise Unauthorized(
             f"{scheme.timestamp_header} header must be a unix time in seconds or milliseconds",
             error_code="malformed_signature",
         )
     value = int(timestamp)
-    _check_window(now - (value / 1000 if value > _MILLISECONDS_ABOVE else value), tolerance)
+    check_window(now - (value / 1000 if value > _MILLISECONDS_ABOVE else value), tolerance)
     if not any(
-        hmac.compare_digest(_vapi_digest(scheme, secret, raw_body, timestamp), presented)
+        hmac.compare_digest(_digest(scheme, secret, raw_body, timestamp), presented)
         for secret in scheme.secrets
     ):
         raise Unauthorized(
@@ -324,9 +227,9 @@ def verify_vapi_hmac(
         )
 
 
-def verify_vapi(
-    token: VapiTokenScheme | None,
-    hmac_scheme: VapiHmacScheme | None,
+def verify_credentials(
+    token: TokenScheme | None,
+    hmac_scheme: HmacScheme | None,
     raw_body: bytes,
     headers: Mapping[str, str],
     now: float,
@@ -340,13 +243,13 @@ def verify_vapi(
     token_error = hmac_error = None
     if token is not None:
         try:
-            verify_vapi_token(token, raw_body, headers, now)
+            verify_token(token, raw_body, headers, now)
             return
         except Unauthorized as exc:
             token_error = exc
     if hmac_scheme is not None:
         try:
-            verify_vapi_hmac(hmac_scheme, raw_body, headers, now)
+            verify_hmac(hmac_scheme, raw_body, headers, now)
             return
         except Unauthorized as exc:
             hmac_error = exc
@@ -360,3 +263,108 @@ def verify_vapi(
             f"{token_error.message}; {hmac_error.message}", error_code="missing_signature"
         )
     raise token_error
+
+
+# --- settings and the provider -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VapiSettings:
+    secrets: tuple[Secret, ...] = setting(
+        "VAPI_SECRET", (), Secrets(),
+        """Shared secret / bearer token. By default accepted as `X-Vapi-Secret: <secret>` or
+        `Authorization: Bearer <secret>`. Without VAPI_SECRET or VAPI_HMAC_SECRET every
+        VAPI webhook is refused with 401.""",
+        example="", section="VAPI")
+    secret_header: str | None = setting(
+        "VAPI_SECRET_HEADER", None, Text(),
+        "Only accept the secret in this header instead (e.g. Authorization).")
+    secret_prefix: str | None = setting(
+        "VAPI_SECRET_PREFIX", None, Text(),
+        """With VAPI_SECRET_HEADER: the prefix the secret follows in it, spaces included
+        (default "Bearer " for Authorization, none otherwise; set it empty for none).""",
+        example="Bearer ", verbatim=True)
+    hmac_secrets: tuple[Secret, ...] = setting(
+        "VAPI_HMAC_SECRET", (), Secrets(),
+        "HMAC credential: a signature over the timestamp and body, within ±5 minutes.",
+        example="")
+    hmac_algorithm: str = setting(
+        "VAPI_HMAC_ALGORITHM", HmacScheme.algorithm, Choice(_ALGORITHMS), "HMAC algorithm.")
+    hmac_signature_header: str = setting(
+        "VAPI_HMAC_SIGNATURE_HEADER", HmacScheme.signature_header, Text(),
+        "Header carrying the signature.")
+    hmac_timestamp_header: str = setting(
+        "VAPI_HMAC_TIMESTAMP_HEADER", HmacScheme.timestamp_header, Text(),
+        "Header carrying the timestamp (unix seconds or milliseconds).")
+    hmac_encoding: str = setting(
+        "VAPI_HMAC_ENCODING", HmacScheme.encoding, Choice(_ENCODINGS), "Signature encoding.")
+    hmac_prefix: str = setting(
+        "VAPI_HMAC_PREFIX", HmacScheme.prefix, Text(),
+        "Prefix before the signature, e.g. sha256=", verbatim=True)
+    hmac_secret_is_base64: bool = setting(
+        "VAPI_HMAC_SECRET_BASE64", HmacScheme.secret_is_base64, Flag(),
+        "true: VAPI_HMAC_SECRET is base64 of the real key.")
+    hmac_payload_template: str = setting(
+        "VAPI_HMAC_PAYLOAD_TEMPLATE", HmacScheme.payload_template, Text(),
+        "What is signed; {timestamp} and {body} are replaced.")
+    # The schemes the settings above describe, checked once here.
+    token: TokenScheme | None = field(default=None, init=False, repr=False)
+    hmac: HmacScheme | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.secrets:
+            try:
+                token = TokenScheme(tuple(s.reveal() for s in self.secrets),
+                                    self.secret_header, self.secret_prefix)
+            except ValueError as error:  # a prefix without a header to apply it to
+                raise ConfigError("VAPI_SECRET_PREFIX", str(error)) from None
+            object.__setattr__(self, "token", token)
+        if self.hmac_secrets:
+            try:
+                scheme = HmacScheme(
+                    tuple(s.reveal() for s in self.hmac_secrets), self.hmac_algorithm,
+                    self.hmac_signature_header, self.hmac_timestamp_header, self.hmac_encoding,
+                    self.hmac_prefix, self.hmac_secret_is_base64, self.hmac_payload_template)
+            except ValueError as error:  # e.g. a secret that is not valid base64
+                raise ConfigError("VAPI_HMAC_SECRET", str(error)) from None
+            object.__setattr__(self, "hmac", scheme)
+
+
+class Vapi(Provider):
+    name = "vapi"
+    title = "VAPI"
+    Settings = VapiSettings
+    secret_variables = "VAPI_SECRET or VAPI_HMAC_SECRET"
+    roark = RoarkEndpoint("/v1/vapi/call", "vapi_end_of_call_report_payload",
+                          "vapiEndOfCallReportPayload")
+    events = frozenset({
+        "assistant-request", "conversation-update", "end-of-call-report", "function-call",
+        "hang", "knowledge-base-request", "language-change-detected", "model-output",
+        "phone-call-control", "speech-update", "status-update", "tool-calls",
+        "transcript", "transfer-destination-request", "transfer-update",
+        "user-interrupted", "voice-input", "voice-request",
+    })
+    roark_events = frozenset({"end-of-call-report"})
+    once_per_call = frozenset({"end-of-call-report", "assistant-request"})
+    event_field = "message.type"
+
+    def configured(self, config: VapiSettings) -> bool:
+        return config.token is not None or config.hmac is not None
+
+    def verify(self, config: VapiSettings, raw_body: bytes, headers: Mapping[str, str],
+               now: float) -> None:
+        verify_credentials(config.token, config.hmac, raw_body, headers, now)
+
+    def event_and_call_id(self, document: dict[str, Any]) -> tuple[object, object]:
+        message = document.get("message")
+        if not isinstance(message, dict):
+            raise BadRequest('VAPI body must be {"message": {...}}', error_code="invalid_payload",
+                             parameter="message")
+        call = message.get("call")
+        return message.get("type"), call.get("id") if isinstance(call, dict) else None
+
+    def roark_payload(self, document: dict[str, Any]) -> Any:
+        return document["message"]
+
+
+VAPI = Vapi()

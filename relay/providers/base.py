@@ -1,0 +1,102 @@
+"""What the rest of the relay may ask of a provider.
+
+A provider is one module (`vapi.py`, `retell.py`) holding one `Provider` subclass: its
+settings, how its webhooks are verified, which events it sends and which of them Roark
+takes, how a webhook is named for deduplication, and the payload Roark's endpoint for
+it expects. Nothing outside that module tests a provider's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from relay.errors import BadRequest
+from relay.jsonbody import parse_object
+
+#: Longer "ids" are not ids; such payloads dedupe by content hash instead.
+MAX_CALL_ID_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The facts the relay needs from a verified webhook body."""
+
+    event: str
+    call_id: str | None
+    dedupe_key: str
+
+
+@dataclass(frozen=True)
+class RoarkEndpoint:
+    """Where Roark imports this provider's calls, and the field its payload goes in."""
+
+    path: str
+    payload_field: str
+    camel_payload_field: str  # the older SDK's spelling (ROARK_FIELD_CASE=camel)
+
+
+class Provider:
+    name: ClassVar[str]  # the webhook URL's segment and the outbox's provider column
+    title: ClassVar[str]
+    #: Its own settings: a frozen dataclass declared with `relay.envvars.setting`.
+    Settings: ClassVar[type]
+    #: Variables that enable verification, named in warnings when none is set.
+    secret_variables: ClassVar[str]
+    roark: ClassVar[RoarkEndpoint]
+    #: Events this provider is known to send, and those Roark imports.
+    events: ClassVar[frozenset[str]]
+    roark_events: ClassVar[frozenset[str]]
+    #: Events that happen at most once per call: a second one with the same call id is
+    #: the provider retrying, not news. Others dedupe by their exact bytes.
+    once_per_call: ClassVar[frozenset[str]]
+
+    def configured(self, config: Any) -> bool:
+        """True when `config` (an instance of `Settings`) can verify webhooks."""
+        raise NotImplementedError
+
+    def warnings(self, config: Any) -> list[str]:
+        """What an operator must hear at start-up about these settings."""
+        if not self.configured(config):
+            return [f"no secret configured, so its webhooks are refused with 401: set {self.secret_variables}"]
+        return []
+
+    def verify(self, config: Any, raw_body: bytes, headers: Mapping[str, str], now: float) -> None:
+        """Return if the request is authentic; raise `Unauthorized` saying why not."""
+        raise NotImplementedError
+
+    def event_and_call_id(self, document: dict[str, Any]) -> tuple[object, object]:
+        """The raw event name and call id in a parsed body (validated by the caller)."""
+        raise NotImplementedError
+
+    def roark_payload(self, document: dict[str, Any]) -> Any:
+        """What goes under `roark.payload_field` in Roark's request."""
+        raise NotImplementedError
+
+    def envelope(self, raw_body: bytes) -> Envelope:
+        """Parse a verified body; BadRequest when it is not this provider's webhook."""
+        event, call_id = self.event_and_call_id(parse_object(raw_body))
+        event = _event(event, self.event_field)
+        call_id = _call_id(call_id)
+        if event in self.once_per_call and call_id is not None:
+            return Envelope(event, call_id, f"{event}:{call_id}")
+        return Envelope(event, call_id, f"{event}:sha256:{hashlib.sha256(raw_body).hexdigest()}")
+
+    event_field: ClassVar[str] = "event"
+
+
+def _call_id(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = str(value)
+    # Control characters (NUL above all, which PostgreSQL text refuses) make it no id.
+    return text if 0 < len(text) <= MAX_CALL_ID_LENGTH and text.isprintable() else None
+
+
+def _event(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 100 or not value.isprintable():
+        raise BadRequest(f"{field} must be a short, printable, non-empty string",
+                         error_code="invalid_payload", parameter=field)
+    return value
