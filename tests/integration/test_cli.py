@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from relay.cli import main, parse_duration
 from relay.outbox import migrations
 from relay.outbox import Attempt, Completion, NewDelivery, State, open_backend
+from relay.settings import Settings
 
 NOW = time.time()
 
@@ -24,7 +25,7 @@ def all_commands(group: click.Group, prefix=()):
 def test_every_command_has_help_text():
     commands = list(all_commands(main))
     assert {("serve",), ("migrate",), ("deliveries", "list"), ("deliveries", "show"), ("replay",),
-            ("prune",), ("demo",)} <= {path for path, _ in commands}
+            ("prune",), ("demo",), ("settings",)} <= {path for path, _ in commands}
     for path, command in commands:
         assert command.help and len(command.help.strip()) > 20, f"relay {' '.join(path)} lacks help"
         result = CliRunner().invoke(main, [*path, "--help"])
@@ -67,6 +68,15 @@ def add(store, call_id, state, body=None, provider="vapi", received_at=NOW):
 def test_configuration_errors_name_the_variable(tmp_path):
     result = CliRunner(env={"ROARK_API_KEY": ""}).invoke(main, ["deliveries", "list"])
     assert result.exit_code == 2 and "ROARK_API_KEY" in result.output
+
+
+def test_settings_prints_an_environment_file_the_relay_reads_back(tmp_path):
+    result = CliRunner().invoke(main, ["settings"], env={})
+    assert result.exit_code == 0
+    assert "ROARK_API_KEY=rk_live_replace_me" in result.output.splitlines()
+    environ = dict(line.split("=", 1) for line in result.output.splitlines()
+                   if line and not line.startswith("#"))
+    assert Settings.from_env(environ).roark_api_key.reveal() == "rk_live_replace_me"
 
 
 def test_migrate(env):
