@@ -66,8 +66,8 @@ def test_nothing_logged_or_served_contains_a_secret(start_relay, relay_env, fake
     signed = with_call_id("vapi/end-of-call-report", "leak-hmac")
     send("POST", "/webhooks/vapi", 200, content=signed,
          headers={"content-type": "application/json", **vapi.sign_hmac(HMAC, signed, now)})
-    retell = with_call_id("retell/call_ended", "leak-retell")
-    send("POST", "/webhooks/retell", 200, content=retell, headers=retell_headers(retell))
+    ended = with_call_id("retell/call_ended", "leak-retell")
+    send("POST", "/webhooks/retell", 200, content=ended, headers=retell_headers(ended))
 
     # Refused: wrong, misplaced, stale and malformed credentials (some made from real ones).
     other = with_call_id("vapi/end-of-call-report", "leak-refused")
@@ -84,13 +84,13 @@ def test_nothing_logged_or_served_contains_a_secret(start_relay, relay_env, fake
     ):
         send("POST", "/webhooks/vapi", 401, content=other, headers=headers)
     for headers in (
-        retell_headers(retell, key=VAPI_SECRET),
-        retell_headers(retell, now=time.time() - 3600),
+        retell_headers(ended, key=VAPI_SECRET),
+        retell_headers(ended, now=time.time() - 3600),
         {"content-type": "application/json", "x-retell-signature": RETELL_KEY},
         {"content-type": "application/json",
-         "x-retell-signature": retell.sign(RETELL_KEY, retell, int(time.time() * 1000)) + "0"},
+         "x-retell-signature": retell.sign(RETELL_KEY, ended, int(time.time() * 1000)) + "0"},
     ):
-        send("POST", "/webhooks/retell", 401, content=retell, headers=headers)
+        send("POST", "/webhooks/retell", 401, content=ended, headers=headers)
     send("POST", "/webhooks/vapi", 415, content=report, headers={"x-vapi-secret": VAPI_SECRET})
     eventually(lambda: len([r for r in rows(env) if r["state"] == "delivered"]) == 4, WAIT)
 
