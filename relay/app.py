@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from relay import __version__
 from relay.admin import admin_routes
 from relay.admin.auth import AdminAuth
+from relay.budget import ByteBudget
 from relay.errors import HTTPError, MethodNotAllowed, NotFound, ServiceUnavailable, StoreUnavailable
 from relay.forwarder import Forwarder
 from relay.ingest import receive_webhook
@@ -200,6 +201,8 @@ def create_app(settings: Settings) -> Starlette:
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.unverified_bodies = ByteBudget(settings.unverified_body_budget_bytes)
+    app.state.verified_bodies = ByteBudget(settings.verified_body_budget_bytes)
     app.state.metrics_auth = AdminAuth(settings.admin_token) if settings.admin_token else None
     app.state.started_monotonic = time.monotonic()
     return app

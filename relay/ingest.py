@@ -1,8 +1,10 @@
 """Receiving a webhook: bound the body, verify it, store it durably, then acknowledge.
 
-The order matters. The body is capped and timed before it is read whole; the signature
-is checked against the exact bytes received, before any parsing; and the 200 is sent
-only after the outbox commit that holds the webhook. If the store cannot take the write
+The order matters. Whatever the headers alone condemn (no credential, a malformed or
+stale signature, a wrong shared token) is refused before a byte of the body is read.
+The body is capped, timed and counted against the process's body budget as it arrives;
+the signature is computed over the exact bytes received, chunk by chunk, before any
+parsing; and the 200 is sent only after the outbox commit that holds the webhook. If the store cannot take the write
 the provider gets 503 + Retry-After and sends it again later: a 2xx never stands for
 data the relay does not hold.
 """
@@ -10,12 +12,16 @@ data the relay does not hold.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import time
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
+from relay.budget import BodyHold
 from relay.errors import (
     BadRequest,
     HTTPError,
@@ -36,18 +42,40 @@ log = structlog.get_logger("relay.ingest")
 #: Longest a webhook waits for its commit before it is answered 503 (providers time out
 #: webhooks after 10-20 s; a 503 with Retry-After is better than a timeout).
 STORE_WAIT_SECONDS = 5.0
+#: Bodies held are released within seconds, so a provider's retry soon finds room.
+OVERLOAD_RETRY_AFTER_SECONDS = 2
 
 
-async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes:
-    """The whole body, refusing more than `max_bytes` and clients slower than `timeout`."""
+class Overloaded(ServiceUnavailable):
+    error_code = "overloaded"
+
+
+def declared_length(request: Request, max_bytes: int) -> int | None:
     declared = request.headers.get("content-length")
-    if declared is not None:
-        # isascii too: headers decode as latin-1, where "²" is a digit int() refuses (a
-        # 500; uvicorn's parser stops it first, but the app must not rely on that).
-        if not (declared.isascii() and declared.isdigit()):
-            raise BadRequest("Content-Length is not a number", parameter="content-length")
-        if int(declared) > max_bytes:
-            raise PayloadTooLarge(f"body exceeds the {max_bytes}-byte limit")
+    if declared is None:
+        return None
+    # isascii too: headers decode as latin-1, where "²" is a digit int() refuses (a
+    # 500; uvicorn's parser stops it first, but the app must not rely on that).
+    if not (declared.isascii() and declared.isdigit()):
+        raise BadRequest("Content-Length is not a number", parameter="content-length")
+    if int(declared) > max_bytes:
+        raise PayloadTooLarge(f"body exceeds the {max_bytes}-byte limit")
+    return int(declared)
+
+
+async def read_body(
+    request: Request,
+    max_bytes: int,
+    timeout: float,
+    hold: BodyHold | None = None,
+    on_chunk: Callable[[bytes], None] | None = None,
+) -> bytes:
+    """The whole body, refusing more than `max_bytes`, clients slower than `timeout`,
+    and bodies `hold`'s budget has no room for (503: the provider tries again later).
+    `on_chunk` sees each chunk as it arrives."""
+    declared = declared_length(request, max_bytes)
+    if hold is not None and declared and not hold.grow(declared):
+        raise _overloaded()
     chunks: list[bytes] = []
     size = 0
     try:
@@ -56,6 +84,10 @@ async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes:
                 size += len(chunk)
                 if size > max_bytes:
                     raise PayloadTooLarge(f"body exceeds the {max_bytes}-byte limit")
+                if hold is not None and size > hold.size and not hold.grow(size - hold.size):
+                    raise _overloaded()
+                if on_chunk is not None:
+                    on_chunk(chunk)
                 chunks.append(chunk)
     except TimeoutError:
         # Close the connection too: kept alive, the client could go on trickling the
@@ -67,6 +99,12 @@ async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
+def _overloaded() -> Overloaded:
+    return Overloaded("the relay is holding as many request bodies as it may; retry shortly",
+                      retry_after_seconds=OVERLOAD_RETRY_AFTER_SECONDS,
+                      headers={"Connection": "close"})
+
+
 def check_content_type(request: Request) -> None:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
@@ -75,64 +113,16 @@ def check_content_type(request: Request) -> None:
         )
 
 
-def verify(settings: Settings, provider: Provider, raw_body: bytes, request: Request) -> None:
-    if provider.name not in settings.insecure_skip_verification:
-        provider.verify(settings.providers[provider.name], raw_body, request.headers, time.time())
-
-
 async def receive_webhook(request: Request) -> JSONResponse:
     state = request.app.state
-    settings: Settings = state.settings
     provider = PROVIDERS.get(request.path_params["provider"])
     if provider is None:
         raise NotFound(f"no webhook endpoint for {request.path_params['provider']!r}")
     started = time.perf_counter()
     fields = {"request_id": request.state.request_id, "provider": provider.name}
+    hold = BodyHold(state.unverified_bodies)
     try:
-        properties = source_properties(
-            settings.sources, request.path_params.get("source"), request.query_params.multi_items()
-        )
-        check_content_type(request)
-        raw_body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
-        verify(settings, provider, raw_body, request)
-        envelope = provider.envelope(raw_body)
-        fields.update(event_type=envelope.event, call_id=envelope.call_id)
-        if envelope.event not in provider.roark_events:
-            outcome, data = "ignored", {
-                "status": "ignored",
-                "reason": f"only {', '.join(sorted(provider.roark_events))} is forwarded to Roark",
-            }
-        else:
-            try:
-                # Bounded: while the store is locked, the commit queues behind the
-                # forwarder's writes, each waiting out SQLite's busy timeout, and the
-                # storage-fault suite saw 503s take 12 s, past providers' timeouts. The
-                # commit itself goes on (shielded in the outbox); if it lands after this
-                # 503, the provider's retry is answered as a duplicate.
-                async with asyncio.timeout(STORE_WAIT_SECONDS):
-                    inserted = await state.outbox.insert(NewDelivery(
-                        provider=provider.name,
-                        event=envelope.event,
-                        call_id=envelope.call_id,
-                        dedupe_key=envelope.dedupe_key,
-                        body=raw_body,
-                        received_at=time.time(),
-                        request_id=request.state.request_id,
-                        properties=properties or None,
-                    ))
-            except (StoreUnavailable, TimeoutError) as error:
-                reason = str(error) or f"no commit within {STORE_WAIT_SECONDS:g} s"
-                log.error("store_unavailable", error=reason, **fields)
-                raise ServiceUnavailable(
-                    "the relay cannot store webhooks right now; retry later",
-                    error_code="store_unavailable",
-                    retry_after_seconds=settings.store_retry_after_seconds,
-                ) from None
-            outcome = "duplicate" if inserted.duplicate else "accepted"
-            data = {"status": outcome, "delivery_id": inserted.delivery_id}
-            fields["delivery_id"] = inserted.delivery_id
-            if not inserted.duplicate:
-                state.forwarder.wake()
+        outcome, data = await _receive(request, provider, hold, fields)
     except HTTPError as error:
         outcome = "unavailable" if isinstance(error, ServiceUnavailable) else "rejected"
         state.metrics.webhooks.labels(provider.name, outcome).inc()
@@ -140,7 +130,82 @@ async def receive_webhook(request: Request) -> JSONResponse:
                  error_code=error.error_code,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
         raise
+    finally:
+        hold.release()
     state.metrics.webhooks.labels(provider.name, outcome).inc()
     log.info("webhook_received", outcome=outcome, status=200,
              duration_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
     return JSONResponse({"data": data})
+
+
+async def _receive(
+    request: Request, provider: Provider, hold: BodyHold, fields: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    state = request.app.state
+    settings: Settings = state.settings
+    properties = source_properties(
+        settings.sources, request.path_params.get("source"), request.query_params.multi_items()
+    )
+    check_content_type(request)
+    # What the headers alone condemn is refused before a byte of the body is held.
+    check = None
+    if provider.name not in settings.insecure_skip_verification:
+        check = provider.check_headers(settings.providers[provider.name], request.headers, time.time())
+        # None: the headers proved it (a shared token), so the body is as good as verified.
+        if check is None and not hold.move_to(state.verified_bodies):
+            raise _overloaded()
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+
+    def take(chunk: bytes) -> None:
+        if check is not None:
+            check.update(chunk)
+        utf8.decode(chunk)  # JSON is UTF-8; checked as it streams, without a decoded copy
+
+    try:
+        raw_body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds,
+                                   hold, take)
+        if check is not None:
+            check.verify()
+        utf8.decode(b"", final=True)
+    except UnicodeDecodeError as error:
+        raise BadRequest(f"body is not valid UTF-8: {error.reason} at byte {error.start}",
+                         error_code="invalid_json") from None
+    if not hold.move_to(state.verified_bodies):
+        raise _overloaded()
+    envelope = provider.envelope(raw_body)
+    fields.update(event_type=envelope.event, call_id=envelope.call_id)
+    if envelope.event not in provider.roark_events:
+        return "ignored", {
+            "status": "ignored",
+            "reason": f"only {', '.join(sorted(provider.roark_events))} is forwarded to Roark",
+        }
+    try:
+        # Bounded: while the store is locked, the commit queues behind the forwarder's
+        # writes, each waiting out SQLite's busy timeout, and the storage-fault suite saw
+        # 503s take 12 s, past providers' timeouts. The commit itself goes on (shielded
+        # in the outbox); if it lands after this 503, the provider's retry is answered as
+        # a duplicate.
+        async with asyncio.timeout(STORE_WAIT_SECONDS):
+            inserted = await state.outbox.insert(NewDelivery(
+                provider=provider.name,
+                event=envelope.event,
+                call_id=envelope.call_id,
+                dedupe_key=envelope.dedupe_key,
+                body=raw_body,
+                received_at=time.time(),
+                request_id=request.state.request_id,
+                properties=properties or None,
+            ))
+    except (StoreUnavailable, TimeoutError) as error:
+        reason = str(error) or f"no commit within {STORE_WAIT_SECONDS:g} s"
+        log.error("store_unavailable", error=reason, **fields)
+        raise ServiceUnavailable(
+            "the relay cannot store webhooks right now; retry later",
+            error_code="store_unavailable",
+            retry_after_seconds=settings.store_retry_after_seconds,
+        ) from None
+    fields["delivery_id"] = inserted.delivery_id
+    if not inserted.duplicate:
+        state.forwarder.wake()
+    outcome = "duplicate" if inserted.duplicate else "accepted"
+    return outcome, {"status": outcome, "delivery_id": inserted.delivery_id}

@@ -18,28 +18,48 @@ from relay.errors import BadRequest
 
 UTF8_BOM = b"\xef\xbb\xbf"
 
-_decode = msgspec.json.Decoder().decode
+_decoders: dict[Any, msgspec.json.Decoder] = {}
+
+
+def without_bom(raw: bytes) -> bytes:
+    return raw[len(UTF8_BOM):] if raw.startswith(UTF8_BOM) else raw
 
 
 def loads(raw: bytes) -> Any:
     """The JSON document in `raw`; ValueError (msgspec.DecodeError is one) or
     RecursionError when it is not a document this policy accepts."""
-    if raw.startswith(UTF8_BOM):
-        raw = raw[len(UTF8_BOM):]
-    return _decode(raw)
+    return _decoder(Any).decode(without_bom(raw))
+
+
+def loads_as(raw: bytes | msgspec.Raw, into: Any) -> Any:
+    """A part of a document (or one without a BOM) decoded into the msgspec type `into`;
+    ValueError when it does not fit."""
+    return _decoder(into).decode(raw)
+
+
+def parse(raw: bytes, into: Any = dict[str, Any]) -> Any:
+    """A request body decoded into `into` (a msgspec type; a Struct decodes only its own
+    fields and skips the rest unbuilt), or a BadRequest that says what is wrong."""
+    try:
+        return _decoder(into).decode(without_bom(raw))
+    except RecursionError:
+        raise BadRequest("JSON nested too deeply", error_code="invalid_json") from None
+    except msgspec.ValidationError as error:
+        problem, _, path = str(error).partition(" - at `$")
+        if not problem.startswith("Expected"):  # e.g. a number out of range
+            raise BadRequest(f"body is not valid JSON: {error}", error_code="invalid_json") from None
+        if not path:
+            raise BadRequest("body must be a JSON object", error_code="invalid_payload") from None
+        parameter = path.rstrip("`").lstrip(".")
+        raise BadRequest(f"{parameter}: {problem}", error_code="invalid_payload",
+                         parameter=parameter) from None
+    except ValueError as error:
+        raise BadRequest(f"body is not valid JSON: {error}", error_code="invalid_json") from None
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:
     """The JSON object in a request body, or a BadRequest that says what is wrong."""
-    try:
-        document = loads(raw)
-    except RecursionError:
-        raise BadRequest("JSON nested too deeply", error_code="invalid_json") from None
-    except ValueError as error:
-        raise BadRequest(f"body is not valid JSON: {error}", error_code="invalid_json") from None
-    if not isinstance(document, dict):
-        raise BadRequest("body must be a JSON object", error_code="invalid_payload")
-    return document
+    return parse(raw)
 
 
 def dumps(document: Any) -> bytes:
@@ -49,3 +69,10 @@ def dumps(document: Any) -> bytes:
         return msgspec.json.encode(document)
     except msgspec.EncodeError as error:
         raise ValueError(str(error)) from error
+
+
+def _decoder(into: Any) -> msgspec.json.Decoder:
+    decoder = _decoders.get(into)
+    if decoder is None:
+        decoder = _decoders[into] = msgspec.json.Decoder(into)
+    return decoder

@@ -132,6 +132,14 @@ class Settings:
     body_timeout_seconds: float = setting(
         "RELAY_BODY_TIMEOUT_SECONDS", 30.0, Seconds(0.1),
         "A client that has not sent its whole body by then gets 408.")
+    unverified_body_budget_bytes: int = setting(
+        "RELAY_UNVERIFIED_BODY_BUDGET_BYTES", 32 * 1024 * 1024, Integer(0),
+        """Bytes of webhook bodies held, across all requests, before their signature is
+        checked; past it requests get 503 + Retry-After (one body alone always fits). With
+        the next, it keeps the relay inside a 512 MB machine whatever is sent to it.""")
+    verified_body_budget_bytes: int = setting(
+        "RELAY_VERIFIED_BODY_BUDGET_BYTES", 64 * 1024 * 1024, Integer(0),
+        "Bytes of verified webhook bodies on their way into the outbox at once; past it, 503.")
 
     admin_token: Secret | None = setting(
         "RELAY_ADMIN_TOKEN", None, AdminToken(),

@@ -35,14 +35,16 @@ def roark_body(
     strip_secrets: Redactor | None = None,
 ) -> bytes:
     """The JSON body Roark's spec defines for this stored webhook; ValueError (or
-    RecursionError) when it cannot be made, which no retry would change."""
-    document = jsonbody.loads(raw_body)
+    RecursionError) when it cannot be made, which no retry would change.
+
+    The payload is carried over as the bytes received, not decoded and encoded again:
+    a large report costs a copy, not a parse (unless secrets are to be stripped)."""
+    payload: Any = provider.roark_payload(raw_body)
     if strip_secrets is not None:
-        document = strip_secrets.strip(document)
+        payload = strip_secrets.strip(jsonbody.loads_as(payload, Any))
     camel = field_case == "camel"
     body: dict[str, Any] = {
-        provider.roark.camel_payload_field if camel else provider.roark.payload_field:
-            provider.roark_payload(document),
+        provider.roark.camel_payload_field if camel else provider.roark.payload_field: payload,
         "skipAlreadyImported" if camel else "skip_already_imported": True,
     }
     if properties:

@@ -1,8 +1,9 @@
 """Retell: `{"event": ..., "call": {...}}` webhooks, signed with the account's API key.
 
 The `x-retell-signature` header is `v=<ms timestamp>,d=<hex HMAC-SHA256>`, the HMAC
-covering the raw body (as UTF-8 text) followed directly by the decimal timestamp; a
-signature more than five minutes from now is stale. Roark's `POST /v1/retell/call`
+covering the raw body (UTF-8 text; the relay refuses any other as invalid JSON)
+followed directly by the decimal timestamp; a signature more than five minutes from now
+is stale. Roark's `POST /v1/retell/call`
 takes the whole envelope of a `call_ended` webhook.
 """
 
@@ -15,9 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
+from relay import jsonbody
 from relay.envvars import Secret, Secrets, setting
 from relay.errors import Unauthorized
-from relay.providers.base import Provider, RoarkEndpoint
+from relay.providers.base import NO_OBJECT, BodyCheck, Provider, RoarkEndpoint, nested_id
 from relay.providers.signing import TOLERANCE_SECONDS, check_window, require_header
 
 # Leading zeros are refused so the digits Retell signed are exactly str(int(digits)).
@@ -35,18 +39,62 @@ class RetellSettings:
 
 
 def digest(api_key: str, raw_body: bytes, timestamp_ms: int) -> str:
-    """The hex digest Retell puts after `d=`.
-
-    Raises UnicodeDecodeError when `raw_body` is not UTF-8: Retell's scheme is defined on
-    the body as text, so such a body has no valid signature.
-    """
-    message = raw_body.decode("utf-8") + str(timestamp_ms)
-    return hmac.new(api_key.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()
+    """The hex digest Retell puts after `d=`: over the body's bytes, which for the UTF-8
+    text Retell signs are the text's own, then the timestamp's digits."""
+    mac = hmac.new(api_key.encode("utf-8"), raw_body, hashlib.sha256)
+    mac.update(str(timestamp_ms).encode("ascii"))
+    return mac.hexdigest()
 
 
 def sign(api_key: str, raw_body: bytes, timestamp_ms: int) -> str:
     """The `x-retell-signature` header value Retell would send for this body."""
     return f"v={timestamp_ms},d={digest(api_key, raw_body, timestamp_ms)}"
+
+
+class SignatureCheck(BodyCheck):
+    """The part of verification that needs the body, fed chunk by chunk as it arrives,
+    so no joined copy of a large body is made just to compute its MAC."""
+
+    def __init__(self, api_keys: Sequence[str], timestamp_ms: int, presented: bytes) -> None:
+        self._macs = [hmac.new(key.encode("utf-8"), digestmod=hashlib.sha256) for key in api_keys]
+        self._timestamp = str(timestamp_ms).encode("ascii")
+        self._presented = presented
+
+    def update(self, chunk: bytes) -> None:
+        for mac in self._macs:
+            mac.update(chunk)
+
+    def verify(self) -> None:
+        matched = False
+        for mac in self._macs:
+            mac.update(self._timestamp)
+            matched |= hmac.compare_digest(mac.hexdigest().encode("ascii"), self._presented)
+        if not matched:
+            raise Unauthorized(
+                "x-retell-signature does not match the request body", error_code="invalid_signature"
+            )
+
+
+def check_signature_headers(
+    api_keys: Sequence[str], headers: Mapping[str, str], now: float, tolerance: float = TOLERANCE_SECONDS
+) -> SignatureCheck:
+    """Refuse what the headers alone condemn (no key, no or malformed signature, stale
+    timestamp) before a byte of the body is read; what is left needs the body."""
+    if isinstance(api_keys, str):
+        raise TypeError("api_keys must be a sequence of keys, not a single string")
+    # An empty key is a configuration gap, not a key anybody should be able to sign with.
+    keys = [key for key in api_keys if key]
+    if not keys:
+        raise Unauthorized("no Retell API key is configured", error_code="provider_not_configured")
+    match = _SIGNATURE.fullmatch(require_header(headers, "x-retell-signature"))
+    if match is None:
+        raise Unauthorized(
+            "x-retell-signature header must be v=<ms timestamp>,d=<64 lowercase hex digits>",
+            error_code="malformed_signature",
+        )
+    timestamp_ms = int(match[1])
+    check_window(now - timestamp_ms / 1000, tolerance)
+    return SignatureCheck(keys, timestamp_ms, match[2].encode("ascii"))
 
 
 def verify_signature(
@@ -57,37 +105,18 @@ def verify_signature(
     tolerance: float = TOLERANCE_SECONDS,
 ) -> None:
     """Accept the request if `x-retell-signature` was made with any of `api_keys`."""
-    if isinstance(api_keys, str):
-        raise TypeError("api_keys must be a sequence of keys, not a single string")
-    # An empty key is a configuration gap, not a key anybody should be able to sign with.
-    keys = [key for key in api_keys if key]
-    if not keys:
-        raise Unauthorized("no Retell API key is configured", error_code="provider_not_configured")
+    check = check_signature_headers(api_keys, headers, now, tolerance)
+    check.update(raw_body)
+    check.verify()
 
-    match = _SIGNATURE.fullmatch(require_header(headers, "x-retell-signature"))
-    if match is None:
-        raise Unauthorized(
-            "x-retell-signature header must be v=<ms timestamp>,d=<64 lowercase hex digits>",
-            error_code="malformed_signature",
-        )
-    timestamp_ms = int(match[1])
-    check_window(now - timestamp_ms / 1000, tolerance)
 
-    presented = match[2].encode("ascii")
-    try:
-        matched = any(
-            hmac.compare_digest(digest(key, raw_body, timestamp_ms).encode("ascii"), presented)
-            for key in keys
-        )
-    except UnicodeDecodeError:
-        raise Unauthorized(
-            "request body is not valid UTF-8, so it cannot carry a Retell signature",
-            error_code="invalid_signature",
-        ) from None
-    if not matched:
-        raise Unauthorized(
-            "x-retell-signature does not match the request body", error_code="invalid_signature"
-        )
+class _Call(msgspec.Struct):
+    id: Any = msgspec.field(default=None, name="call_id")
+
+
+class RetellHead(msgspec.Struct):
+    event: Any = None
+    call: msgspec.Raw = NO_OBJECT
 
 
 class Retell(Provider):
@@ -105,21 +134,22 @@ class Retell(Provider):
     def configured(self, config: RetellSettings) -> bool:
         return bool(config.api_keys)
 
-    def verify(self, config: RetellSettings, raw_body: bytes, headers: Mapping[str, str],
-               now: float) -> None:
+    def check_headers(self, config: RetellSettings, headers: Mapping[str, str],
+                      now: float) -> BodyCheck:
         if not config.api_keys:
             raise Unauthorized(
                 "Retell webhooks are refused: RETELL_API_KEY is not configured on this relay",
                 error_code="provider_not_configured",
             )
-        verify_signature([key.reveal() for key in config.api_keys], raw_body, headers, now)
+        return check_signature_headers([key.reveal() for key in config.api_keys], headers, now)
 
-    def event_and_call_id(self, document: dict[str, Any]) -> tuple[object, object]:
-        call = document.get("call")
-        return document.get("event"), call.get("call_id") if isinstance(call, dict) else None
+    Head = RetellHead
 
-    def roark_payload(self, document: dict[str, Any]) -> Any:
-        return document
+    def event_and_call_id(self, head: RetellHead) -> tuple[object, object]:
+        return head.event, nested_id(head.call, _Call)
+
+    def roark_payload(self, raw_body: bytes) -> msgspec.Raw:
+        return msgspec.Raw(jsonbody.without_bom(raw_body))  # Roark takes the whole envelope
 
 
 RETELL = Retell()

@@ -21,9 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
+from relay import jsonbody
 from relay.envvars import Choice, Flag, Secret, Secrets, Text, setting
 from relay.errors import BadRequest, ConfigError, Unauthorized
-from relay.providers.base import Provider, RoarkEndpoint
+from relay.providers.base import NO_OBJECT, BodyCheck, Provider, RoarkEndpoint, nested_id
 from relay.providers.signing import TOLERANCE_SECONDS, check_window, has_prefix, header, require_header
 
 _TIMESTAMP = re.compile(r"[0-9]{1,20}")
@@ -139,8 +142,9 @@ class HmacScheme:
             raise ValueError(f"algorithm must be one of {', '.join(_ALGORITHMS)}")
         if self.encoding not in _ENCODINGS:
             raise ValueError(f"encoding must be one of {', '.join(_ENCODINGS)}")
-        if "{body}" not in self.payload_template:
-            raise ValueError("payload_template must contain {body}, or the body is not signed")
+        # Exactly once: the body is MACed as it streams in, never held twice.
+        if self.payload_template.count("{body}") != 1:
+            raise ValueError("payload_template must contain {body} exactly once")
         # Checked here so a bad secret fails at startup rather than on every request.
         if self.secret_is_base64:
             for secret in self.secrets:
@@ -157,21 +161,25 @@ class HmacScheme:
         return secret.encode("utf-8")
 
 
-def _digest(scheme: HmacScheme, secret: str, raw_body: bytes, timestamp: str) -> bytes:
-    # The body is spliced in as received: decoding and re-encoding it could change the
-    # bytes VAPI signed.
-    parts = scheme.payload_template.split("{body}")
-    payload = raw_body.join(
-        part.replace("{timestamp}", timestamp).encode("utf-8") for part in parts
+def _keyed_macs(scheme: HmacScheme, secrets: Sequence[str], timestamp: str) -> tuple[list[Any], bytes]:
+    """MACs that have taken what the payload template puts before the body, and what it
+    puts after. The body goes in between as received: decoding and re-encoding it could
+    change the bytes VAPI signed."""
+    before, after = (
+        part.replace("{timestamp}", timestamp).encode("utf-8")
+        for part in scheme.payload_template.split("{body}")
     )
-    return hmac.new(scheme.key(secret), payload, scheme.algorithm).digest()
+    return [hmac.new(scheme.key(secret), before, scheme.algorithm) for secret in secrets], after
 
 
 def hmac_signature(
     scheme: HmacScheme, secret: str, raw_body: bytes, timestamp: str
 ) -> str:
     """The encoded signature (without prefix) VAPI would send for this body and timestamp."""
-    digest = _digest(scheme, secret, raw_body, timestamp)
+    (mac,), after = _keyed_macs(scheme, [secret], timestamp)
+    mac.update(raw_body)
+    mac.update(after)
+    digest = mac.digest()
     return digest.hex() if scheme.encoding == "hex" else base64.b64encode(digest).decode("ascii")
 
 
@@ -200,14 +208,33 @@ def _decode_signature(scheme: HmacScheme, value: str) -> bytes:
     return decoded
 
 
-def verify_hmac(
-    scheme: HmacScheme,
-    raw_body: bytes,
-    headers: Mapping[str, str],
-    now: float,
-    tolerance: float = TOLERANCE_SECONDS,
-) -> None:
-    """Accept the request if its HMAC signature was made with any of the scheme's secrets."""
+class HmacCheck(BodyCheck):
+    """The MACs of a request whose headers passed, fed the body chunk by chunk."""
+
+    def __init__(self, scheme: HmacScheme, timestamp: str, presented: bytes) -> None:
+        self._header = scheme.signature_header
+        self._macs, self._after = _keyed_macs(scheme, scheme.secrets, timestamp)
+        self._presented = presented
+
+    def update(self, chunk: bytes) -> None:
+        for mac in self._macs:
+            mac.update(chunk)
+
+    def verify(self) -> None:
+        matched = False
+        for mac in self._macs:
+            mac.update(self._after)
+            matched |= hmac.compare_digest(mac.digest(), self._presented)
+        if not matched:
+            raise Unauthorized(f"{self._header} does not match the request body",
+                               error_code="invalid_signature")
+
+
+def check_hmac_headers(
+    scheme: HmacScheme, headers: Mapping[str, str], now: float, tolerance: float = TOLERANCE_SECONDS
+) -> HmacCheck:
+    """Refuse a missing or malformed signature or a stale timestamp before the body is
+    read; what is left needs the body."""
     presented = _decode_signature(scheme, require_header(headers, scheme.signature_header))
     timestamp = require_header(headers, scheme.timestamp_header)
     if _TIMESTAMP.fullmatch(timestamp) is None:
@@ -217,24 +244,30 @@ def verify_hmac(
         )
     value = int(timestamp)
     check_window(now - (value / 1000 if value > _MILLISECONDS_ABOVE else value), tolerance)
-    if not any(
-        hmac.compare_digest(_digest(scheme, secret, raw_body, timestamp), presented)
-        for secret in scheme.secrets
-    ):
-        raise Unauthorized(
-            f"{scheme.signature_header} does not match the request body",
-            error_code="invalid_signature",
-        )
+    return HmacCheck(scheme, timestamp, presented)
 
 
-def verify_credentials(
-    token: TokenScheme | None,
-    hmac_scheme: HmacScheme | None,
+def verify_hmac(
+    scheme: HmacScheme,
     raw_body: bytes,
     headers: Mapping[str, str],
     now: float,
+    tolerance: float = TOLERANCE_SECONDS,
 ) -> None:
-    """Accept the request if any configured VAPI credential vouches for it."""
+    """Accept the request if its HMAC signature was made with any of the scheme's secrets."""
+    check = check_hmac_headers(scheme, headers, now, tolerance)
+    check.update(raw_body)
+    check.verify()
+
+
+def check_credential_headers(
+    token: TokenScheme | None,
+    hmac_scheme: HmacScheme | None,
+    headers: Mapping[str, str],
+    now: float,
+) -> HmacCheck | None:
+    """Refuse what the headers alone condemn. None: a token proved the request; else the
+    HMAC check the body must pass."""
     if token is None and hmac_scheme is None:
         raise Unauthorized(
             "VAPI verification is not configured: set VAPI_SECRET or VAPI_HMAC_SECRET",
@@ -243,14 +276,13 @@ def verify_credentials(
     token_error = hmac_error = None
     if token is not None:
         try:
-            verify_token(token, raw_body, headers, now)
-            return
+            verify_token(token, b"", headers, now)
+            return None
         except Unauthorized as exc:
             token_error = exc
     if hmac_scheme is not None:
         try:
-            verify_hmac(hmac_scheme, raw_body, headers, now)
-            return
+            return check_hmac_headers(hmac_scheme, headers, now)
         except Unauthorized as exc:
             hmac_error = exc
     if token_error is None or hmac_error is None:
@@ -263,6 +295,20 @@ def verify_credentials(
             f"{token_error.message}; {hmac_error.message}", error_code="missing_signature"
         )
     raise token_error
+
+
+def verify_credentials(
+    token: TokenScheme | None,
+    hmac_scheme: HmacScheme | None,
+    raw_body: bytes,
+    headers: Mapping[str, str],
+    now: float,
+) -> None:
+    """Accept the request if any configured VAPI credential vouches for it."""
+    check = check_credential_headers(token, hmac_scheme, headers, now)
+    if check is not None:
+        check.update(raw_body)
+        check.verify()
 
 
 # --- settings and the provider -------------------------------------------------------------
@@ -330,6 +376,23 @@ class VapiSettings:
             object.__setattr__(self, "hmac", scheme)
 
 
+class _Call(msgspec.Struct):
+    id: Any = None
+
+
+class _Message(msgspec.Struct):
+    type: Any = None
+    call: msgspec.Raw = NO_OBJECT
+
+
+class VapiHead(msgspec.Struct):
+    message: _Message | None = None
+
+
+class _Outer(msgspec.Struct):
+    message: msgspec.Raw
+
+
 class Vapi(Provider):
     name = "vapi"
     title = "VAPI"
@@ -351,20 +414,21 @@ class Vapi(Provider):
     def configured(self, config: VapiSettings) -> bool:
         return config.token is not None or config.hmac is not None
 
-    def verify(self, config: VapiSettings, raw_body: bytes, headers: Mapping[str, str],
-               now: float) -> None:
-        verify_credentials(config.token, config.hmac, raw_body, headers, now)
+    def check_headers(self, config: VapiSettings, headers: Mapping[str, str],
+                      now: float) -> BodyCheck | None:
+        return check_credential_headers(config.token, config.hmac, headers, now)
 
-    def event_and_call_id(self, document: dict[str, Any]) -> tuple[object, object]:
-        message = document.get("message")
-        if not isinstance(message, dict):
+    Head = VapiHead
+
+    def event_and_call_id(self, head: VapiHead) -> tuple[object, object]:
+        if head.message is None:
             raise BadRequest('VAPI body must be {"message": {...}}', error_code="invalid_payload",
                              parameter="message")
-        call = message.get("call")
-        return message.get("type"), call.get("id") if isinstance(call, dict) else None
+        return head.message.type, nested_id(head.message.call, _Call)
 
-    def roark_payload(self, document: dict[str, Any]) -> Any:
-        return document["message"]
+    def roark_payload(self, raw_body: bytes) -> msgspec.Raw:
+        # Roark takes the message unwrapped; a stored body always has one (see envelope).
+        return jsonbody.loads_as(jsonbody.without_bom(raw_body), _Outer).message
 
 
 VAPI = Vapi()

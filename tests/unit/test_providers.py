@@ -53,10 +53,14 @@ def test_a_forwarded_payload_keeps_every_value_as_sent(extra):
     assert forwarded["skip_already_imported"] is True
 
 
-def test_integers_beyond_64_bits_stay_exact():
-    # orjson would have read this as 1.2089258196146292e+24.
-    raw = b'{"message": {"type": "end-of-call-report", "cost": 1208925819614629174706176}}'
-    assert b'"cost":1208925819614629174706176' in roark_body(VAPI, raw, {})
+def test_the_payload_reaches_roark_byte_for_byte():
+    # Not decoded and encoded again: big integers, 1e400, key order and spacing all stay.
+    message = b'{"type": "end-of-call-report",  "cost": 1208925819614629174706176, "x": 1e400}'
+    assert roark_body(VAPI, b'{"message": ' + message + b"}", {}) == (
+        b'{"vapi_end_of_call_report_payload":' + message + b',"skip_already_imported":true}')
+    envelope = b'{"event": "call_ended", "call": {"call_id": "r-1"}}'
+    assert roark_body(RETELL, b"\xef\xbb\xbf" + envelope, {}).startswith(
+        b'{"retell_call_ended_payload":' + envelope + b",")
 
 
 def test_a_retell_body_is_forwarded_whole_with_properties():
@@ -86,7 +90,7 @@ def test_a_leading_byte_order_mark_is_accepted():
     (b'{"a": "\x01"}', "malformed"),
     (b'{"a": 1} trailing', "trailing"),
     (b'{"a": 1', "truncated"),
-    (b"[" * 100_000, "nested too deeply"),
+    (b"{\"a\": " + b"[" * 100_000, "nested too deeply"),
     (b"[1, 2]", "must be a JSON object"),
 ])
 def test_refusals_name_their_reason(raw, reason):

@@ -133,11 +133,24 @@ def test_missing_header_is_rejected():
     assert error.message == "x-retell-signature header is missing"
 
 
-def test_invalid_utf8_body_is_rejected():
-    body = b'{"event": "call_ended", "name": "\xff\xfe"}'
-    # Even an HMAC over the raw bytes cannot be valid: Retell signs the body as text.
-    digest = hmac.new(KEY.encode(), body + str(TS).encode(), hashlib.sha256).hexdigest()
-    rejected([KEY], body, retell_headers(f"v={TS},d={digest}"), "invalid_signature")
+def test_headers_alone_refuse_before_any_body_is_read():
+    for headers, code in [(Headers(headers={}), "missing_signature"),
+                          (retell_headers("v=1,d=zz"), "malformed_signature"),
+                          (retell_headers(retell.sign(KEY, BODY, TS - 600_000)), "stale_timestamp")]:
+        with pytest.raises(Unauthorized) as info:
+            retell.check_signature_headers([KEY], headers, NOW)
+        assert info.value.error_code == code
+
+
+def test_the_body_can_arrive_in_chunks():
+    check = retell.check_signature_headers([OLD_KEY, KEY], retell_headers(retell.sign(KEY, UNICODE_BODY, TS)), NOW)
+    for start in range(0, len(UNICODE_BODY), 7):  # splits multi-byte characters too
+        check.update(UNICODE_BODY[start:start + 7])
+    check.verify()
+    forged = retell.check_signature_headers([KEY], retell_headers(retell.sign(KEY, BODY, TS)), NOW)
+    forged.update(BODY + b" ")
+    with pytest.raises(Unauthorized):
+        forged.verify()
 
 
 @pytest.mark.parametrize("keys", [[], [""]], ids=["no-keys", "empty-key"])
