@@ -11,6 +11,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit, urlunsplit
@@ -23,10 +24,12 @@ from starlette.testclient import TestClient
 from relay.app import create_app
 from relay.errors import StoreUnavailable
 from relay.outbox import DeliveryFilter, NewDelivery, State, migrations
+from relay.outbox import postgres
 from relay.outbox.postgres import PostgresBackend
 from relay.settings import Settings
 from relay.testing.fake_roark import load_contract
 from tests.helpers import free_port, eventually, retell_headers, vapi_headers, with_call_id
+from tests.secret_scan import captured_relay_logs
 
 NOW = 1_700_000_000.0
 WAIT = 15  # seconds; upper bounds on conditions, never slept
@@ -308,10 +311,12 @@ def test_listen_reconnects_and_wakes_after_losing_its_connection(pg_url, store):
             listener.close()
 
 
-def test_unlisten_stops_the_thread_promptly(pg_url):
-    def listening() -> int:
-        return sum(t.name == "relay-outbox-listen" for t in threading.enumerate())
+def listening() -> int:
+    """How many listen() threads are running."""
+    return sum(t.name == "relay-outbox-listen" for t in threading.enumerate())
 
+
+def test_unlisten_stops_the_thread_promptly(pg_url):
     before = listening()
     listener = PostgresBackend(pg_url)
     wakes = Wakes()
@@ -320,6 +325,20 @@ def test_unlisten_stops_the_thread_promptly(pg_url):
     assert listening() == before + 1
     unlisten()  # returns once the thread has ended
     assert listening() <= before
+    listener.close()
+
+
+def test_unlisten_interrupts_the_wait_to_listen_again(monkeypatch):
+    monkeypatch.setattr(postgres, "LISTEN_BACKOFF_SECONDS", (60.0, 60.0))
+    before = listening()
+    listener = PostgresBackend(f"postgresql://relay@127.0.0.1:{free_port()}/relay")
+    with captured_relay_logs() as logs:
+        unlisten = listener.listen(Wakes())
+        # logged just before it starts waiting a minute to try again
+        eventually(lambda: "outbox_listen_lost" in logs.getvalue(), timeout=WAIT)
+        started = time.monotonic()
+        unlisten()
+    assert time.monotonic() - started < 1 and listening() == before
     listener.close()
 
 
