@@ -28,6 +28,7 @@ from relay.forwarder import Forwarder
 from relay.ingest import receive_webhook
 from relay.metrics import Metrics
 from relay.outbox import AsyncOutbox, open_backend
+from relay.outbox.startup import migrate_when_available_async
 from relay.retention import run_retention
 from relay.settings import PROVIDER_NAMES, Settings
 from relay.upstream import RoarkClient
@@ -166,7 +167,12 @@ def create_app(settings: Settings) -> Starlette:
                 log.warning("provider_not_configured", provider=provider,
                             consequence="all its webhooks are refused with 401")
         outbox = AsyncOutbox(open_backend(settings.database_url, pool_size=settings.database_pool_size))
-        version = await outbox.migrate()
+        try:
+            version = await migrate_when_available_async(outbox)
+        except StoreUnavailable as error:
+            log.error("relay_start_failed", error=str(error))
+            await outbox.close()
+            raise
         client = RoarkClient(settings)
         forwarder = Forwarder(outbox, client, settings, app.state.metrics)
         app.state.outbox = outbox

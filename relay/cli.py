@@ -15,6 +15,7 @@ import click
 from relay import __version__
 from relay.errors import ConfigError, StoreUnavailable
 from relay.outbox import Backend, DeliveryFilter, State, open_backend
+from relay.outbox.startup import STARTUP_WAIT_SECONDS, migrate_when_available
 from relay.redaction import Redactor
 from relay.settings import PROVIDER_NAMES, Settings
 from relay.views import delivery_json, iso, masked_payload
@@ -33,11 +34,12 @@ def load_settings() -> Settings:
 
 
 @contextmanager
-def outbox(settings: Settings) -> Iterator[Backend]:
-    """The configured outbox, migrated; store failures end the command with a message."""
+def outbox(settings: Settings, patience: float = 0.0) -> Iterator[Backend]:
+    """The configured outbox, migrated once it is available (waiting at most `patience`
+    seconds); store failures end the command with a message."""
     backend = open_backend(settings.database_url, pool_size=settings.database_pool_size)
     try:
-        backend.migrate()
+        migrate_when_available(backend, patience)
         yield backend
     except StoreUnavailable as error:
         click.echo(f"relay: the outbox is unavailable: {error}", err=True)
@@ -76,8 +78,9 @@ def serve(host: str | None, port: int | None) -> None:
 
 @main.command()
 def migrate() -> None:
-    """Create or upgrade the outbox schema in the configured database, then exit."""
-    with outbox(load_settings()) as backend:
+    """Create or upgrade the outbox schema in the configured database, then exit. A
+    database that is not up yet is waited for, as `relay serve` does."""
+    with outbox(load_settings(), patience=STARTUP_WAIT_SECONDS) as backend:
         version = backend.migrate()
     click.echo(f"outbox schema at version {version}")
 
