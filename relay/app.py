@@ -29,6 +29,7 @@ from relay.forwarder import Forwarder
 from relay.ingest import receive_webhook
 from relay.metrics import Metrics
 from relay.outbox import AsyncOutbox, open_backend
+from relay.outbox.startup import migrate_when_available_async
 from relay.retention import run_retention
 from relay.settings import Settings
 from relay.upstream import RoarkClient
@@ -163,7 +164,12 @@ def create_app(settings: Settings) -> Starlette:
             for warning in warnings:
                 log.warning("provider_settings", provider=provider, warning=warning)
         outbox = AsyncOutbox(open_backend(settings.database_url, pool_size=settings.database_pool_size))
-        version = await outbox.migrate()
+        try:
+            version = await migrate_when_available_async(outbox)
+        except StoreUnavailable as error:
+            log.error("relay_start_failed", error=str(error))
+            await outbox.close()
+            raise
         client = RoarkClient(settings)
         forwarder = Forwarder(outbox, client, settings, app.state.metrics)
         app.state.outbox = outbox

@@ -15,6 +15,7 @@ import click
 from relay import __version__
 from relay.errors import ConfigError, StoreUnavailable
 from relay.outbox import Backend, DeliveryFilter, State, open_backend
+from relay.outbox.startup import STARTUP_WAIT_SECONDS, migrate_when_available
 from relay.redaction import Redactor
 from relay.providers import PROVIDER_NAMES
 from relay.settings import Settings
@@ -34,11 +35,12 @@ def load_settings() -> Settings:
 
 
 @contextmanager
-def outbox(settings: Settings) -> Iterator[Backend]:
-    """The configured outbox, migrated; store failures end the command with a message."""
+def outbox(settings: Settings, patience: float = 0.0) -> Iterator[Backend]:
+    """The configured outbox, migrated once it is available (waiting at most `patience`
+    seconds); store failures end the command with a message."""
     backend = open_backend(settings.database_url, pool_size=settings.database_pool_size)
     try:
-        backend.migrate()
+        migrate_when_available(backend, patience)
         yield backend
     except StoreUnavailable as error:
         click.echo(f"relay: the outbox is unavailable: {error}", err=True)
@@ -86,8 +88,9 @@ def show_settings() -> None:
 
 @main.command()
 def migrate() -> None:
-    """Create or upgrade the outbox schema in the configured database, then exit."""
-    with outbox(load_settings()) as backend:
+    """Create or upgrade the outbox schema in the configured database, then exit. A
+    database that is not up yet is waited for, as `relay serve` does."""
+    with outbox(load_settings(), patience=STARTUP_WAIT_SECONDS) as backend:
         version = backend.migrate()
     click.echo(f"outbox schema at version {version}")
 
@@ -102,7 +105,7 @@ def display_url(url: str) -> str:
 
 
 @main.command()
-@click.option("--upstream", is_flag=True, help="Also call Roark's /health with the API key.")
+@click.option("--upstream", is_flag=True, help="Also prove the Roark key and base URL with a read that changes nothing.")
 def check(upstream: bool) -> None:
     """Validate the configuration and the database (creating or upgrading its schema, as
     the relay would on start); with --upstream, prove that the Roark key and base URL
@@ -132,25 +135,60 @@ def check(upstream: bool) -> None:
     sys.exit(1 if failed else 0)
 
 
+#: Roark calls `relay check --upstream` makes at most, each, while the answer is
+#: transient (no connection, a timeout, 429, 5xx)...
+CHECK_TRIES = 3
+#: ...and the longest it waits between them, even when Retry-After asks for more.
+CHECK_LONGEST_WAIT_SECONDS = 10.0
+#: An evaluation job no account has: reading it proves the key and changes nothing.
+KEY_PROBE_PATH = "/v1/evaluation/job/00000000-0000-0000-0000-000000000000"
+
+
 def check_upstream(settings: Settings) -> bool:
     import httpx
+    from tenacity import (RetryCallState, Retrying, retry_if_exception_type, retry_if_result,
+                          stop_after_attempt, wait_exponential)
 
+    from relay.retry import parse_retry_after
+
+    backoff = wait_exponential(multiplier=0.5, max=CHECK_LONGEST_WAIT_SECONDS)
+
+    def pause(attempt: RetryCallState) -> float:
+        outcome = attempt.outcome
+        asked = None if outcome.failed else parse_retry_after(outcome.result().headers, time.time())
+        return backoff(attempt) if asked is None else min(asked, CHECK_LONGEST_WAIT_SECONDS)
+
+    retrying = Retrying(
+        retry=retry_if_exception_type((httpx.ConnectError, httpx.TimeoutException))
+        | retry_if_result(lambda response: response.status_code == 429 or response.status_code >= 500),
+        stop=stop_after_attempt(CHECK_TRIES),
+        wait=pause,
+        # after the last try, its answer (or error) is what gets reported
+        retry_error_callback=lambda attempt: attempt.outcome.result(),
+    )
+    base = settings.roark_base_url
     headers = {"Authorization": f"Bearer {settings.roark_api_key.reveal()}"}
-    try:
-        response = httpx.get(f"{settings.roark_base_url}/health", headers=headers, timeout=10)
-    except httpx.HTTPError as error:
-        click.echo(f"roark: FAILED cannot reach {settings.roark_base_url} ({type(error).__name__}). "
-                   "Check ROARK_BASE_URL and the network.")
+    with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
+        try:
+            health = retrying(client.get, "/health")  # proves the URL; need not look at the key
+            probe = retrying(client.get, KEY_PROBE_PATH)
+        except httpx.HTTPError as error:
+            click.echo(f"roark: FAILED cannot reach {base} ({type(error).__name__}). "
+                       "Check ROARK_BASE_URL and the network.")
+            return False
+    if probe.status_code in (401, 403):
+        click.echo(f"roark: FAILED Roark answered {probe.status_code}: ROARK_API_KEY is wrong or revoked.")
         return False
-    if response.status_code in (401, 403):
-        click.echo(f"roark: FAILED Roark answered {response.status_code}: ROARK_API_KEY is wrong or revoked.")
-        return False
-    if not response.is_success:
-        click.echo(f"roark: FAILED Roark answered {response.status_code} at {settings.roark_base_url}/health. "
+    if not health.is_success:
+        click.echo(f"roark: FAILED Roark answered {health.status_code} at {base}/health. "
                    "Check ROARK_BASE_URL.")
         return False
+    if probe.status_code != 404:  # the one answer that proves the key: authenticated, no such job
+        click.echo(f"roark: FAILED Roark answered {probe.status_code} to an authenticated read "
+                   f"({base}{KEY_PROBE_PATH}), so whether ROARK_API_KEY works is unknown.")
+        return False
     try:
-        status = response.json()["data"]["status"]
+        status = health.json()["data"]["status"]
     except (ValueError, KeyError, TypeError):
         status = "unknown"
     click.echo(f"roark: ok (key accepted; Roark reports {status})")

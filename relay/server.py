@@ -19,6 +19,15 @@ from relay.settings import Settings
 
 #: Most bytes a request line plus headers may take. Providers send well under 8 KiB.
 MAX_REQUEST_HEAD_BYTES = 64 * 1024
+#: A connection answered while its request body is still arriving (a 413 for a body too
+#: large) is closed gently: the answer, then FIN, then whatever the client still sends is
+#: read and thrown away until it hangs up, falls silent for LINGER_IDLE_SECONDS, or has
+#: had LINGER_SECONDS or LINGER_BYTES. Closing at once, with its data unread, makes the
+#: kernel send a reset, which destroys the answer before a client that writes its whole
+#: body before reading (most do) gets to read it.
+LINGER_SECONDS = 10.0
+LINGER_IDLE_SECONDS = 1.0
+LINGER_BYTES = 64 * 1024 * 1024
 
 
 class RequestHeadTooLarge(HTTPError):
@@ -31,6 +40,24 @@ try:
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 except ImportError:  # uvicorn without httptools: its h11 default caps the head at 16 KiB
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
+
+
+class _LingeringTransport:
+    """A connection's transport as uvicorn sees it, but closing through the protocol,
+    which may linger first (see LINGER_SECONDS)."""
+
+    def __init__(self, transport: Any, protocol: Any) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._protocol._close()
+
+    def is_closing(self) -> bool:
+        return self._protocol._lingering or self._transport.is_closing()
 
 
 if HttpToolsProtocol is not None:
@@ -47,7 +74,10 @@ if HttpToolsProtocol is not None:
         ending and stay under MAX_REQUEST_HEAD_BYTES, and a body must arrive within
         `body_timeout` of its head; otherwise the client gets 408 or 431 as an
         ErrorResponse and the connection is closed. Unparseable requests get a 400
-        ErrorResponse instead of uvicorn's plain text."""
+        ErrorResponse instead of uvicorn's plain text. A request answered before its
+        body arrived ends its connection with a bounded lingering close (LINGER_SECONDS),
+        where uvicorn closed it under the client (a reset) or read the rest of the body,
+        however long, to serve a next request."""
 
         head_timeout = 30.0  # replaced per server by `uvicorn_config`
         body_timeout = 31.0
@@ -59,7 +89,13 @@ if HttpToolsProtocol is not None:
             self._head_bytes = 0
             self._head_timer: Any = None
             self._body_timer: Any = None
-            super().connection_made(transport)
+            self._socket_transport = transport
+            self._lingering = False
+            self._linger_timer: Any = None
+            self._linger_until = 0.0
+            self._linger_heard = False
+            self._linger_left = 0
+            super().connection_made(_LingeringTransport(transport, self))
             self._await_head()
 
         def _await_head(self) -> None:
@@ -77,7 +113,41 @@ if HttpToolsProtocol is not None:
         def connection_lost(self, exc: Exception | None) -> None:
             self._head_done()
             self._body_done()
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
             super().connection_lost(exc)
+
+        def _answered_early(self) -> bool:
+            cycle = self.cycle
+            return cycle is not None and cycle.response_complete and cycle.more_body
+
+        def _close(self) -> None:
+            if self._lingering:
+                return  # it ends by itself, soon
+            transport = self._socket_transport
+            if self._answered_early() and not transport.is_closing() and transport.can_write_eof():
+                self._linger()
+            else:
+                transport.close()
+
+        def _linger(self) -> None:
+            self._lingering = True
+            self._head_done()
+            self._body_done()
+            self._unset_keepalive_if_required()
+            self._socket_transport.write_eof()  # after the answer
+            self.flow.resume_reading()
+            self._linger_until = self.loop.time() + LINGER_SECONDS
+            self._linger_left = LINGER_BYTES
+            self._linger_heard = False
+            self._linger_timer = self.loop.call_later(LINGER_IDLE_SECONDS, self._linger_check)
+
+        def _linger_check(self) -> None:
+            if self._linger_heard and self.loop.time() < self._linger_until:
+                self._linger_heard = False
+                self._linger_timer = self.loop.call_later(LINGER_IDLE_SECONDS, self._linger_check)
+            else:
+                self._socket_transport.close()
 
         def _body_done(self) -> None:
             if self._body_timer is not None:
@@ -128,6 +198,12 @@ if HttpToolsProtocol is not None:
                 self.transport.close()
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                self._linger_heard = True
+                self._linger_left -= len(data)
+                if self._linger_left < 0:
+                    self._socket_transport.close()
+                return
             seq, in_head = self._message_seq, self._in_head
             super().data_received(data)
             # Only a chunk fed wholly inside one request head is head bytes for sure, so
@@ -157,6 +233,8 @@ if HttpToolsProtocol is not None:
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
+            if self._answered_early() and not self.transport.is_closing():
+                self.transport.close()  # lingers; see LINGER_SECONDS
             pipelined = bool(self.pipeline)  # its head is already complete
             super().on_response_complete()
             if not pipelined and not self.transport.is_closing():

@@ -31,6 +31,7 @@ import structlog
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
+from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_random
 
 from relay.errors import StoreUnavailable
 from relay.outbox import migrations
@@ -60,6 +61,7 @@ CONNECT_OPTIONS = {
     "keepalives_interval": 10, "keepalives_count": 3, "fallback_application_name": "roark-relay",
 }
 LISTEN_POLL_SECONDS = 0.25
+#: First and longest wait between attempts to listen again after losing the connection.
 LISTEN_BACKOFF_SECONDS = (0.1, 5.0)
 
 #: Errors that mean our SQL or data is wrong: bugs to see, not outages to wait out...
@@ -255,26 +257,49 @@ class PostgresBackend(SQLBackend):
 
     def _listen(self, callback: Callable[[], None], options: dict[str, object],
                 stop: threading.Event) -> None:
-        delay, lost = LISTEN_BACKOFF_SECONDS[0], False
-        while not stop.is_set():
+        lost = False
+
+        def connect() -> psycopg.Connection | None:
+            if stop.is_set():
+                return None
+            conn = psycopg.connect(self._url, autocommit=True, **options)
             try:
-                with psycopg.connect(self._url, autocommit=True, **options) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    if lost:
-                        log.info("outbox_listen_restored")
-                    delay, lost = LISTEN_BACKOFF_SECONDS[0], False
-                    callback()
-                    while not stop.is_set():
-                        for _ in conn.notifies(timeout=LISTEN_POLL_SECONDS):
-                            callback()
+                conn.execute(f"LISTEN {CHANNEL}")
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        def lose(error: BaseException | None) -> None:
+            nonlocal lost
+            if not lost:
+                log.warning("outbox_listen_lost", error=self._describe(error),
+                            consequence="forwarders poll until it is back")
+            lost = True
+
+        # Sleeping on the stop event lets a stop end the wait at once (`connect` then
+        # sees it). Each connection gets a fresh call, so each outage starts the backoff
+        # from the beginning.
+        reconnect = Retrying(
+            retry=retry_if_exception_type(psycopg.Error),
+            wait=(wait_exponential(multiplier=LISTEN_BACKOFF_SECONDS[0], max=LISTEN_BACKOFF_SECONDS[1])
+                  + wait_random(0, LISTEN_BACKOFF_SECONDS[0])),
+            sleep=stop.wait,
+            before_sleep=lambda attempt: lose(attempt.outcome.exception()),
+        )
+        while (conn := reconnect(connect)) is not None:
+            if lost:
+                log.info("outbox_listen_restored")
+            lost = False
+            try:
+                callback()
+                while not stop.is_set():
+                    for _ in conn.notifies(timeout=LISTEN_POLL_SECONDS):
+                        callback()
             except psycopg.Error as error:
-                if not lost:
-                    log.warning("outbox_listen_lost", error=self._describe(error),
-                                consequence="forwarders poll until it is back")
-                lost = True
-            if stop.wait(delay):
-                return
-            delay = min(delay * 2, LISTEN_BACKOFF_SECONDS[1])
+                lose(error)
+            finally:
+                conn.close()
 
     def close(self) -> None:
         with self._lock:

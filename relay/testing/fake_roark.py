@@ -42,6 +42,8 @@ _UPLOAD_ROUTES = {
     "/v1/vapi/call": ("VapiCallUploadRequest", "vapi_end_of_call_report_payload"),
     "/v1/retell/call": ("RetellCallUploadRequest", "retell_call_ended_payload"),
 }
+#: GET <this><job_id>: an evaluation job, which `relay check --upstream` reads to prove a key.
+_JOB_ROUTE = "/v1/evaluation/job/"
 _ERROR_TYPES = {400: "validation", 401: "authentication", 403: "forbidden", 404: "not_found",
                 429: "rate_limit"}
 # Schema messages quote the offending value, which can be a multi-megabyte transcript.
@@ -286,7 +288,9 @@ class FakeRoark:
     def _evaluate(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Outcome:
         """What a correct Roark would answer, and everything wrong with the request."""
         is_health = (method, path) == ("GET", "/health")
-        if not is_health and not (method == "POST" and path in _UPLOAD_ROUTES):
+        job_id = path.removeprefix(_JOB_ROUTE) if method == "GET" and path.startswith(_JOB_ROUTE) else ""
+        is_job = bool(job_id) and "/" not in job_id
+        if not (is_health or is_job or (method == "POST" and path in _UPLOAD_ROUTES)):
             return _rejection(404, "resource_not_found", f"no such endpoint: {method} {path}")
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -299,6 +303,14 @@ class FakeRoark:
                       "timestamp": now.replace("+00:00", "Z"),
                       "uptime_seconds": int(time.monotonic() - self._started_at)}
             return _Outcome(200, {"data": health}, ())
+        if is_job:  # the fake runs no evaluations, so it knows no job
+            try:
+                uuid.UUID(job_id)
+            except ValueError:
+                return _Outcome(400, error_body(400, f"job_id {job_id!r} is not a UUID",
+                                                "invalid_parameter", parameter="job_id"), ())
+            return _Outcome(404, error_body(404, f"evaluation job {job_id} not found",
+                                            "resource_not_found"), ())
         problems = self._body_problems(path, headers, body)
         if problems:
             details = {"problems": list(problems)}

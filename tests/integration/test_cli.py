@@ -1,16 +1,19 @@
 """The `relay` command, run in process against a temp SQLite outbox."""
 
 import json
+import threading
 import time
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from relay.cli import main, parse_duration
+from relay.cli import KEY_PROBE_PATH, main, parse_duration
 from relay.outbox import migrations
 from relay.outbox import Attempt, Completion, NewDelivery, State, open_backend
 from relay.settings import Settings
+from relay.testing.fake_roark import FakeRoark
+from tests.helpers import free_port
 
 NOW = time.time()
 
@@ -159,11 +162,29 @@ def test_check_upstream_proves_the_key(env, fake_roark):
     good = {**env, "ROARK_BASE_URL": fake_roark.url, "ROARK_API_KEY": fake_roark.api_key}
     result = CliRunner(env=good).invoke(main, ["check", "--upstream"])
     assert result.exit_code == 0 and "roark: ok (key accepted; Roark reports healthy)" in result.output
+    # proven by an authenticated read, not by /health, which need not look at the key
+    assert [(r.path, r.status) for r in fake_roark.requests] == [("/health", 200), (KEY_PROBE_PATH, 404)]
+    fake_roark.clear()
     wrong = CliRunner(env={**good, "ROARK_API_KEY": "rk_wrong_key"}).invoke(main, ["check", "--upstream"])
     assert wrong.exit_code == 1 and "ROARK_API_KEY is wrong" in wrong.output
+    assert (KEY_PROBE_PATH, 401) in [(r.path, r.status) for r in fake_roark.requests]
     assert "rk_wrong_key" not in wrong.output
     down = CliRunner(env={**good, "ROARK_BASE_URL": "http://127.0.0.1:9"}).invoke(main, ["check", "--upstream"])
     assert down.exit_code == 1 and "cannot reach" in down.output
+
+
+def test_check_upstream_tries_again_until_roark_is_reachable(env):
+    port = free_port()  # where nothing listens until, well before the second try, Roark does
+    appearing = FakeRoark(api_key="rk_test", port=port)
+    timer = threading.Timer(0.2, appearing.start)
+    timer.start()
+    try:
+        result = CliRunner(env={**env, "ROARK_BASE_URL": f"http://127.0.0.1:{port}"}).invoke(
+            main, ["check", "--upstream"])
+    finally:
+        timer.join()
+        appearing.stop()
+    assert result.exit_code == 0 and "roark: ok (key accepted" in result.output, result.output
 
 
 def test_check_fails_on_bad_database_and_hides_passwords(tmp_path):

@@ -136,6 +136,15 @@ def test_health_reports_healthy(client: httpx.Client) -> None:
     assert response.json()["data"]["status"] == "healthy"
 
 
+def test_evaluation_job_read_checks_the_key_then_finds_no_job(fake: FakeRoark, client: httpx.Client) -> None:
+    job = "/v1/evaluation/job/00000000-0000-0000-0000-000000000000"
+    assert_error(client.get(job), 404, "not_found")
+    assert_error(client.get("/v1/evaluation/job/not-a-uuid"), 400, "validation")
+    with connect(fake, "Bearer rk_wrong") as http:
+        assert_error(http.get(job), 401, "authentication")
+    assert_error(client.get(job + "/runs"), 404, "not_found")  # a route the fake does not serve
+
+
 def test_camel_mode_accepts_camel_and_rejects_snake() -> None:
     camel_body = {"vapiEndOfCallReportPayload": VAPI_REPORT, "skipAlreadyImported": True}
     with FakeRoark(api_key=API_KEY, field_case="camel") as camel:

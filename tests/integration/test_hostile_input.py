@@ -45,7 +45,7 @@ from relay.app import create_app
 from relay.errors import BadRequest
 from relay.ingest import read_body
 from relay.providers import PROVIDERS, retell, vapi
-from relay.server import MAX_REQUEST_HEAD_BYTES, uvicorn_config
+from relay.server import LINGER_BYTES, MAX_REQUEST_HEAD_BYTES, uvicorn_config
 from relay.settings import Settings
 from relay.upstream import roark_body
 from tests.helpers import RETELL_KEY, VAPI_SECRET, eventually, sample, with_call_id
@@ -458,16 +458,17 @@ def closed_within(sock: socket.socket, timeout: float) -> bool:
     return False
 
 
-def send_until_cut_off(sock: socket.socket, piece: bytes, at_most: int) -> None:
+def send_until_cut_off(sock: socket.socket, piece: bytes, at_most: int) -> bool:
     """Send `piece` again and again, up to `at_most` bytes (the relay must stop it long
-    before), or until the relay closes the connection."""
+    before), or until the relay closes the connection; whether it did."""
     sent = 0
     try:
         while sent < at_most:
             sock.sendall(piece)
             sent += len(piece)
     except (BrokenPipeError, ConnectionResetError):
-        pass
+        return True
+    return False
 
 
 def trickle_until_closed(sock: socket.socket, at_most: float) -> bool:
@@ -503,6 +504,24 @@ def test_huge_declared_body_is_refused_before_it_is_sent(served):
     status, headers, body = raw_exchange(served, head("/webhooks/vapi", length=10**12))
     assert status == 413 and time.monotonic() - started < 2
     check_error_response(status, headers, body)
+
+
+@pytest.mark.parametrize("connection", ["", "Connection: close\r\n"])
+def test_too_large_body_sent_whole_still_gets_its_413(served, connection):
+    size = 30_000_000
+    with served.connect() as sock:
+        # all of it first, as most clients do, though the 413 was written at the head
+        sock.sendall(head("/webhooks/vapi", extra=connection, length=size) + b" " * size)
+        status, headers, body = read_response(sock, 5)
+        assert closed_within(sock, 5), "the connection stayed open after the 413"
+    assert status == 413
+    check_error_response(status, headers, body)
+
+
+def test_client_sending_on_after_its_413_is_cut_off(served):
+    with served.connect() as sock:
+        sock.sendall(head("/webhooks/vapi", length=10**12))
+        assert send_until_cut_off(sock, b" " * 65536, 4 * LINGER_BYTES)
 
 
 def test_huge_chunked_body_is_cut_off_at_the_limit(served):

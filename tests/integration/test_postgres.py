@@ -7,10 +7,12 @@ starts one); without it they skip, and in CI (RELAY_TEST_REQUIRE_SERVICES=1) the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit, urlunsplit
@@ -18,15 +20,20 @@ from urllib.parse import urlsplit, urlunsplit
 import jsonschema
 import psycopg
 import pytest
+from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from relay.app import create_app
+from relay.cli import main
 from relay.errors import StoreUnavailable
-from relay.outbox import DeliveryFilter, NewDelivery, State, migrations
-from relay.outbox.postgres import PostgresBackend
+from relay.outbox import AsyncOutbox, DeliveryFilter, NewDelivery, State, migrations
+from relay.outbox import postgres
+from relay.outbox.postgres import FAIL_FAST_SECONDS, PostgresBackend
+from relay.outbox.startup import migrate_when_available, migrate_when_available_async
 from relay.settings import Settings
 from relay.testing.fake_roark import load_contract
 from tests.helpers import free_port, eventually, retell_headers, vapi_headers, with_call_id
+from tests.secret_scan import captured_relay_logs
 
 NOW = 1_700_000_000.0
 WAIT = 15  # seconds; upper bounds on conditions, never slept
@@ -58,10 +65,10 @@ class TcpProxy:
     (every connection dropped, new ones closed at once, as if the server were gone) and
     restore."""
 
-    def __init__(self, target_url: str) -> None:
+    def __init__(self, target_url: str, port: int = 0) -> None:
         parts = urlsplit(target_url)
         self._target = (parts.hostname or "127.0.0.1", parts.port or 5432)
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", port))
         self._listener.settimeout(0.1)  # lets the accept loop notice close()
         self.port = self._listener.getsockname()[1]
         self._up = threading.Event()
@@ -134,6 +141,23 @@ class TcpProxy:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def server_appearing(target_url: str, after: float) -> Iterator[str]:
+    """A URL where nothing listens until, `after` seconds on, a proxy to the server does
+    (a database still booting)."""
+    port = free_port()
+    proxies: list[TcpProxy] = []
+    timer = threading.Timer(after, lambda: proxies.append(TcpProxy(target_url, port)))
+    timer.start()
+    try:
+        yield via_port(target_url, port)
+    finally:
+        timer.cancel()
+        timer.join()
+        for proxy in proxies:
+            proxy.close()
 
 
 class Wakes:
@@ -308,10 +332,12 @@ def test_listen_reconnects_and_wakes_after_losing_its_connection(pg_url, store):
             listener.close()
 
 
-def test_unlisten_stops_the_thread_promptly(pg_url):
-    def listening() -> int:
-        return sum(t.name == "relay-outbox-listen" for t in threading.enumerate())
+def listening() -> int:
+    """How many listen() threads are running."""
+    return sum(t.name == "relay-outbox-listen" for t in threading.enumerate())
 
+
+def test_unlisten_stops_the_thread_promptly(pg_url):
     before = listening()
     listener = PostgresBackend(pg_url)
     wakes = Wakes()
@@ -321,6 +347,48 @@ def test_unlisten_stops_the_thread_promptly(pg_url):
     unlisten()  # returns once the thread has ended
     assert listening() <= before
     listener.close()
+
+
+def test_unlisten_interrupts_the_wait_to_listen_again(monkeypatch):
+    monkeypatch.setattr(postgres, "LISTEN_BACKOFF_SECONDS", (60.0, 60.0))
+    before = listening()
+    listener = PostgresBackend(f"postgresql://relay@127.0.0.1:{free_port()}/relay")
+    with captured_relay_logs() as logs:
+        unlisten = listener.listen(Wakes())
+        # logged just before it starts waiting a minute to try again
+        eventually(lambda: "outbox_listen_lost" in logs.getvalue(), timeout=WAIT)
+        started = time.monotonic()
+        unlisten()
+    assert time.monotonic() - started < 1 and listening() == before
+    listener.close()
+
+
+def test_relay_migrate_waits_for_a_database_that_is_still_starting(pg_url):
+    with server_appearing(pg_url, after=1.0) as url:
+        result = CliRunner(env={"ROARK_API_KEY": "rk", "RELAY_DATABASE_URL": url}).invoke(main, ["migrate"])
+    assert result.exit_code == 0, result.output
+    assert f"outbox schema at version {migrations.load('postgres')[-1].version}" in result.output
+
+
+def test_the_relay_starts_once_its_database_is_up(pg_url, relay_env):
+    with server_appearing(pg_url, after=1.0) as url:
+        with start({**relay_env, "RELAY_DATABASE_URL": url}) as client:
+            assert client.get("/health").json()["data"]["dependencies"]["database"] == "healthy"
+
+
+@pytest.mark.parametrize("flavour", ["blocking", "async"])
+def test_start_up_gives_up_after_its_patience(flavour):
+    backend = PostgresBackend(f"postgresql://relay@127.0.0.1:{free_port()}/relay", pool_timeout=0.2)
+    started = time.monotonic()
+    with captured_relay_logs() as logs, pytest.raises(StoreUnavailable, match=r"still unavailable after \d+ s"):
+        if flavour == "blocking":
+            migrate_when_available(backend, patience=1.5)
+        else:
+            asyncio.run(migrate_when_available_async(AsyncOutbox(backend), patience=1.5))
+    # it waited between tries, and no try started after the patience ran out
+    assert "outbox_unavailable_at_start" in logs.getvalue()
+    assert time.monotonic() - started < 1.5 + 0.2 + FAIL_FAST_SECONDS
+    backend.close()
 
 
 def test_outage_answers_503_then_recovers_without_a_restart(pg_url, relay_env, fake_roark):
