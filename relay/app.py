@@ -48,8 +48,15 @@ def new_request_id() -> str:
     return f"req_{random.getrandbits(64):016x}"
 
 
-class RequestIdMiddleware:
-    """Gives every request an id, exposed as `request.state.request_id` and a header."""
+class RequestMiddleware:
+    """What every request gets, whichever route answers it (one layer, not two: each
+    costs CPU on every webhook).
+
+    - An id, exposed as `request.state.request_id` and a response header.
+    - `Connection: close` on an answer given before the request's body was read (a 404,
+      415, 413, 401...): the client may be waiting for `100 Continue` before it sends
+      the body, and on a connection kept alive its next request would be taken for it.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -58,19 +65,29 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        headers = dict(scope["headers"])
+        incoming = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
         request_id = incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
+        body_pending = b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0"
+
+        async def receive_watching() -> Message:
+            nonlocal body_pending
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_pending = False
+            return message
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
-                ]
+                extra = [(REQUEST_ID_HEADER.encode(), request_id.encode())]
+                given = message.get("headers", [])
+                if body_pending and not any(name.lower() == b"connection" for name, _ in given):
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*given, *extra]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        await self.app(scope, receive_watching if body_pending else receive, send_with_id)
 
 
 def _request_id(request: Request) -> str | None:
@@ -204,7 +221,7 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestMiddleware)
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.unverified_bodies = ByteBudget(settings.unverified_body_budget_bytes)

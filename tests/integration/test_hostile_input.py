@@ -518,6 +518,23 @@ def test_too_large_body_sent_whole_still_gets_its_413(served, connection):
     check_error_response(status, headers, body)
 
 
+@pytest.mark.parametrize("path, headers", [
+    ("/webhooks/nowhere", {"x-vapi-secret": VAPI_SECRET}),  # 404
+    ("/webhooks/vapi", {"x-unrelated": "1"}),  # 401: no credential, refused from the headers alone
+    ("/webhooks/vapi", {"x-vapi-secret": "wrong-secret-0000"}),  # 401: a wrong shared token
+])
+def test_an_answer_before_the_body_closes_the_connection(served, path, headers):
+    # A client that asked for 100 Continue sends no body until told to; kept alive, its
+    # next request would be read as this one's body and go unanswered.
+    with served.connect() as sock:
+        sock.sendall(head(path, extra="Expect: 100-continue\r\n", length=5000, headers=headers))
+        status, answer_headers, body = read_response(sock, 5)
+        assert answer_headers.get("connection") == "close"
+        assert closed_within(sock, 5)
+    assert status in (401, 404)
+    check_error_response(status, answer_headers, body)
+
+
 def test_client_sending_on_after_its_413_is_cut_off(served):
     with served.connect() as sock:
         sock.sendall(head("/webhooks/vapi", length=10**12))

@@ -22,7 +22,7 @@ import pytest
 
 from relay.errors import StoreUnavailable
 from relay.outbox import NewDelivery
-from relay.outbox.sqlite import SQLiteBackend
+from relay.outbox.sqlite import WAL_LIMIT_BYTES, SQLiteBackend
 
 
 def delivery(call_id: str) -> NewDelivery:
@@ -79,3 +79,16 @@ def test_connections_of_ended_threads_are_closed(tmp_path):
     backend.close()
     # A live thread or two may keep theirs; thirty ended ones must not.
     assert leaked <= 6, f"{leaked} descriptors still open for ended threads"
+
+
+def test_the_wal_does_not_keep_the_size_of_a_burst_of_large_reports(tmp_path):
+    backend = SQLiteBackend(str(tmp_path / "relay.db"))
+    backend.migrate()
+    body = b"x" * (8 * 1024 * 1024)
+    # One group commit, as twenty reports arriving together are stored.
+    backend.insert_many([NewDelivery("vapi", "end-of-call-report", f"big-{n}", f"end-of-call-report:big-{n}",
+                                     body, time.time()) for n in range(20)], time.time())
+    wal = os.stat(tmp_path / "relay.db-wal").st_size
+    assert wal <= WAL_LIMIT_BYTES, f"WAL at {wal / 1e6:.0f} MB after 160 MB of reports"
+    assert backend.get(20).body == body
+    backend.close()
