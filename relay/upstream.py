@@ -1,6 +1,6 @@
 """The Roark API client: the request Roark's spec defines for a stored webhook, sent over
-one shared pool of keep-alive connections (relay.http1), with explicit timeouts and no
-retries.
+one shared pool of keep-alive connections (relay.transport), with explicit timeouts and
+no retries.
 
 Retrying is the forwarder's job (persisted per row); this module makes exactly one
 attempt and reports what happened in a form `relay.retry.decide` understands.
@@ -9,19 +9,19 @@ attempt and reports what happened in a form `relay.retry.decide` understands.
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from relay import __version__, http1, jsonbody
+from relay import __version__, jsonbody
 from relay.outbox import Delivery
 from relay.providers import PROVIDERS, Provider
 from relay.redaction import Redactor
 from relay.retry import AttemptResult
 from relay.settings import Settings
+from relay.transport import Transport, describe_error, env_proxy
 
 #: How much of an upstream error we keep; Roark's ErrorResponse messages are short.
 MAX_ERROR_TEXT = 500
@@ -79,19 +79,6 @@ def _error_text(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {json.dumps(body)[:MAX_ERROR_TEXT]}"
 
 
-def _transport(settings: Settings) -> httpx.AsyncBaseTransport:
-    url = httpx.URL(settings.roark_base_url)
-    limit = settings.forward_concurrency
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(url.scheme) or proxies.get("all")
-    if proxy and not urllib.request.proxy_bypass(url.host):
-        # HTTPS_PROXY and friends are honoured as httpx honours them, by its own
-        # transport: slower, but behind a proxy that is rarely what bounds delivery.
-        return httpx.AsyncHTTPTransport(
-            proxy=proxy, limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit))
-    return http1.Transport(max_connections=limit)
-
-
 class RoarkClient:
     """Sends through an httpx transport directly: httpx's client layer (URL merging,
     cookies, redirects, event hooks) cost more CPU per delivery than the sending itself,
@@ -100,7 +87,8 @@ class RoarkClient:
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._settings = settings
         self._strip_secrets = Redactor(settings.redact_keys) if settings.strip_secrets_upstream else None
-        self._transport = transport or _transport(settings)
+        self._transport = transport or Transport(
+            max_connections=settings.forward_concurrency, proxy=env_proxy(settings.roark_base_url))
         base = settings.roark_base_url.rstrip("/")
         self._urls = {name: httpx.URL(base + p.roark.path) for name, p in PROVIDERS.items()}
         self._headers = {
@@ -137,11 +125,8 @@ class RoarkClient:
                 await response.aread()
             finally:
                 await response.aclose()
-        except httpx.TimeoutException as error:
-            message = f"timeout ({type(error).__name__})"
-            return Outcome(AttemptResult(None, error=message), error=message)
         except httpx.TransportError as error:
-            message = f"{type(error).__name__}: {error}"[:MAX_ERROR_TEXT]
+            message = describe_error(error)[:MAX_ERROR_TEXT]
             return Outcome(AttemptResult(None, error=message), error=message)
         result = AttemptResult(response.status_code, dict(response.headers))
         if response.is_success:
