@@ -108,8 +108,14 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 async def health(request: Request) -> JSONResponse:
     """Roark's HealthResponse shape: unhealthy (503) when the outbox is unreachable,
-    degraded when delivery is paused or the backlog is older than the threshold."""
+    degraded when delivery is paused or the backlog is older than the threshold.
+
+    Anyone may ask how the relay is; only the admin token (as a Bearer) is told why,
+    since the reasons can name a refused key or carry a redirect's Location."""
     state = request.app.state
+    explain = state.admin_auth is not None and state.admin_auth.bearer(request) is not None
+    if explain:
+        state.admin_auth.require_bearer(request)
     settings: Settings = state.settings
     forwarder: Forwarder = state.forwarder
     problems = []
@@ -135,19 +141,22 @@ async def health(request: Request) -> JSONResponse:
         "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
         "uptime_seconds": int(time.monotonic() - state.started_monotonic),
         "dependencies": {"database": database, "roark_delivery": delivery},
-        "oldest_pending_age_seconds": None if backlog_age is None else round(backlog_age, 1),
-        "delivery_paused": forwarder.paused,
-        "problems": problems,
     }
+    if explain:
+        data |= {
+            "oldest_pending_age_seconds": None if backlog_age is None else round(backlog_age, 1),
+            "delivery_paused": forwarder.paused,
+            "problems": problems,
+        }
     return JSONResponse({"data": data}, status_code=503 if status == "unhealthy" else 200)
 
 
 async def metrics(request: Request) -> Response:
     """Prometheus exposition; scrapers authenticate with the admin token as a Bearer."""
     state = request.app.state
-    if state.metrics_auth is None:
+    if state.admin_auth is None:
         raise NotFound("/metrics is disabled until RELAY_ADMIN_TOKEN is set")
-    state.metrics_auth.require_bearer(request)
+    state.admin_auth.require_bearer(request)
     try:
         body = await state.metrics.render(state.outbox, state.forwarder.paused)
     except StoreUnavailable as error:
@@ -200,6 +209,6 @@ def create_app(settings: Settings) -> Starlette:
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings
     app.state.metrics = Metrics()
-    app.state.metrics_auth = AdminAuth(settings.admin_token) if settings.admin_token else None
+    app.state.admin_auth = AdminAuth(settings.admin_token) if settings.admin_token else None
     app.state.started_monotonic = time.monotonic()
     return app
