@@ -206,6 +206,9 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # Starlette would answer /status/ with an absolute redirect built from the Host
+    # header, which the client chooses; routes that want a slash variant declare it.
+    app.router.redirect_slashes = False
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings
     app.state.metrics = Metrics()
