@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from relay import __version__
 from relay.admin import admin_routes
 from relay.admin.auth import AdminAuth
+from relay.admin.throttle import LoginThrottle
 from relay.errors import HTTPError, MethodNotAllowed, NotFound, ServiceUnavailable, StoreUnavailable
 from relay.forwarder import Forwarder
 from relay.ingest import receive_webhook
@@ -164,7 +165,8 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = None) -> Starlette:
+    """The relay; `login_throttle` replaces the default one (tests give it a clock)."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for provider, warnings in settings.provider_warnings().items():
@@ -197,7 +199,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/webhooks/{provider:str}/{source:str}", receive_webhook, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-            *admin_routes(settings),
+            *admin_routes(settings, login_throttle),
         ],
         exception_handlers={
             HTTPError: handle_http_error,

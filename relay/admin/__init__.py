@@ -69,9 +69,9 @@ async def _disabled(request: Request) -> JSONResponse:
                    error_code="admin_disabled")
 
 
-def admin_routes(settings: Settings) -> list[BaseRoute]:
+def admin_routes(settings: Settings, throttle: LoginThrottle | None = None) -> list[BaseRoute]:
     """Routes of the status page and admin API; 404s for all of them when
-    RELAY_ADMIN_TOKEN is unset."""
+    RELAY_ADMIN_TOKEN is unset. `throttle` limits failed logins (a fresh one if None)."""
     if settings.admin_token is None:
         endpoint = Hardened(request_response(_disabled))
         return [Route(path, endpoint, methods=None) for path in DISABLED_PATHS]  # any method
@@ -86,7 +86,7 @@ def admin_routes(settings: Settings) -> list[BaseRoute]:
         return JSONResponse(document)
 
     return _hardened([
-        *page_routes(StatusPages(auth, redactor, LoginThrottle())),
+        *page_routes(StatusPages(auth, redactor, throttle or LoginThrottle())),
         *api_routes(AdminApi(auth, redactor)),
         Route("/admin/openapi.json", openapi, methods=["GET"]),
     ])
