@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from relay import __version__
 from relay.admin import admin_routes
 from relay.admin.auth import AdminAuth
+from relay.admin.throttle import LoginThrottle
 from relay.budget import ByteBudget
 from relay.errors import HTTPError, MethodNotAllowed, NotFound, ServiceUnavailable, StoreUnavailable
 from relay.forwarder import Forwarder
@@ -127,8 +128,14 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 async def health(request: Request) -> JSONResponse:
     """Roark's HealthResponse shape: unhealthy (503) when the outbox is unreachable,
-    degraded when delivery is paused or the backlog is older than the threshold."""
+    degraded when delivery is paused or the backlog is older than the threshold.
+
+    Anyone may ask how the relay is; only the admin token (as a Bearer) is told why,
+    since the reasons can name a refused key or carry a redirect's Location."""
     state = request.app.state
+    explain = state.admin_auth is not None and state.admin_auth.bearer(request) is not None
+    if explain:
+        state.admin_auth.require_bearer(request)
     settings: Settings = state.settings
     forwarder: Forwarder = state.forwarder
     problems = []
@@ -154,19 +161,22 @@ async def health(request: Request) -> JSONResponse:
         "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
         "uptime_seconds": int(time.monotonic() - state.started_monotonic),
         "dependencies": {"database": database, "roark_delivery": delivery},
-        "oldest_pending_age_seconds": None if backlog_age is None else round(backlog_age, 1),
-        "delivery_paused": forwarder.paused,
-        "problems": problems,
     }
+    if explain:
+        data |= {
+            "oldest_pending_age_seconds": None if backlog_age is None else round(backlog_age, 1),
+            "delivery_paused": forwarder.paused,
+            "problems": problems,
+        }
     return JSONResponse({"data": data}, status_code=503 if status == "unhealthy" else 200)
 
 
 async def metrics(request: Request) -> Response:
     """Prometheus exposition; scrapers authenticate with the admin token as a Bearer."""
     state = request.app.state
-    if state.metrics_auth is None:
+    if state.admin_auth is None:
         raise NotFound("/metrics is disabled until RELAY_ADMIN_TOKEN is set")
-    state.metrics_auth.require_bearer(request)
+    state.admin_auth.require_bearer(request)
     try:
         body = await state.metrics.render(state.outbox, state.forwarder.paused)
     except StoreUnavailable as error:
@@ -174,7 +184,8 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = None) -> Starlette:
+    """The relay; `login_throttle` replaces the default one (tests give it a clock)."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for provider, warnings in settings.provider_warnings().items():
@@ -212,7 +223,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/webhooks/{provider:str}/{source:str}", receive_webhook, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-            *admin_routes(settings),
+            *admin_routes(settings, login_throttle),
         ],
         exception_handlers={
             HTTPError: handle_http_error,
@@ -221,11 +232,14 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # Starlette would answer /status/ with an absolute redirect built from the Host
+    # header, which the client chooses; routes that want a slash variant declare it.
+    app.router.redirect_slashes = False
     app.add_middleware(RequestMiddleware)
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.unverified_bodies = ByteBudget(settings.unverified_body_budget_bytes)
     app.state.verified_bodies = ByteBudget(settings.verified_body_budget_bytes)
-    app.state.metrics_auth = AdminAuth(settings.admin_token) if settings.admin_token else None
+    app.state.admin_auth = AdminAuth(settings.admin_token) if settings.admin_token else None
     app.state.started_monotonic = time.monotonic()
     return app

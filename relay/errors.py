@@ -14,6 +14,7 @@
         ├── RequestTimeout        408 validation      (body arrived too slowly)
         ├── PayloadTooLarge       413 validation
         ├── UnsupportedMediaType  415 validation
+        ├── TooManyRequests       429 rate_limit      (with Retry-After)
         └── ServiceUnavailable    503 internal        (with Retry-After: try again soon)
 
 HTTP-facing errors carry their status, `error_type` and `error_code`, so a route raises
@@ -130,6 +131,16 @@ class UnsupportedMediaType(HTTPError):
     status_code = 415
     error_type = "validation"
     error_code = "unsupported_media_type"
+
+
+class TooManyRequests(HTTPError):
+    status_code = 429
+    error_type = "rate_limit"
+    error_code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_seconds: int, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", str(retry_after_seconds))
 
 
 class ServiceUnavailable(HTTPError):

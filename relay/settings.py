@@ -10,8 +10,10 @@ failing on the first webhook.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,10 +69,34 @@ class Sources(JsonObject):
         return sources
 
 
+#: Character classes and their sizes, for estimating how guessable a token is.
+TOKEN_CLASSES = ((string.ascii_lowercase, 26), (string.ascii_uppercase, 26), (string.digits, 10))
+OTHER_CHARACTERS = 33  # printable ASCII punctuation and space
+MIN_TOKEN_BITS = 64
+MIN_TOKEN_DISTINCT = 10
+
+
+def token_bits(token: str) -> float:
+    """length × log2(size of the character classes it uses): what a random token of its
+    kind would hold. An overestimate for anything chosen by a person, hence the rule on
+    distinct characters too."""
+    pool = sum(size for chars, size in TOKEN_CLASSES if any(c in chars for c in token))
+    if any(not any(c in chars for chars, _ in TOKEN_CLASSES) for c in token):
+        pool += OTHER_CHARACTERS
+    return len(token) * math.log2(pool) if pool else 0.0
+
+
 class AdminToken(Parser):
+    described = (f"at least 16 characters, {MIN_TOKEN_DISTINCT} different ones, "
+                 f"{MIN_TOKEN_BITS} bits by its character classes")
+
     def __call__(self, name: str, raw: str) -> Secret:
         if len(raw) < 16:
             raise ConfigError(name, "must be at least 16 characters (use a random string)")
+        if len(set(raw)) < MIN_TOKEN_DISTINCT or token_bits(raw) < MIN_TOKEN_BITS:
+            raise ConfigError(name, f"is too easy to guess: use {MIN_TOKEN_DISTINCT} or more different "
+                                    f"characters and {MIN_TOKEN_BITS} bits or more; python3 -c 'import "
+                                    "secrets; print(secrets.token_urlsafe(24))' makes one")
         return Secret(raw)
 
 
@@ -143,9 +169,9 @@ class Settings:
 
     admin_token: Secret | None = setting(
         "RELAY_ADMIN_TOKEN", None, AdminToken(),
-        """Enables the status page (/status), the admin API (/admin/api) and /metrics;
-        scripts send it as `Authorization: Bearer ...`. At least 16 characters. Unset:
-        all disabled.""",
+        """Enables the status page (/status), the admin API (/admin/api), /metrics and the
+        reasons in /health; scripts send it as `Authorization: Bearer ...`. A random
+        string, different from every provider secret. Unset: all disabled.""",
         section="Operators")
     pending_age_degraded_seconds: float = setting(
         "RELAY_PENDING_AGE_DEGRADED_SECONDS", 900.0, Seconds(1),
@@ -207,6 +233,20 @@ class Settings:
         except ValueError as error:
             raise ConfigError("RELAY_RETRY_MAX_DELAY_SECONDS", str(error)) from None
         object.__setattr__(self, "retry", retry)
+        self._admin_token_is_its_own()
+
+    def _admin_token_is_its_own(self) -> None:
+        """The admin token opens the admin API: sharing a value with a secret given to
+        Roark or a provider would hand them the relay as well."""
+        if self.admin_token is None:
+            return
+        configs = [self, *self.providers.values()]
+        for config in configs:
+            for f, var in envvars.variables(type(config)):
+                value = getattr(config, f.name)
+                values = value if isinstance(value, tuple) else (value,)
+                if var.name != "RELAY_ADMIN_TOKEN" and self.admin_token in values:
+                    raise ConfigError("RELAY_ADMIN_TOKEN", f"must not be the same as {var.name}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

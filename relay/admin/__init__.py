@@ -25,6 +25,7 @@ from relay.admin.api import AdminApi, api_routes
 from relay.admin.auth import BEARER_CHALLENGE, SECURITY_HEADERS, AdminAuth
 from relay.admin.openapi import openapi_document
 from relay.admin.pages import StatusPages, page_routes
+from relay.admin.throttle import LoginThrottle
 from relay.errors import NotFound, Unauthorized
 from relay.redaction import Redactor
 from relay.settings import Settings
@@ -32,9 +33,14 @@ from relay.settings import Settings
 DISABLED_PATHS = ("/status", "/status/{rest:path}", "/login", "/logout", "/admin/{rest:path}")
 
 
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+
+
 class Hardened:
     """An endpoint whose every answer, refusals included, carries the security headers
-    (no caching, strict CSP, nosniff, no framing)."""
+    (no caching, strict CSP, nosniff, no framing), and HSTS when it came over HTTPS.
+    HTTPS as uvicorn sees it: TLS to the relay itself, or a proxy's X-Forwarded-Proto
+    when uvicorn trusts that proxy (FORWARDED_ALLOW_IPS)."""
 
     def __init__(self, endpoint: ASGIApp) -> None:
         self.app = endpoint
@@ -45,6 +51,8 @@ class Hardened:
                 headers = [(k, v) for k, v in message.get("headers", [])
                            if k.decode("latin-1").lower() not in SECURITY_HEADERS]
                 headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+                if scope.get("scheme") == "https":
+                    headers.append(HSTS)
                 message["headers"] = headers
             await send(message)
 
@@ -61,9 +69,9 @@ async def _disabled(request: Request) -> JSONResponse:
                    error_code="admin_disabled")
 
 
-def admin_routes(settings: Settings) -> list[BaseRoute]:
+def admin_routes(settings: Settings, throttle: LoginThrottle | None = None) -> list[BaseRoute]:
     """Routes of the status page and admin API; 404s for all of them when
-    RELAY_ADMIN_TOKEN is unset."""
+    RELAY_ADMIN_TOKEN is unset. `throttle` limits failed logins (a fresh one if None)."""
     if settings.admin_token is None:
         endpoint = Hardened(request_response(_disabled))
         return [Route(path, endpoint, methods=None) for path in DISABLED_PATHS]  # any method
@@ -72,13 +80,13 @@ def admin_routes(settings: Settings) -> list[BaseRoute]:
     document = openapi_document()
 
     async def openapi(request: Request) -> JSONResponse:
-        if auth.authenticate(request) is None:
+        if await auth.authenticate(request) is None:
             raise Unauthorized("send the admin token as 'Authorization: Bearer <RELAY_ADMIN_TOKEN>'",
                                headers=dict(BEARER_CHALLENGE))
         return JSONResponse(document)
 
     return _hardened([
-        *page_routes(StatusPages(auth, redactor)),
+        *page_routes(StatusPages(auth, redactor, throttle or LoginThrottle())),
         *api_routes(AdminApi(auth, redactor)),
         Route("/admin/openapi.json", openapi, methods=["GET"]),
     ])

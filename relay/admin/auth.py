@@ -4,7 +4,8 @@
   API. The API accepts nothing else, so a browser's cookie can never drive it (no CSRF).
 - People log in once with the token and get a session cookie. The cookie is not the
   token: it is `v1.<issued_at>.<nonce>.<hmac>`, signed with a key derived from the token,
-  valid for 12 hours. Rotating the token therefore logs everyone out.
+  valid for 12 hours. Rotating the token therefore logs everyone out. Logging out is
+  recorded in the outbox's database, so it holds after a restart and on every instance.
 - Every form carries a CSRF token, an HMAC of the session; forms posted with a session
   must carry it. The login form, which has no session yet, is tied to a short-lived
   login cookie the same way.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.errors import Forbidden, Unauthorized
+from relay.errors import Forbidden, ServiceUnavailable, StoreUnavailable, Unauthorized
 from relay.settings import Secret
 
 SESSION_COOKIE = "__Host-relay_session"  # __Host-: Secure, Path=/, no Domain, by rule
@@ -33,7 +34,6 @@ LOGIN_COOKIE = "__Host-relay_login"
 SESSION_SECONDS = 12 * 3600
 LOGIN_FORM_SECONDS = 3600
 CLOCK_SKEW_SECONDS = 60
-MAX_REVOKED = 10_000
 
 SECURITY_HEADERS = {
     "cache-control": "no-store",
@@ -62,7 +62,6 @@ class AdminAuth:
         self._digest = hashlib.sha256(token.reveal().encode()).digest()
         self._key = hmac.new(token.reveal().encode(), b"roark-relay admin session v1", hashlib.sha256).digest()
         self._clock = clock
-        self._revoked: dict[str, float] = {}  # session nonce -> when it would expire anyway
 
     # --- the token itself ---------------------------------------------------------
 
@@ -101,6 +100,8 @@ class AdminAuth:
         return f"{payload}.{self._sign('session', payload)}"
 
     def session_valid(self, value: str) -> bool:
+        """Signed with this token and not expired; whether it was logged out is the
+        store's to say (`authenticate`)."""
         parts = value.split(".")
         if len(parts) != 4 or parts[0] != "v1" or not parts[1].isascii() or not parts[1].isdigit():
             return False
@@ -108,28 +109,46 @@ class AdminAuth:
         if not self._verify("session", payload, parts[3]):
             return False
         age = self._clock() - int(parts[1])
-        return -CLOCK_SKEW_SECONDS <= age < SESSION_SECONDS and parts[2] not in self._revoked
+        return -CLOCK_SKEW_SECONDS <= age < SESSION_SECONDS
 
-    def revoke(self, session: str) -> None:
-        """Log a session out in this process (the cookie is also deleted in the browser)."""
-        now = self._clock()
-        self._revoked = {n: t for n, t in self._revoked.items() if t > now}
-        if len(self._revoked) < MAX_REVOKED:
-            _, issued, nonce, _ = session.split(".")
-            self._revoked[nonce] = int(issued) + SESSION_SECONDS
+    async def revoke(self, request: Request, session: str) -> None:
+        """Log a valid session out everywhere, until it would have expired anyway."""
+        _, issued, nonce, _ = session.split(".")
+        try:
+            await request.app.state.outbox.revoke_session(nonce, int(issued) + SESSION_SECONDS)
+        except StoreUnavailable:
+            raise ServiceUnavailable("logging out needs the outbox database; try again shortly",
+                                     retry_after_seconds=5) from None
 
-    def authenticate(self, request: Request) -> Access | None:
-        """The page's check: a Bearer header, else a valid session cookie.
+    async def authenticate(self, request: Request) -> Access | None:
+        """The page's check: a Bearer header, else a valid session cookie not logged out.
 
         A wrong Bearer header is a refusal even with a valid cookie: the caller said who
-        it was, and was wrong."""
+        it was, and was wrong. The answer is kept for the rest of the request, so a page
+        asks the store once (and its error page never has to ask again)."""
+        if not hasattr(request.state, "admin_access"):
+            request.state.admin_access = await self._access(request)
+        return request.state.admin_access
+
+    async def _access(self, request: Request) -> Access | None:
         bearer = self.bearer(request)
         if bearer is not None:
             return Access("bearer", None, self._sign("csrf", "bearer")) if bearer else None
         session = request.cookies.get(SESSION_COOKIE)
-        if session and self.session_valid(session):
-            return Access("session", session, self._sign("csrf", session))
-        return None
+        if not session or not self.session_valid(session):
+            return None
+        try:
+            revoked = await request.app.state.outbox.session_revoked(session.split(".")[2])
+        except StoreUnavailable:
+            # Closed, not open: without the store nobody can tell a logged-out cookie.
+            raise ServiceUnavailable("the status page needs the outbox database; try again shortly",
+                                     retry_after_seconds=5) from None
+        return None if revoked else Access("session", session, self._sign("csrf", session))
+
+    @staticmethod
+    def known_access(request: Request) -> Access | None:
+        """What `authenticate` already found for this request, if it was asked."""
+        return getattr(request.state, "admin_access", None)
 
     def check_csrf(self, access: Access, supplied: str | None) -> None:
         """Forms posted with a session cookie must carry its CSRF token. A Bearer header is

@@ -8,6 +8,7 @@ the Content-Security-Policy forbids them anyway.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,7 +24,8 @@ from starlette.templating import Jinja2Templates
 
 from relay.admin import api
 from relay.admin.auth import BEARER_CHALLENGE, Access, AdminAuth, safe_next
-from relay.errors import BadRequest, HTTPError, NotFound, Unauthorized
+from relay.admin.throttle import LoginThrottle
+from relay.errors import BadRequest, HTTPError, NotFound, TooManyRequests, Unauthorized
 from relay.outbox import DeliveryFilter, State
 from relay.redaction import Redactor
 from relay.providers import PROVIDER_NAMES
@@ -84,9 +86,10 @@ def _flash(request: Request) -> int | None:
 
 
 class StatusPages:
-    def __init__(self, auth: AdminAuth, redactor: Redactor) -> None:
+    def __init__(self, auth: AdminAuth, redactor: Redactor, throttle: LoginThrottle) -> None:
         self.auth = auth
         self.redactor = redactor
+        self.throttle = throttle
         self.templates = Jinja2Templates(env=_environment())
 
     def render(self, request: Request, name: str, context: dict[str, Any], *,
@@ -100,19 +103,21 @@ class StatusPages:
             try:
                 return await handler(request)
             except HTTPError as error:
-                return self.render(request, "error.html", {"error": error}, status_code=error.status_code,
-                                   access=self.auth.authenticate(request))
+                response = self.render(request, "error.html", {"error": error}, status_code=error.status_code,
+                                       access=self.auth.known_access(request))
+                response.headers.update(error.headers)
+                return response
         return endpoint
 
-    def _require(self, request: Request) -> Access:
-        access = self.auth.authenticate(request)
+    async def _require(self, request: Request) -> Access:
+        access = await self.auth.authenticate(request)
         if access is None:
             raise Unauthorized("log in first", headers=dict(BEARER_CHALLENGE))
         return access
 
-    def _to_login(self, request: Request) -> Response | None:
+    async def _to_login(self, request: Request) -> Response | None:
         """A person without credentials asking for a page is sent to log in first."""
-        if self.auth.authenticate(request) is None and "authorization" not in request.headers:
+        if await self.auth.authenticate(request) is None and "authorization" not in request.headers:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
         return None
@@ -120,9 +125,9 @@ class StatusPages:
     # --- pages ----------------------------------------------------------------------
 
     async def status(self, request: Request) -> Response:
-        if redirect := self._to_login(request):
+        if redirect := await self._to_login(request):
             return redirect
-        access = self._require(request)
+        access = await self._require(request)
         listing = api.parse_listing(request.query_params, default_state="failed", extra=("replayed",))
         listing = api.Listing(listing.where, listing.state, listing.before_id, min(listing.limit, PAGE_SIZE))
         page, next_cursor = await api.list_page(request, listing)
@@ -138,9 +143,9 @@ class StatusPages:
         }, access=access)
 
     async def detail(self, request: Request) -> Response:
-        if redirect := self._to_login(request):
+        if redirect := await self._to_login(request):
             return redirect
-        access = self._require(request)
+        access = await self._require(request)
         unknown = set(request.query_params.keys()) - {"replayed"}
         if unknown:
             raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}")
@@ -159,7 +164,7 @@ class StatusPages:
         }, access=access)
 
     async def replay(self, request: Request) -> Response:
-        access = self._require(request)
+        access = await self._require(request)
         form = await _form(request, max_fields=api.MAX_IDS + 10)
         self.auth.check_csrf(access, _field(form, "csrf_token"))
         action = _field(form, "action")
@@ -189,43 +194,59 @@ class StatusPages:
 
     # --- logging in and out -----------------------------------------------------------
 
-    def _login_form(self, request: Request, next_url: str, *, message: str | None = None,
-                    status_code: int = 200) -> Response:
+    def _login_form(self, request: Request, next_url: str, *, error: HTTPError | None = None) -> Response:
         nonce, csrf = self.auth.new_login_form()
-        response = self.render(request, "login.html", {"login_csrf": csrf, "next": next_url, "message": message},
-                               status_code=status_code)
+        response = self.render(request, "login.html",
+                               {"login_csrf": csrf, "next": next_url, "message": error.message if error else None},
+                               status_code=error.status_code if error else 200)
+        response.headers.update(error.headers if error else {})
         self.auth.set_login_cookie(response, nonce)
         return response
 
     async def login_page(self, request: Request) -> Response:
         next_url = safe_next(request.query_params.get("next"))
-        if self.auth.authenticate(request) is not None:
+        if await self.auth.authenticate(request) is not None:
             return RedirectResponse(next_url, status_code=303)
         return self._login_form(request, next_url)
 
     async def login(self, request: Request) -> Response:
         form = await _form(request, max_fields=10)
         next_url = safe_next(_field(form, "next"))
+        client = request.client.host if request.client else ""
         try:
             self.auth.check_login_csrf(request, _field(form, "csrf_token"))
+            if wait := self.throttle.wait(client):
+                raise TooManyRequests("Too many failed logins; try again later.",
+                                      retry_after_seconds=math.ceil(wait))
+            if not self.auth.token_matches(_field(form, "token") or ""):
+                self.throttle.failed(client)
+                raise Unauthorized("That token was not accepted.")
         except HTTPError as error:
-            return self._login_form(request, next_url, message=error.message, status_code=error.status_code)
-        if not self.auth.token_matches(_field(form, "token") or ""):
-            return self._login_form(request, next_url, message="That token was not accepted.", status_code=401)
+            return self._login_form(request, next_url, error=error)
         response = RedirectResponse(next_url, status_code=303)
         self.auth.set_session(response, self.auth.new_session())
         self.auth.clear_login_form(response)
         return response
 
     async def logout(self, request: Request) -> Response:
-        access = self.auth.authenticate(request)
-        if access is not None and access.session is not None:
-            form = await _form(request, max_fields=10)
-            self.auth.check_csrf(access, _field(form, "csrf_token"))
-            self.auth.revoke(access.session)
+        """Only the session's own form logs it out. Anything else (a cross-site form,
+        which arrives without the SameSite=Strict cookie) changes no cookie: deleting
+        it would let any site log an operator out."""
+        access = await self.auth.authenticate(request)
+        if access is None or access.session is None:
+            return RedirectResponse("/login", status_code=303)
+        form = await _form(request, max_fields=10)
+        self.auth.check_csrf(access, _field(form, "csrf_token"))
+        await self.auth.revoke(request, access.session)
         response = RedirectResponse("/login", status_code=303)
         self.auth.clear_session(response)
         return response
+
+    async def status_slash(self, request: Request) -> Response:
+        """/status/ is /status. Relative, like every redirect here: an absolute one would
+        be built from the request's Host header, which the client chooses."""
+        return RedirectResponse("/status" + (f"?{request.url.query}" if request.url.query else ""),
+                                status_code=307)
 
 
 async def _form(request: Request, *, max_fields: int) -> FormData:
@@ -250,6 +271,7 @@ def page_routes(pages: StatusPages) -> list[Route]:
     wrap = pages.html_errors
     return [
         Route("/status", wrap(pages.status), methods=["GET"]),
+        Route("/status/", pages.status_slash, methods=["GET"]),
         Route("/status/deliveries/{id}", wrap(pages.detail), methods=["GET"]),
         Route("/status/replay", wrap(pages.replay), methods=["POST"]),
         Route("/login", wrap(pages.login_page), methods=["GET"]),

@@ -183,6 +183,15 @@ class Backend(abc.ABC):
     def oldest_pending_received_at(self) -> float | None: ...
 
     @abc.abstractmethod
+    def revoke_session(self, nonce: str, expires_at: float, now: float) -> None:
+        """Remember that the admin session `nonce` was logged out, until `expires_at`
+        (when its cookie is refused anyway); forgets sessions expired by `now`."""
+
+    @abc.abstractmethod
+    def session_revoked(self, nonce: str, now: float) -> bool:
+        """True if the admin session `nonce` was logged out and has not expired by `now`."""
+
+    @abc.abstractmethod
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""
 

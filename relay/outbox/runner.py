@@ -131,6 +131,12 @@ class AsyncOutbox:
     async def prune(self, received_before: float, states: Sequence[State]) -> int:
         return await self._write(self.backend.prune, received_before, states)
 
+    async def revoke_session(self, nonce: str, expires_at: float) -> None:
+        await self._write(self.backend.revoke_session, nonce, expires_at, self._clock())
+
+    async def session_revoked(self, nonce: str) -> bool:
+        return await self._read(self.backend.session_revoked, nonce, self._clock())
+
     async def counts(self) -> dict[State, int]:
         return await self._read(self.backend.counts)
 

@@ -172,6 +172,17 @@ class Statements:
         return ("SELECT attempt, started_at, duration_ms, status_code, error, outcome "
                 f"FROM delivery_attempts WHERE delivery_id = {self.mark} ORDER BY id", (delivery_id,))
 
+    def revoke_session(self, nonce: str, expires_at: float) -> Query:
+        return (f"INSERT INTO revoked_sessions (nonce, expires_at) VALUES ({self._marks(2)}) "
+                "ON CONFLICT (nonce) DO NOTHING", (nonce, expires_at))
+
+    def forget_expired_sessions(self, now: float) -> Query:
+        return f"DELETE FROM revoked_sessions WHERE expires_at <= {self.mark}", (now,)
+
+    def session_revoked(self, nonce: str, now: float) -> Query:
+        return (f"SELECT 1 FROM revoked_sessions WHERE nonce = {self.mark} AND expires_at > {self.mark}",
+                (nonce, now))
+
 
 COUNTS_BY_PROVIDER = "SELECT provider, state, count(*) FROM deliveries GROUP BY provider, state"
 OLDEST_PENDING = "SELECT min(received_at) FROM deliveries WHERE state IN ('pending', 'delivering')"
@@ -271,6 +282,17 @@ class SQLBackend(Backend):
         with self._read() as conn:
             rows = conn.execute(*self.SQL.attempts(delivery_id)).fetchall()
         return [Attempt(*row) for row in rows]
+
+    def revoke_session(self, nonce: str, expires_at: float, now: float) -> None:
+        with self._write() as conn:
+            # Pruned here, not by retention: logouts are rare, and the table stays as
+            # small as the sessions still alive whatever RELAY_RETENTION_DAYS says.
+            conn.execute(*self.SQL.forget_expired_sessions(now))
+            conn.execute(*self.SQL.revoke_session(nonce, expires_at))
+
+    def session_revoked(self, nonce: str, now: float) -> bool:
+        with self._read() as conn:
+            return conn.execute(*self.SQL.session_revoked(nonce, now)).fetchone() is not None
 
     def counts_by_provider(self) -> dict[str, dict[State, int]]:
         counts: dict[str, dict[State, int]] = {}

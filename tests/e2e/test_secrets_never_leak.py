@@ -98,16 +98,16 @@ def test_nothing_logged_or_served_contains_a_secret(start_relay, relay_env, fake
     fake_roark.set_default(Respond(401))
     paused = with_call_id("retell/call_ended", "leak-paused")
     send("POST", "/webhooks/retell", 200, content=paused, headers=retell_headers(paused))
-    eventually(lambda: http.get("/health").json()["data"].get("delivery_paused"), WAIT)
-    health = send("GET", "/health", 200)
-    assert health.json()["data"]["status"] == "degraded"
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    eventually(lambda: http.get("/health", headers=admin).json()["data"]["delivery_paused"], WAIT)
+    assert send("GET", "/health", 200).json()["data"]["status"] == "degraded"
+    assert send("GET", "/health", 200, headers=admin).json()["data"]["problems"]  # the reasons, scanned too
     fake_roark.set_default(Respond(400, {"error_type": "validation", "error_code": "invalid_parameter",
                                          "message": "payload rejected"}))
     eventually(lambda: any(r["state"] == "failed" for r in rows(env)), WAIT)  # a dead letter to show
     fake_roark.set_default(Accept())
 
     # The admin API, status page, login form, OpenAPI, metrics.
-    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
     send("GET", "/admin/api/summary", 200, headers=admin)
     listing = send("GET", "/admin/api/deliveries?limit=50", 200, headers=admin).json()["data"]
     token_row = next(d for d in listing if d["call_id"] == "leak-token")

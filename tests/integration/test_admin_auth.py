@@ -1,8 +1,9 @@
 """Who gets in to the status page and admin API, and what the page shows them.
 
 Refusals: disabled without RELAY_ADMIN_TOKEN, no or wrong token, cookie on the API,
-missing or foreign CSRF tokens, open redirects, expired, tampered, rotated or logged-out
-sessions. Showing: attacker-controlled text is escaped, secrets are masked.
+missing or foreign CSRF tokens, open redirects, forged Host headers, guessing, expired,
+tampered, rotated or logged-out sessions (across restarts too). Showing: attacker-
+controlled text is escaped, secrets are masked.
 """
 
 import re
@@ -12,6 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from relay.admin.auth import SESSION_COOKIE, SESSION_SECONDS, AdminAuth
+from relay.admin.throttle import FAILURES_OVERALL, FAILURES_PER_CLIENT, LoginThrottle
 from relay.app import create_app
 from relay.settings import Secret, Settings
 from relay.testing.fake_roark import Accept, Respond
@@ -197,9 +199,9 @@ def test_login_form_needs_its_own_csrf_token(client):
         assert response.status_code == 403
 
 
-def start_same(client) -> TestClient:
-    """A second browser on the same app (its own cookie jar)."""
-    return TestClient(client.app, base_url="https://testserver")
+def start_same(client, address: str = "testclient") -> TestClient:
+    """A second browser on the same app (its own cookie jar), from `address`."""
+    return TestClient(client.app, base_url="https://testserver", client=(address, 50000))
 
 
 @pytest.mark.parametrize("next_url, expected", [
@@ -270,6 +272,58 @@ def test_logout_needs_csrf_and_then_the_old_cookie_is_dead(client):
     assert client.get("/status", follow_redirects=False).status_code == 303
 
 
+def test_logout_without_a_session_and_its_csrf_token_touches_no_cookie(client):
+    csrf = logged_in(client)
+    # A cross-site form: SameSite=Strict keeps the session cookie home, but the browser
+    # would still apply a Set-Cookie that deletes it.
+    with start_same(client) as attacker:
+        for form in ({}, {"csrf_token": csrf}):
+            response = attacker.post("/logout", data=form, follow_redirects=False)
+            assert response.status_code in (303, 403) and "set-cookie" not in response.headers
+    response = client.post("/logout", data={"csrf_token": "forged"}, follow_redirects=False)
+    assert response.status_code == 403 and "set-cookie" not in response.headers
+    assert client.get("/status", follow_redirects=False).status_code == 200
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_logout_holds_on_every_instance_and_after_a_restart(admin_env, store, request):
+    if store == "postgres":
+        admin_env = {**admin_env, "RELAY_DATABASE_URL": request.getfixturevalue("postgres_schema_url")}
+    with start(admin_env) as first, start(admin_env) as second:  # two instances, one database
+        csrf = logged_in(first)
+        session = first.cookies[SESSION_COOKIE]
+        second.cookies.set(SESSION_COOKIE, session)
+        assert second.get("/status", follow_redirects=False).status_code == 200
+        assert first.post("/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+        assert second.get("/status", follow_redirects=False).status_code == 303
+    with start(admin_env) as restarted:
+        restarted.cookies.set(SESSION_COOKIE, session)
+        assert restarted.get("/status", follow_redirects=False).status_code == 303
+
+
+def test_login_guesses_are_limited_per_client_and_overall(admin_env):
+    stopped = LoginThrottle(clock=lambda: 0.0)  # no budget refills during the test
+    app = create_app(Settings.from_env(admin_env), login_throttle=stopped)
+
+    def no_session(response) -> bool:
+        return not any(c.startswith(SESSION_COOKIE) for c in response.headers.get_list("set-cookie"))
+
+    with TestClient(app, base_url="https://testserver") as client:
+        for _ in range(FAILURES_PER_CLIENT):
+            assert login(client, token="wrong-guess-0123456789").status_code == 401
+        refused = login(client)  # even the right token waits: the guesser cannot tell
+        assert refused.status_code == 429 and no_session(refused)
+        assert 1 <= int(refused.headers["retry-after"]) <= 60 and "Too many" in refused.text
+        assert client.get("/status", headers=BEARER).status_code == 200  # scripts are not locked out
+        assert login(start_same(client, "198.51.100.1")).status_code == 303  # nor is anyone else
+        for n in range(FAILURES_OVERALL // FAILURES_PER_CLIENT - 1):  # the first client spent one share
+            guesser = start_same(client, f"203.0.113.{n}")
+            for _ in range(FAILURES_PER_CLIENT):
+                assert login(guesser, token="wrong-guess-0123456789").status_code == 401
+        refused = login(start_same(client, "198.51.100.2"))
+        assert refused.status_code == 429 and no_session(refused)
+
+
 def test_rotating_the_token_logs_everyone_out(client, admin_env):
     logged_in(client)
     session = client.cookies[SESSION_COOKIE]
@@ -308,6 +362,29 @@ def test_every_admin_answer_is_uncacheable_and_script_free(client):
         csp = response.headers["content-security-policy"]
         assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "script-src" not in csp
     assert [r.status_code for r in answers] == [200, 404, 200, 401, 200, 400]
+
+
+def test_hsts_is_sent_on_admin_pages_over_https_only(admin_env):
+    for scheme in ("https", "http"):
+        with TestClient(create_app(Settings.from_env(admin_env)), base_url=f"{scheme}://testserver") as client:
+            for response in (client.get("/login"), client.get("/status", follow_redirects=False),
+                             client.get("/admin/api/summary", headers=BEARER)):
+                hsts = response.headers.get("strict-transport-security")
+                assert hsts == ("max-age=31536000" if scheme == "https" else None)
+
+
+@pytest.mark.parametrize("path", ["/status/", "/status", "/status/deliveries/1", "/login?next=/status",
+                                  "/webhooks/vapi/", "/health/", "/login/"])
+def test_redirects_never_name_a_forged_host(client, path):
+    forged = {"host": "evil.example"}
+    answers = [client.get(path, headers=forged, follow_redirects=False)]
+    csrf = logged_in(client)
+    answers += [client.get(path, headers=forged, follow_redirects=False),
+                client.post("/logout", data={"csrf_token": csrf}, headers=forged, follow_redirects=False)]
+    for response in answers:
+        location = response.headers.get("location", "")
+        assert "evil" not in location and not urlsplit(location).netloc
+        assert location == "" or location.startswith("/")
 
 
 # --- what the page shows ------------------------------------------------------------------

@@ -13,6 +13,8 @@ from relay.testing.fake_roark import Accept, RateLimited, Reset, Respond, Slow
 from tests.helpers import ROARK_KEY, eventually, retell_headers, sample, vapi_headers, with_call_id
 
 WAIT = 15  # seconds; generous upper bounds on conditions, never slept
+ADMIN_TOKEN = "admin-token-for-forwarding-5f1c"
+ADMIN_BEARER = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def start(env: dict) -> TestClient:
@@ -157,10 +159,10 @@ def test_retry_after_is_honoured_before_the_next_request(relay_env, fake_roark):
 
 def test_unauthorized_pauses_without_burning_attempts_then_resumes(relay_env, fake_roark):
     fake_roark.script(Respond(401), Respond(401))
-    with start(relay_env) as client:
+    with start({**relay_env, "RELAY_ADMIN_TOKEN": ADMIN_TOKEN}) as client:
         delivery_id = send_vapi(client)
         fake_roark.wait_for(lambda rs: len(rs) >= 1, WAIT)
-        health = client.get("/health").json()["data"]
+        health = client.get("/health", headers=ADMIN_BEARER).json()["data"]
         assert health["status"] == "degraded" and health["delivery_paused"]
         assert any("ROARK_API_KEY" in problem for problem in health["problems"])
         row = wait_state(relay_env, delivery_id, "delivered")

@@ -1,4 +1,4 @@
-"""Operating the relay: /metrics, /health thresholds, retention."""
+"""Operating the relay: /metrics, /health thresholds and who sees why, retention."""
 
 import time
 
@@ -84,8 +84,8 @@ def test_health_degrades_when_the_backlog_is_old(relay_env, fake_roark):
     fake_roark.set_default(Respond(503))
     store_old_pending(relay_env, age_seconds=600)
     with app(relay_env, RELAY_PENDING_AGE_DEGRADED_SECONDS="300", RELAY_RETRY_BASE_SECONDS="60",
-             RELAY_RETRY_MAX_DELAY_SECONDS="60") as client:
-        data = client.get("/health").json()["data"]
+             RELAY_RETRY_MAX_DELAY_SECONDS="60", RELAY_ADMIN_TOKEN=ADMIN) as client:
+        data = client.get("/health", headers=BEARER).json()["data"]
     assert data["status"] == "degraded" and data["dependencies"]["database"] == "healthy"
     assert data["oldest_pending_age_seconds"] >= 600
     assert any("oldest undelivered webhook" in p for p in data["problems"])
@@ -97,6 +97,31 @@ def test_health_is_healthy_with_a_fresh_backlog(relay_env, fake_roark):
     with app(relay_env, RELAY_PENDING_AGE_DEGRADED_SECONDS="300") as client:
         response = client.get("/health")
     assert response.status_code == 200 and response.json()["data"]["status"] == "healthy"
+
+
+PUBLIC_HEALTH = {"status", "version", "timestamp", "uptime_seconds", "dependencies"}
+
+
+def test_health_tells_why_only_to_the_admin_token(relay_env, fake_roark):
+    redirect = "https://roark.example/v1/vapi/call?token=SENTINEL-in-a-redirect"
+    fake_roark.set_default(Respond(302, headers={"Location": redirect}))
+    with app(relay_env, RELAY_ADMIN_TOKEN=ADMIN) as client:
+        client.post("/webhooks/vapi", content=sample("vapi/end-of-call-report"), headers=vapi_headers())
+        public = eventually(lambda: (r := client.get("/health")).json()["data"]["status"] == "degraded" and r, 15)
+        assert public.status_code == 200 and set(public.json()["data"]) == PUBLIC_HEALTH
+        assert "SENTINEL" not in public.text and "paused" not in public.text
+        assert client.get("/health", headers={"authorization": "Bearer wrong"}).status_code == 401
+        full = client.get("/health", headers=BEARER).json()["data"]
+    assert full["status"] == "degraded" and full["delivery_paused"] is True
+    assert any("SENTINEL-in-a-redirect" in problem for problem in full["problems"])
+
+
+def test_health_without_an_admin_token_shows_the_status_only(relay_env, fake_roark):
+    fake_roark.set_default(Respond(401))
+    with app(relay_env) as client:
+        client.post("/webhooks/vapi", content=sample("vapi/end-of-call-report"), headers=vapi_headers())
+        public = eventually(lambda: (r := client.get("/health")).json()["data"]["status"] == "degraded" and r, 15)
+        assert set(public.json()["data"]) == PUBLIC_HEALTH and "ROARK_API_KEY" not in public.text
 
 
 def test_retention_prunes_old_delivered_at_start_and_keeps_failed(relay_env):

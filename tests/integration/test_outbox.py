@@ -255,3 +255,14 @@ def test_a_claim_stops_at_its_byte_budget_but_takes_at_least_one(backend):
     assert len(backend.claim("w1", NOW, LEASE, 10, max_bytes=2500)) == 2
     assert len(backend.claim("w2", NOW, LEASE, 10, max_bytes=10)) == 1
     assert len(backend.claim("w3", NOW, LEASE, 10)) == 2
+
+
+def test_revoked_sessions_are_remembered_until_they_would_expire(backend):
+    assert not backend.session_revoked("nonce-1", NOW)
+    backend.revoke_session("nonce-1", NOW + 100, NOW)
+    backend.revoke_session("nonce-1", NOW + 100, NOW + 1)  # a second logout is harmless
+    assert backend.session_revoked("nonce-1", NOW + 99)
+    assert not backend.session_revoked("nonce-2", NOW + 99)
+    backend.revoke_session("nonce-2", NOW + 300, NOW + 100)  # nonce-1's cookie is dead by now...
+    assert not backend.session_revoked("nonce-1", NOW)  # ...so its row is gone
+    assert backend.session_revoked("nonce-2", NOW + 299) and not backend.session_revoked("nonce-2", NOW + 300)

@@ -149,12 +149,32 @@ def test_heroku_database_url_is_used_when_ours_is_unset():
 
 def test_admin_token_must_be_long_and_is_secret():
     assert settings().admin_token is None
-    token = "a" * 32
+    token = "k3Yb-9qTx_Lm2vWz8RcN4pHs"
     assert settings(RELAY_ADMIN_TOKEN=token).admin_token.reveal() == token
     assert token not in repr(settings(RELAY_ADMIN_TOKEN=token))
     with pytest.raises(ConfigError) as caught:
         settings(RELAY_ADMIN_TOKEN="short")
     assert caught.value.variable == "RELAY_ADMIN_TOKEN"
+
+
+@pytest.mark.parametrize("weak", [
+    "passwordpassword", "aaaaaaaaaaaaaaaa", "1234567890123456", "abcabcabcabcabcabcabc",
+])
+def test_a_guessable_admin_token_is_refused(weak):
+    with pytest.raises(ConfigError) as caught:
+        settings(RELAY_ADMIN_TOKEN=weak)
+    assert caught.value.variable == "RELAY_ADMIN_TOKEN" and weak not in str(caught.value)
+
+
+@pytest.mark.parametrize("variable", ["ROARK_API_KEY", "RETELL_API_KEY", "VAPI_SECRET", "VAPI_HMAC_SECRET"])
+def test_the_admin_token_is_not_a_provider_secret(variable):
+    token = "k3Yb-9qTx_Lm2vWz8RcN4pHs"
+    with pytest.raises(ConfigError) as caught:
+        # Provider secrets may list several (rotation); ROARK_API_KEY is one.
+        value = token if variable == "ROARK_API_KEY" else f"another-secret-0987,{token}"
+        settings(**{variable: value, "RELAY_ADMIN_TOKEN": token})
+    assert caught.value.variable == "RELAY_ADMIN_TOKEN" and variable in str(caught.value)
+    assert token not in str(caught.value)
 
 
 def test_sources_must_be_named_objects():
