@@ -1,59 +1,76 @@
-"""Masking secrets inside provider payloads before anyone sees them.
+"""Masking secrets inside provider payloads before anyone sees them, and stripping the
+providers' credential fields before a payload leaves for Roark.
 
 VAPI reports can carry the customer's Twilio credentials (`phoneNumber.twilioAuthToken`,
-`twilioApiSecret`). Payloads are shown on the status page and CLI; they must never show
-such values. A key is secret when its name is in a known list, in the operator's list
-(`RELAY_REDACT_KEYS`), or looks like a credential (secret, password, api key, ...).
-Only string values are masked: `promptTokens: 2104` is a count, not a token.
+`twilioApiSecret`). Payloads are shown on the status page, admin API and CLI; they must
+never show such values, so masking is generous: a key is secret when its name is a known
+credential field, in the operator's list (`RELAY_REDACT_KEYS`), or looks like a
+credential (secret, password, api key, a name ending in "token", ...), and everything
+under such a key is masked, whatever its type: a secret can be a list or an object.
+`promptTokens: 2104` is a count, not a token, so names ending in "tokens" stay visible.
+
+Stripping is narrow: only the known credential fields and the operator's keys are
+removed before forwarding, because what is forwarded is the customer's call data. A
+name that merely looks like a credential may be analytics Roark needs (Retell's
+`llm_token_usage`), and a guess must not delete it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 MASK = "********"
 
-KNOWN_SECRET_KEYS = frozenset({
-    "twilioauthtoken", "twilioapisecret", "twilioapikey", "vonageapisecret", "authtoken",
-    "apikey", "api_key", "secret", "password", "authorization", "credentials",
+#: Fields the providers use for credentials, compared case-insensitively.
+CREDENTIAL_KEYS = frozenset({
+    "twilioauthtoken", "twilioapisecret", "twilioapikey", "vonageapisecret", "serverurlsecret",
+    "authtoken", "apikey", "api_key", "secret", "password", "authorization", "credentials",
 })
 _LOOKS_SECRET = re.compile(
-    r"secret|passw(or)?d|api[-_]?key|auth[-_]?token|access[-_]?token|refresh[-_]?token|"
-    r"private[-_]?key|client[-_]?secret|credential|authorization|bearer|signature",
+    r"secret|passw(or)?d|api[-_]?key|token$|private[-_]?key|credential|authorization|bearer|signature",
     re.IGNORECASE,
 )
 
 
 class Redactor:
     def __init__(self, extra_keys: Iterable[str] = ()) -> None:
-        self._keys = KNOWN_SECRET_KEYS | {key.lower() for key in extra_keys}
+        self._named = CREDENTIAL_KEYS | {key.lower() for key in extra_keys}
 
     def is_secret_key(self, key: str) -> bool:
-        return key.lower() in self._keys or bool(_LOOKS_SECRET.search(key))
+        """True when the value under `key` must be masked wherever it is shown."""
+        return key.lower() in self._named or bool(_LOOKS_SECRET.search(key))
 
     def mask(self, document: Any) -> Any:
-        """A copy of `document` with every secret string value replaced by MASK."""
+        """A copy of `document` with the value under every secret key replaced by MASK."""
         try:
-            return self._walk(document, mask=True)
+            return self._walk(document, self._shows_secret, MASK)
         except RecursionError:  # nested nearly as deep as json.loads allows: show nothing
             return MASK
 
     def strip(self, document: Any) -> Any:
-        """A copy of `document` without the secret keys at all (for forwarding)."""
-        return self._walk(document, mask=False)
+        """A copy of `document` without the credential fields and the operator's keys (for
+        forwarding)."""
+        return self._walk(document, self._is_named, None)
 
-    def _walk(self, value: Any, mask: bool) -> Any:
+    def _shows_secret(self, key: str, value: Any) -> bool:
+        # A null hides nothing, and showing it tells an operator no credential was sent.
+        return value is not None and self.is_secret_key(key)
+
+    def _is_named(self, key: str, value: Any) -> bool:
+        return key.lower() in self._named
+
+    def _walk(self, value: Any, secret: Callable[[str, Any], bool], replacement: str | None) -> Any:
+        """A copy of `value` in which every entry `secret` picks is replaced (None: dropped)."""
         if isinstance(value, dict):
             result = {}
             for key, item in value.items():
-                if isinstance(item, str) and self.is_secret_key(str(key)):
-                    if mask:
-                        result[key] = MASK
-                    continue
-                result[key] = self._walk(item, mask)
+                if not secret(str(key), item):
+                    result[key] = self._walk(item, secret, replacement)
+                elif replacement is not None:
+                    result[key] = replacement
             return result
         if isinstance(value, list):
-            return [self._walk(item, mask) for item in value]
+            return [self._walk(item, secret, replacement) for item in value]
         return value
