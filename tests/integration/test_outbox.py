@@ -255,3 +255,14 @@ def test_a_claim_stops_at_its_byte_budget_but_takes_at_least_one(backend):
     assert len(backend.claim("w1", NOW, LEASE, 10, max_bytes=2500)) == 2
     assert len(backend.claim("w2", NOW, LEASE, 10, max_bytes=10)) == 1
     assert len(backend.claim("w3", NOW, LEASE, 10)) == 2
+
+
+def test_ids_are_never_reused_after_the_newest_rows_are_pruned(backend):
+    """An id in a log line or `relay replay 3` must never come to mean another webhook."""
+    issued = [r.delivery_id for r in backend.insert_many(
+        [NewDelivery("vapi", "e", call_id, f"e:{call_id}", b"{}", NOW - 100) for call_id in "abc"], NOW)]
+    for row in backend.claim("w", NOW, LEASE, 3):
+        backend.complete(row.id, "w", Completion(State.DELIVERED, NOW))
+    assert backend.prune(NOW - 50, [State.DELIVERED]) == 3
+    [again] = backend.insert_many([new("d")], NOW)
+    assert again.delivery_id > max(issued)
