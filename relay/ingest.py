@@ -90,7 +90,8 @@ async def receive_webhook(request: Request) -> JSONResponse:
     fields = {"request_id": request.state.request_id, "provider": provider.name}
     try:
         properties = source_properties(
-            settings.sources, request.path_params.get("source"), request.query_params.multi_items()
+            settings.sources, request.path_params.get("source"), request.query_params.multi_items(),
+            settings.query_properties,
         )
         check_content_type(request)
         raw_body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)

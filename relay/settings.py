@@ -97,6 +97,12 @@ class Settings:
         too, e.g. {"acme": {"business_name": "Acme"}}. Query parameters on a webhook URL
         (/webhooks/vapi?business_name=Acme) are added as properties as well; they override
         a source's, which override ROARK_PROPERTIES.""")
+    query_properties: bool = setting(
+        "RELAY_QUERY_PROPERTIES", True, Flag(),
+        """true: query parameters on a webhook URL are sent to Roark as properties. No
+        provider signs the URL, so whoever first delivers a captured webhook chooses
+        them. false: only named sources (RELAY_SOURCES) set properties, and a webhook
+        URL with a query string is refused with 400.""")
 
     database_url: str = setting(
         "RELAY_DATABASE_URL", "sqlite:///relay.db", DatabaseUrl(),
