@@ -22,6 +22,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 MASK = "********"
+#: Deeper than any provider's payload; a document nested further is shown as MASK, so
+#: rendering it (recursive json.dumps) stays far from Python's recursion limit.
+MAX_SHOWN_DEPTH = 200
 
 #: Fields the providers use for credentials, compared case-insensitively.
 CREDENTIAL_KEYS = frozenset({
@@ -45,14 +48,14 @@ class Redactor:
     def mask(self, document: Any) -> Any:
         """A copy of `document` with the value under every secret key replaced by MASK."""
         try:
-            return self._walk(document, self._shows_secret, MASK)
-        except RecursionError:  # nested nearly as deep as json.loads allows: show nothing
+            return self._walk(document, self._shows_secret, MASK, MAX_SHOWN_DEPTH)
+        except _TooDeep:
             return MASK
 
     def strip(self, document: Any) -> Any:
         """A copy of `document` without the credential fields and the operator's keys (for
         forwarding)."""
-        return self._walk(document, self._is_named, None)
+        return self._walk(document, self._is_named, None, None)
 
     def _shows_secret(self, key: str, value: Any) -> bool:
         # A null hides nothing, and showing it tells an operator no credential was sent.
@@ -61,16 +64,44 @@ class Redactor:
     def _is_named(self, key: str, value: Any) -> bool:
         return key.lower() in self._named
 
-    def _walk(self, value: Any, secret: Callable[[str, Any], bool], replacement: str | None) -> Any:
-        """A copy of `value` in which every entry `secret` picks is replaced (None: dropped)."""
-        if isinstance(value, dict):
-            result = {}
-            for key, item in value.items():
-                if not secret(str(key), item):
-                    result[key] = self._walk(item, secret, replacement)
-                elif replacement is not None:
-                    result[key] = replacement
-            return result
-        if isinstance(value, list):
-            return [self._walk(item, secret, replacement) for item in value]
-        return value
+    @staticmethod
+    def _walk(document: Any, secret: Callable[[str, Any], bool], replacement: str | None,
+              max_depth: int | None) -> Any:
+        """A copy of `document` in which every entry `secret` picks is replaced (None:
+        dropped). Iterative: an acknowledged body may nest as deep as the JSON parser
+        allows, beyond Python's recursion limit, and must still be forwardable."""
+        copy = _shell(document)
+        pending = [(document, copy, 0)]
+        while pending:
+            source, target, depth = pending.pop()
+            if max_depth is not None and depth >= max_depth:
+                raise _TooDeep
+            if isinstance(source, dict):
+                for key, item in source.items():
+                    if secret(str(key), item):
+                        if replacement is not None:
+                            target[key] = replacement
+                        continue
+                    target[key] = child = _shell(item)
+                    if child is not item:
+                        pending.append((item, child, depth + 1))
+            else:
+                for item in source:
+                    target.append(child := _shell(item))
+                    if child is not item:
+                        pending.append((item, child, depth + 1))
+        return copy
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _shell(value: Any) -> Any:
+    """An empty container of the same kind for a dict or list (filled in later); the value
+    itself otherwise."""
+    if isinstance(value, dict):
+        return {}
+    if isinstance(value, list):
+        return []
+    return value

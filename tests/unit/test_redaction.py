@@ -58,3 +58,13 @@ def test_strip_removes_known_credential_fields_and_operator_keys_whole():
                 "llm_token_usage": {"values": [1, 2]}, "status": "ended"}
     assert redactor.strip(document) == {"phoneNumber": {"number": "+1"},
                                         "llm_token_usage": {"values": [1, 2]}, "status": "ended"}
+
+
+def test_strip_copes_with_any_nesting_and_mask_shows_absurd_nesting_as_mask():
+    deep: list = []
+    for _ in range(100_000):  # deeper than Python's recursion limit; the JSON parser allows it
+        deep = [deep]
+    document = {"twilioAuthToken": "t", "analysis": deep}
+    stripped = Redactor().strip(document)
+    assert list(stripped) == ["analysis"] and stripped["analysis"] is not deep
+    assert Redactor().mask(document) == MASK
