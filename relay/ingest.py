@@ -144,7 +144,8 @@ async def _receive(
     state = request.app.state
     settings: Settings = state.settings
     properties = source_properties(
-        settings.sources, request.path_params.get("source"), request.query_params.multi_items()
+        settings.sources, request.path_params.get("source"), request.query_params.multi_items(),
+        settings.query_properties,
     )
     check_content_type(request)
     # What the headers alone condemn is refused before a byte of the body is held.

@@ -10,6 +10,7 @@ thing it refuses that senders do put first is a UTF-8 byte-order mark, which RFC
 
 from __future__ import annotations
 
+import decimal
 from typing import Any
 
 import msgspec
@@ -19,6 +20,8 @@ from relay.errors import BadRequest
 UTF8_BOM = b"\xef\xbb\xbf"
 
 _decoders: dict[Any, msgspec.json.Decoder] = {}
+_EXACT = msgspec.json.Decoder(float_hook=decimal.Decimal)
+_ENCODER = msgspec.json.Encoder(decimal_format="number")
 
 
 def without_bom(raw: bytes) -> bytes:
@@ -62,11 +65,17 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     return parse(raw)
 
 
+def loads_exact(raw: bytes | msgspec.Raw) -> Any:
+    """A document to be changed and sent on with `dumps`: every number as written (floats
+    as Decimal), so 0.1 stays 0.1 and 1e400, which JSON allows, does not become an error."""
+    return _EXACT.decode(raw)
+
+
 def dumps(document: Any) -> bytes:
     """Compact JSON; ValueError for what has no JSON form (msgspec's EncodeError is not
     a ValueError, so callers would otherwise have to know msgspec)."""
     try:
-        return msgspec.json.encode(document)
+        return _ENCODER.encode(document)
     except msgspec.EncodeError as error:
         raise ValueError(str(error)) from error
 

@@ -1,59 +1,117 @@
-"""Masking secrets inside provider payloads before anyone sees them.
+"""Masking secrets inside provider payloads before anyone sees them, and stripping the
+providers' credential fields before a payload leaves for Roark.
 
 VAPI reports can carry the customer's Twilio credentials (`phoneNumber.twilioAuthToken`,
-`twilioApiSecret`). Payloads are shown on the status page and CLI; they must never show
-such values. A key is secret when its name is in a known list, in the operator's list
-(`RELAY_REDACT_KEYS`), or looks like a credential (secret, password, api key, ...).
-Only string values are masked: `promptTokens: 2104` is a count, not a token.
+`twilioApiSecret`). Payloads are shown on the status page, admin API and CLI; they must
+never show such values, so masking is generous: a key is secret when its name is a known
+credential field, in the operator's list (`RELAY_REDACT_KEYS`), or looks like a
+credential (secret, password, api key, a name ending in "token", ...), and everything
+under such a key is masked, whatever its type: a secret can be a list or an object.
+`promptTokens: 2104` is a count, not a token, so names ending in "tokens" stay visible.
+
+Stripping is narrow: only the known credential fields and the operator's keys are
+removed before forwarding, because what is forwarded is the customer's call data. A
+name that merely looks like a credential may be analytics Roark needs (Retell's
+`llm_token_usage`), and a guess must not delete it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 MASK = "********"
+#: Deeper than any provider's payload; a document nested further is shown as MASK, so
+#: rendering it (recursive json.dumps) stays far from Python's recursion limit.
+MAX_SHOWN_DEPTH = 200
 
-KNOWN_SECRET_KEYS = frozenset({
-    "twilioauthtoken", "twilioapisecret", "twilioapikey", "vonageapisecret", "authtoken",
-    "apikey", "api_key", "secret", "password", "authorization", "credentials",
+#: Fields the providers use for credentials, compared case-insensitively.
+CREDENTIAL_KEYS = frozenset({
+    "twilioauthtoken", "twilioapisecret", "twilioapikey", "vonageapisecret", "serverurlsecret",
+    "authtoken", "apikey", "api_key", "secret", "password", "authorization", "credentials",
 })
 _LOOKS_SECRET = re.compile(
-    r"secret|passw(or)?d|api[-_]?key|auth[-_]?token|access[-_]?token|refresh[-_]?token|"
-    r"private[-_]?key|client[-_]?secret|credential|authorization|bearer|signature",
+    r"secret|passw(or)?d|api[-_]?key|token$|private[-_]?key|credential|authorization|bearer|signature",
     re.IGNORECASE,
 )
 
 
 class Redactor:
     def __init__(self, extra_keys: Iterable[str] = ()) -> None:
-        self._keys = KNOWN_SECRET_KEYS | {key.lower() for key in extra_keys}
+        self._named = CREDENTIAL_KEYS | {key.lower() for key in extra_keys}
+        # A key written with \u escapes for plain letters could hide from the names, so
+        # such an escape alone is reason enough to look closer.
+        self._may_name = re.compile(
+            b"|".join([re.escape(key.encode()) for key in sorted(self._named)] + [rb"\\u00[2-7]"]),
+            re.IGNORECASE)
+
+    def may_strip(self, raw_json: bytes | memoryview) -> bool:
+        """False when `strip` would certainly change nothing in this JSON text: then it
+        need not be decoded (a search through the bytes costs a fraction of a parse)."""
+        return self._may_name.search(raw_json) is not None
 
     def is_secret_key(self, key: str) -> bool:
-        return key.lower() in self._keys or bool(_LOOKS_SECRET.search(key))
+        """True when the value under `key` must be masked wherever it is shown."""
+        return key.lower() in self._named or bool(_LOOKS_SECRET.search(key))
 
     def mask(self, document: Any) -> Any:
-        """A copy of `document` with every secret string value replaced by MASK."""
+        """A copy of `document` with the value under every secret key replaced by MASK."""
         try:
-            return self._walk(document, mask=True)
-        except RecursionError:  # nested nearly as deep as json.loads allows: show nothing
+            return self._walk(document, self._shows_secret, MASK, MAX_SHOWN_DEPTH)
+        except _TooDeep:
             return MASK
 
     def strip(self, document: Any) -> Any:
-        """A copy of `document` without the secret keys at all (for forwarding)."""
-        return self._walk(document, mask=False)
+        """A copy of `document` without the credential fields and the operator's keys (for
+        forwarding)."""
+        return self._walk(document, self._is_named, None, None)
 
-    def _walk(self, value: Any, mask: bool) -> Any:
-        if isinstance(value, dict):
-            result = {}
-            for key, item in value.items():
-                if isinstance(item, str) and self.is_secret_key(str(key)):
-                    if mask:
-                        result[key] = MASK
-                    continue
-                result[key] = self._walk(item, mask)
-            return result
-        if isinstance(value, list):
-            return [self._walk(item, mask) for item in value]
-        return value
+    def _shows_secret(self, key: str, value: Any) -> bool:
+        # A null hides nothing, and showing it tells an operator no credential was sent.
+        return value is not None and self.is_secret_key(key)
+
+    def _is_named(self, key: str, value: Any) -> bool:
+        return key.lower() in self._named
+
+    @staticmethod
+    def _walk(document: Any, secret: Callable[[str, Any], bool], replacement: str | None,
+              max_depth: int | None) -> Any:
+        """A copy of `document` in which every entry `secret` picks is replaced (None:
+        dropped). Iterative: an acknowledged body may nest as deep as the JSON parser
+        allows, beyond Python's recursion limit, and must still be forwardable."""
+        copy = _shell(document)
+        pending = [(document, copy, 0)]
+        while pending:
+            source, target, depth = pending.pop()
+            if max_depth is not None and depth >= max_depth:
+                raise _TooDeep
+            if isinstance(source, dict):
+                for key, item in source.items():
+                    if secret(str(key), item):
+                        if replacement is not None:
+                            target[key] = replacement
+                        continue
+                    target[key] = child = _shell(item)
+                    if child is not item:
+                        pending.append((item, child, depth + 1))
+            else:
+                for item in source:
+                    target.append(child := _shell(item))
+                    if child is not item:
+                        pending.append((item, child, depth + 1))
+        return copy
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _shell(value: Any) -> Any:
+    """An empty container of the same kind for a dict or list (filled in later); the value
+    itself otherwise."""
+    if isinstance(value, dict):
+        return {}
+    if isinstance(value, list):
+        return []
+    return value

@@ -123,6 +123,12 @@ class Settings:
         too, e.g. {"acme": {"business_name": "Acme"}}. Query parameters on a webhook URL
         (/webhooks/vapi?business_name=Acme) are added as properties as well; they override
         a source's, which override ROARK_PROPERTIES.""")
+    query_properties: bool = setting(
+        "RELAY_QUERY_PROPERTIES", True, Flag(),
+        """true: query parameters on a webhook URL are sent to Roark as properties. No
+        provider signs the URL, so whoever first delivers a captured webhook chooses
+        them. false: only named sources (RELAY_SOURCES) set properties, and a webhook
+        URL with a query string is refused with 400.""")
 
     database_url: str = setting(
         "RELAY_DATABASE_URL", "sqlite:///relay.db", DatabaseUrl(),
@@ -179,11 +185,16 @@ class Settings:
     redact_keys: tuple[str, ...] = setting(
         "RELAY_REDACT_KEYS", (), Names(),
         """Extra payload keys whose values are masked wherever the relay shows a payload
-        (twilioAuthToken, twilioApiSecret and anything named like a secret always are),
-        comma-separated, e.g. customerPin,internalNote.""")
+        and removed before forwarding (see RELAY_STRIP_SECRETS_UPSTREAM), comma-separated,
+        e.g. customerPin,internalNote. Provider credential fields (twilioAuthToken,
+        twilioApiSecret, ...) always are; anything named like a secret is masked too.""")
     strip_secrets_upstream: bool = setting(
-        "RELAY_STRIP_SECRETS_UPSTREAM", False, Flag(),
-        "true: also remove those secret values from the payload before forwarding to Roark.")
+        "RELAY_STRIP_SECRETS_UPSTREAM", True, Flag(),
+        """true: remove provider credential fields (relay/redaction.py CREDENTIAL_KEYS:
+        twilioAuthToken, twilioApiSecret, apiKey, secret, password, credentials, ...) and
+        RELAY_REDACT_KEYS, whatever they hold, before forwarding to Roark; the rest of
+        the payload is forwarded unchanged. false: forward the payload as the provider
+        sent it, the customer's Twilio credentials included.""")
 
     forward_concurrency: int = setting(
         "RELAY_FORWARD_CONCURRENCY", 128, Integer(1, 512),

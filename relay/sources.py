@@ -7,7 +7,10 @@ A webhook URL can say where a call came from, and that is sent to Roark as
 - a named source: `/webhooks/vapi/acme`, with `RELAY_SOURCES={"acme": {"business_name": "Acme"}}`.
 
 Query parameters override the named source's, which override `ROARK_PROPERTIES`. The
-URL is not covered by the providers' signatures, so what it may carry is bounded.
+URL is not covered by the providers' signatures, so what it may carry is bounded, and
+`RELAY_QUERY_PROPERTIES=false` refuses query strings: whoever first delivers a captured
+webhook would otherwise choose the properties Roark files the call under. A named
+source cannot be chosen that way to say anything its operator did not configure.
 """
 
 from __future__ import annotations
@@ -27,8 +30,15 @@ def source_properties(
     sources: Mapping[str, Mapping[str, Any]],
     source: str | None,
     query: list[tuple[str, str]],
+    query_properties: bool = True,
 ) -> dict[str, Any]:
     """Properties this webhook's URL asks for (without the global ones)."""
+    if query and not query_properties:
+        # Refused rather than ignored: a URL still carrying properties would otherwise
+        # file its calls in Roark without them, and nobody would notice.
+        raise BadRequest("query parameters on webhook URLs are turned off (RELAY_QUERY_PROPERTIES=false); "
+                         "use a named source: /webhooks/<provider>/<source>",
+                         error_code="query_properties_disabled")
     properties: dict[str, Any] = {}
     if source is not None:
         if source not in sources:

@@ -106,11 +106,14 @@ class Provider:
 
     def envelope(self, raw_body: bytes) -> Envelope:
         """Parse a verified body; BadRequest when it is not this provider's webhook."""
-        event, call_id = self.event_and_call_id(jsonbody.parse(raw_body, self.Head))
+        event, sent_id = self.event_and_call_id(jsonbody.parse(raw_body, self.Head))
         event = _event(event, self.event_field)
-        call_id = _call_id(call_id)
+        call_id = _call_id(sent_id)
         if event in self.once_per_call and call_id is not None:
-            return Envelope(event, call_id, f"{event}:{call_id}")
+            # Each kind of key has its own namespace: 123 and "123" are different ids,
+            # and a call id may well read "sha256:...".
+            kind = "int" if isinstance(sent_id, int) else "str"
+            return Envelope(event, call_id, f"{event}:id:{kind}:{call_id}")
         return Envelope(event, call_id, f"{event}:sha256:{hashlib.sha256(raw_body).hexdigest()}")
 
 

@@ -319,8 +319,10 @@ class VapiSettings:
     secrets: tuple[Secret, ...] = setting(
         "VAPI_SECRET", (), Secrets(),
         """Shared secret / bearer token. By default accepted as `X-Vapi-Secret: <secret>` or
-        `Authorization: Bearer <secret>`. Without VAPI_SECRET or VAPI_HMAC_SECRET every
-        VAPI webhook is refused with 401.""",
+        `Authorization: Bearer <secret>`. It signs nothing: a captured request can be
+        replayed at any time, and anyone holding the secret can send any report, for any
+        call id, first. Prefer VAPI's HMAC credential (VAPI_HMAC_SECRET). Without
+        VAPI_SECRET or VAPI_HMAC_SECRET every VAPI webhook is refused with 401.""",
         example="", section="VAPI")
     secret_header: str | None = setting(
         "VAPI_SECRET_HEADER", None, Text(),

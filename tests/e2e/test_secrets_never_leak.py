@@ -6,8 +6,8 @@ This one drives a real `relay serve` at debug log level through every path where
 secret could slip out: webhooks authenticated each way VAPI and Retell do it, every kind
 of wrong or misplaced credential, stale signatures, Roark refusing the relay's key
 (delivery paused), the admin API, status page, login form, OpenAPI document, /metrics,
-/health, the CLI's payload view, and a graceful shutdown. Then it scans the log and
-every answer.
+/health, the CLI's payload view, and a graceful shutdown. Then it scans the log, every
+answer and every body forwarded to Roark.
 """
 
 from __future__ import annotations
@@ -93,6 +93,8 @@ def test_nothing_logged_or_served_contains_a_secret(start_relay, relay_env, fake
         send("POST", "/webhooks/retell", 401, content=ended, headers=headers)
     send("POST", "/webhooks/vapi", 415, content=report, headers={"x-vapi-secret": VAPI_SECRET})
     eventually(lambda: len([r for r in rows(env) if r["state"] == "delivered"]) == 4, WAIT)
+    for forwarded in fake_roark.requests:  # the customer's Twilio token is not Roark's to see
+        secret_scan.served_text("forwarded to Roark", forwarded.body)
 
     # Roark refuses the relay's key: delivery pauses, /health says why.
     fake_roark.set_default(Respond(401))

@@ -217,3 +217,18 @@ def test_control_characters_in_ids_and_events(client, relay_settings):
     assert rows(relay_settings)[0][2] is None  # not an id: deduped by content instead
     bad_event = json.dumps({"message": {"type": "end-of-call\u0000report"}}).encode()
     assert_error(client.post("/webhooks/vapi", content=bad_event, headers=vapi_headers()), 400)
+
+
+def test_query_properties_can_be_turned_off_leaving_named_sources(relay_env):
+    env = {**relay_env, "RELAY_QUERY_PROPERTIES": "false", "RELAY_SOURCES": '{"acme": {"business_name": "Acme"}}'}
+    settings = Settings.from_env(env)
+    body = sample("retell/call_ended")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        refused = client.post("/webhooks/retell/acme?business_name=Globex", content=body,
+                              headers=retell_headers(body))
+        assert "RELAY_QUERY_PROPERTIES" in assert_error(refused, 400, "query_properties_disabled")["message"]
+        assert rows(settings) == []
+        assert client.post("/webhooks/retell/acme", content=body, headers=retell_headers(body)).status_code == 200
+    with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as conn:
+        [(stored,)] = conn.execute("SELECT properties FROM deliveries").fetchall()
+    assert json.loads(stored) == {"business_name": "Acme"}

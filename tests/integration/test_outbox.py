@@ -266,3 +266,14 @@ def test_revoked_sessions_are_remembered_until_they_would_expire(backend):
     backend.revoke_session("nonce-2", NOW + 300, NOW + 100)  # nonce-1's cookie is dead by now...
     assert not backend.session_revoked("nonce-1", NOW)  # ...so its row is gone
     assert backend.session_revoked("nonce-2", NOW + 299) and not backend.session_revoked("nonce-2", NOW + 300)
+
+
+def test_ids_are_never_reused_after_the_newest_rows_are_pruned(backend):
+    """An id in a log line or `relay replay 3` must never come to mean another webhook."""
+    issued = [r.delivery_id for r in backend.insert_many(
+        [NewDelivery("vapi", "e", call_id, f"e:{call_id}", b"{}", NOW - 100) for call_id in "abc"], NOW)]
+    for row in backend.claim("w", NOW, LEASE, 3):
+        backend.complete(row.id, "w", Completion(State.DELIVERED, NOW))
+    assert backend.prune(NOW - 50, [State.DELIVERED]) == 3
+    [again] = backend.insert_many([new("d")], NOW)
+    assert again.delivery_id > max(issued)

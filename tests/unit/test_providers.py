@@ -116,9 +116,24 @@ def test_a_stored_body_that_cannot_become_roarks_raises_value_error():
 def test_once_per_call_events_dedupe_by_call_id():
     first = VAPI.envelope(vapi_report(1))
     resent = VAPI.envelope(vapi_report(2))
-    assert first.dedupe_key == resent.dedupe_key == "end-of-call-report:c-1"
-    ended = b'{"event": "call_ended", "call": {"call_id": "r-1"}}'
-    assert RETELL.envelope(ended).dedupe_key == "call_ended:r-1"
+    assert first.dedupe_key == resent.dedupe_key == "end-of-call-report:id:str:c-1"
+    ended = b'{"event": "call_ended", "call": {"call_id": 7}}'
+    assert RETELL.envelope(ended).dedupe_key == "call_ended:id:int:7"
+
+
+def test_an_integer_call_id_and_the_same_digits_as_text_are_told_apart():
+    as_int = RETELL.envelope(b'{"event": "call_ended", "call": {"call_id": 123}}')
+    as_text = RETELL.envelope(b'{"event": "call_ended", "call": {"call_id": "123"}}')
+    assert as_int.call_id == as_text.call_id == "123"
+    assert as_int.dedupe_key != as_text.dedupe_key
+
+
+def test_a_call_id_cannot_pose_as_a_content_hash():
+    hashed = RETELL.envelope(b'{"event": "call_ended"}')
+    digest = hashed.dedupe_key.rpartition(":")[2]
+    posing = RETELL.envelope(json.dumps({"event": "call_ended", "call": {"call_id": f"sha256:{digest}"}}).encode())
+    assert posing.call_id == f"sha256:{digest}"
+    assert posing.dedupe_key != hashed.dedupe_key
 
 
 def test_events_that_repeat_within_a_call_dedupe_by_content():
@@ -149,4 +164,24 @@ def test_only_plain_short_ids_are_call_ids(call_id, kept):
     raw = json.dumps({"event": "call_ended", "call": {"call_id": call_id}}).encode()
     envelope = RETELL.envelope(raw)
     assert envelope.call_id == kept
-    assert envelope.dedupe_key.startswith("call_ended:sha256:" if kept is None else f"call_ended:{kept}")
+    assert envelope.dedupe_key.startswith("call_ended:sha256:" if kept is None else "call_ended:id:")
+
+
+def test_stripping_keeps_every_number_and_finds_escaped_keys():
+    from relay.redaction import Redactor
+
+    strip = Redactor()
+    message = (b'{"type": "end-of-call-report", "phoneNumber": {"\\u0074wilioAuthToken": "tw-secret"},'
+               b' "cost": 0.1, "huge": 1e400, "big": 1208925819614629174706176}')
+    forwarded = roark_body(VAPI, b'{"message": ' + message + b"}", {}, strip_secrets=strip)
+    assert b"tw-secret" not in forwarded
+    assert b'"cost":0.1' in forwarded and b'"huge":1E+400' in forwarded
+    assert b'"big":1208925819614629174706176' in forwarded
+
+
+def test_a_payload_with_nothing_to_strip_is_not_decoded_again():
+    from relay.redaction import Redactor
+
+    message = b'{"type": "end-of-call-report",  "x": [1, 2.50]}'
+    assert roark_body(VAPI, b'{"message": ' + message + b"}", {}, strip_secrets=Redactor()) == (
+        b'{"vapi_end_of_call_report_payload":' + message + b',"skip_already_imported":true}')

@@ -27,3 +27,10 @@ def test_unknown_source_is_404():
 def test_hostile_query_parameters_are_refused(query):
     with pytest.raises(BadRequest):
         source_properties(SOURCES, None, query)
+
+
+def test_query_parameters_are_refused_when_turned_off():
+    assert source_properties(SOURCES, "acme", [], query_properties=False) == SOURCES["acme"]
+    with pytest.raises(BadRequest) as refused:
+        source_properties(SOURCES, "acme", [("tier", "silver")], query_properties=False)
+    assert refused.value.error_code == "query_properties_disabled"
