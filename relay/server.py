@@ -36,6 +36,10 @@ class RequestHeadTooLarge(HTTPError):
     error_code = "headers_too_large"
 
 
+def _head_too_large() -> RequestHeadTooLarge:
+    return RequestHeadTooLarge(f"request line and headers exceed {MAX_REQUEST_HEAD_BYTES} bytes")
+
+
 try:
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 except ImportError:  # uvicorn without httptools: its h11 default caps the head at 16 KiB
@@ -86,7 +90,7 @@ if HttpToolsProtocol is not None:
             self._awaiting_head = False
             self._in_head = False
             self._message_seq = 0
-            self._head_bytes = 0
+            self._head_bytes = self._head_fields = 0
             self._head_timer: Any = None
             self._body_timer: Any = None
             self._socket_transport = transport
@@ -184,8 +188,27 @@ if HttpToolsProtocol is not None:
             # uvicorn answers unparseable requests in plain text; the relay's every
             # refusal is an ErrorResponse.
             self._head_done()
+            if self._head_fields > MAX_REQUEST_HEAD_BYTES:  # parsing was stopped for it
+                self._refuse(_head_too_large())
+                return
             self._refuse(BadRequest(f"malformed HTTP request: {msg}",
                                     error_code="invalid_http_request"))
+
+        def on_url(self, url: bytes) -> None:
+            self._count_head_field(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_head_field(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def _count_head_field(self, size: int) -> None:
+            # A head that arrives in one read is never counted chunk by chunk (see
+            # data_received), so the parsed fields count too; raising stops the parser,
+            # which then asks for a 400 that send_400_response turns into this 431.
+            self._head_fields += size
+            if self._head_fields > MAX_REQUEST_HEAD_BYTES:
+                raise ValueError("request head too large")
 
         def _head_timed_out(self) -> None:
             self._head_timer = None
@@ -213,13 +236,12 @@ if HttpToolsProtocol is not None:
                 self._head_bytes += len(data)
                 if self._head_bytes > MAX_REQUEST_HEAD_BYTES and not self.transport.is_closing():
                     self._head_done()
-                    self._refuse(RequestHeadTooLarge(
-                        f"request line and headers exceed {MAX_REQUEST_HEAD_BYTES} bytes"))
+                    self._refuse(_head_too_large())
 
         def on_message_begin(self) -> None:
             self._message_seq += 1
             self._in_head = True
-            self._head_bytes = 0
+            self._head_bytes = self._head_fields = 0
             super().on_message_begin()
 
         def on_headers_complete(self) -> None:

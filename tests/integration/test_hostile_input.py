@@ -581,6 +581,15 @@ def test_oversized_request_head_gets_431_and_memory_stays_bounded(served):
     check_error_response(status, headers, body)
 
 
+@pytest.mark.parametrize("size", [MAX_REQUEST_HEAD_BYTES + 1024, 2 * MAX_REQUEST_HEAD_BYTES])
+def test_one_header_over_the_head_limit_is_refused_even_in_one_piece(served, size):
+    # Sent in one write, the whole head can arrive in one read of the socket.
+    status, headers, body = raw_exchange(served, head("/webhooks/vapi", length=2, headers={
+        "x-vapi-secret": VAPI_SECRET, "x-pad": "a" * size}) + b"{}")
+    assert status == 431
+    check_error_response(status, headers, body)
+
+
 @pytest.mark.parametrize("request_bytes", [
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,  # a TLS hello
     b"GARBAGE\r\n\r\n",
