@@ -5,20 +5,29 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import resource
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
 from relay import logs
 from relay.app import create_app, new_request_id
-from relay.errors import BadRequest, HTTPError, RequestTimeout
+from relay.errors import BadRequest, HTTPError, RequestTimeout, ServiceUnavailable
 from relay.settings import Settings
+
+log = structlog.get_logger("relay.server")
 
 #: Most bytes a request line plus headers may take. Providers send well under 8 KiB.
 MAX_REQUEST_HEAD_BYTES = 64 * 1024
+#: Descriptors kept from client connections beyond the forwarder's and the database's:
+#: the outbox files, logs, listening sockets, the process's own pipes.
+RESERVED_DESCRIPTORS = 128
+MIN_CONNECTIONS = 64
+EXHAUSTED_LOG_INTERVAL_SECONDS = 10.0
 #: A connection answered while its request body is still arriving (a 413 for a body too
 #: large) is closed gently: the answer, then FIN, then whatever the client still sends is
 #: read and thrown away until it hangs up, falls silent for LINGER_IDLE_SECONDS, or has
@@ -83,8 +92,10 @@ if HttpToolsProtocol is not None:
         where uvicorn closed it under the client (a reset) or read the rest of the body,
         however long, to serve a next request."""
 
-        head_timeout = 30.0  # replaced per server by `uvicorn_config`
+        head_timeout = 30.0  # these three are replaced per server by `uvicorn_config`
         body_timeout = 31.0
+        max_connections = 1000
+        ran_out_logged_at = float("-inf")
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             self._awaiting_head = False
@@ -100,7 +111,22 @@ if HttpToolsProtocol is not None:
             self._linger_heard = False
             self._linger_left = 0
             super().connection_made(_LingeringTransport(transport, self))
+            if len(self.connections) > self.max_connections:
+                self._say_connections_ran_out()
+                self._refuse(ServiceUnavailable(
+                    "the relay has as many connections open as it may; retry shortly",
+                    error_code="too_many_connections", retry_after_seconds=2))
+                return
             self._await_head()
+
+        def _say_connections_ran_out(self) -> None:
+            server = type(self)  # one class per server (see uvicorn_config)
+            now = self.loop.time()
+            if now - server.ran_out_logged_at >= EXHAUSTED_LOG_INTERVAL_SECONDS:
+                server.ran_out_logged_at = now
+                log.warning("connections_exhausted", open=len(self.connections),
+                            limit=self.max_connections,
+                            consequence="new connections are answered 503 and closed")
 
         def _await_head(self) -> None:
             self._awaiting_head = True
@@ -179,6 +205,7 @@ if HttpToolsProtocol is not None:
                 b"content-type: application/json\r\n",
                 b"content-length: %d\r\n" % len(body),
                 b"x-request-id: " + request_id.encode() + b"\r\n",
+                *(f"{name}: {value}\r\n".encode("latin-1") for name, value in error.headers.items()),
                 b"connection: close\r\n\r\n",
                 body,
             ]))
@@ -263,7 +290,26 @@ if HttpToolsProtocol is not None:
                 self._await_head()
 
 
-def uvicorn_config(settings: Settings, app: ASGIApp, host: str, port: int) -> uvicorn.Config:
+def connection_limit(settings: Settings) -> int:
+    """Client connections allowed at once: the descriptors this process may open (its
+    soft limit, raised to the hard one) less those its own work needs. Past it, accept()
+    would fail on its own, and uvicorn would only log, over and over, while every client
+    (and the database) waited."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    own = settings.forward_concurrency + settings.database_pool_size + RESERVED_DESCRIPTORS
+    return max(MIN_CONNECTIONS, soft - own)
+
+
+def uvicorn_config(settings: Settings, app: ASGIApp, host: str, port: int,
+                   max_connections: int | None = None) -> uvicorn.Config:
     """The uvicorn configuration `relay serve` runs with (tests serve the same)."""
     http: Any = "auto"
     if HttpToolsProtocol is not None:
@@ -271,7 +317,8 @@ def uvicorn_config(settings: Settings, app: ASGIApp, host: str, port: int) -> uv
         # every body too, a second later than the webhook endpoint's own 408.
         http = type("RelayHttpProtocol", (BoundedHttpToolsProtocol,),
                     {"head_timeout": settings.body_timeout_seconds,
-                     "body_timeout": settings.body_timeout_seconds + 1.0})
+                     "body_timeout": settings.body_timeout_seconds + 1.0,
+                     "max_connections": max_connections or connection_limit(settings)})
     return uvicorn.Config(
         app,
         host=host,

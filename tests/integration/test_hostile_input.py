@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -387,28 +388,34 @@ class Served:
         return sock
 
 
-@pytest.fixture
-def served(hostile_env, secret_scan) -> Iterator[Served]:
+@contextmanager
+def serving(env: dict[str, str], scan: SecretScan, **config: object) -> Iterator[Served]:
     """The app behind uvicorn configured as `relay serve` configures it, in a thread."""
-    settings_ = Settings.from_env(hostile_env)
+    settings_ = Settings.from_env(env)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     with captured_relay_logs() as logs:
-        server = uvicorn.Server(uvicorn_config(settings_, create_app(settings_), "127.0.0.1", port))
+        server = uvicorn.Server(uvicorn_config(settings_, create_app(settings_), "127.0.0.1", port, **config))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         try:
             eventually(lambda: server.started, timeout=15, message="uvicorn did not start")
-            served = Served(port, f"http://127.0.0.1:{port}", secret_scan, logs)
+            served = Served(port, f"http://127.0.0.1:{port}", scan, logs)
             yield served
         finally:
             server.should_exit = True
             thread.join(timeout=15)
             sock.close()
     assert not thread.is_alive(), "uvicorn did not stop"
-    secret_scan.logged_text("in-process uvicorn relay logs", logs.getvalue())
+    scan.logged_text("in-process uvicorn relay logs", logs.getvalue())
     assert served.allow_unhandled or "unhandled_error" not in logs.getvalue(), "the relay logged an unhandled error"
+
+
+@pytest.fixture
+def served(hostile_env, secret_scan) -> Iterator[Served]:
+    with serving(hostile_env, secret_scan) as served:
+        yield served
 
 
 def read_response(sock: socket.socket, timeout: float) -> tuple[int, dict[str, str], bytes]:
@@ -579,6 +586,26 @@ def test_oversized_request_head_gets_431_and_memory_stays_bounded(served):
         status, headers, body = read_response(sock, 5)
     assert status == 431
     check_error_response(status, headers, body)
+
+
+def test_connections_past_the_limit_are_answered_and_closed_not_left_to_exhaust_descriptors(
+        hostile_env, secret_scan):
+    with serving(hostile_env, secret_scan, max_connections=5) as served:
+        idle = [served.connect() for _ in range(5)]
+        try:
+            with served.connect() as extra:
+                status, headers, body = read_response(extra, 5)
+                assert closed_within(extra, 5)
+            assert status == 503 and headers["retry-after"] == "2"
+            check_error_response(status, headers, body)
+            idle.pop().close()
+            body = sample("vapi/end-of-call-report")
+            eventually(lambda: raw_exchange(served, head("/webhooks/vapi", length=len(body)) + body)[0] == 200,
+                       timeout=5, message="a freed connection slot was not reused")
+        finally:
+            for sock in idle:
+                sock.close()
+        assert "connections_exhausted" in served.logs.getvalue()
 
 
 @pytest.mark.parametrize("size", [MAX_REQUEST_HEAD_BYTES + 1024, 2 * MAX_REQUEST_HEAD_BYTES])
