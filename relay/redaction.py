@@ -21,7 +21,13 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
+
+from relay import jsonbody
+
 MASK = "********"
+#: How deep `strip_json` decodes level by level before it decodes the rest at once.
+LAZY_STRIP_DEPTH = 64
 #: Deeper than any provider's payload; a document nested further is shown as MASK, so
 #: rendering it (recursive json.dumps) stays far from Python's recursion limit.
 MAX_SHOWN_DEPTH = 200
@@ -42,14 +48,14 @@ class Redactor:
         self._named = CREDENTIAL_KEYS | {key.lower() for key in extra_keys}
         # A key written with \u escapes for plain letters could hide from the names, so
         # such an escape alone is reason enough to look closer.
-        self._may_name = re.compile(
-            b"|".join([re.escape(key.encode()) for key in sorted(self._named)] + [rb"\\u00[2-7]"]),
-            re.IGNORECASE)
+        self._needles = [key.encode() for key in sorted(self._named)] + [b"\\u00"]
 
     def may_strip(self, raw_json: bytes | memoryview) -> bool:
-        """False when `strip` would certainly change nothing in this JSON text: then it
-        need not be decoded (a search through the bytes costs a fraction of a parse)."""
-        return self._may_name.search(raw_json) is not None
+        """False when `strip` would certainly change nothing in this JSON text, so it need
+        not be decoded. Lowercased bytes and plain substring searches: a case-insensitive
+        regular expression took seconds over a 21 MB report, these take milliseconds."""
+        lowered = bytes(raw_json).lower()
+        return any(needle in lowered for needle in self._needles)
 
     def is_secret_key(self, key: str) -> bool:
         """True when the value under `key` must be masked wherever it is shown."""
@@ -61,6 +67,29 @@ class Redactor:
             return self._walk(document, self._shows_secret, MASK, MAX_SHOWN_DEPTH)
         except _TooDeep:
             return MASK
+
+    def strip_json(self, raw: bytes | msgspec.Raw) -> msgspec.Raw:
+        """JSON text without the fields `strip` removes, decoding only the objects on the
+        way to one: a 21 MB transcript beside a phone number's credentials is carried over
+        as bytes, never turned into objects, and numbers are kept as written."""
+        if not self.may_strip(memoryview(raw)):
+            return msgspec.Raw(raw) if isinstance(raw, bytes) else raw
+        return msgspec.Raw(jsonbody.dumps(self._strip_lazily(raw, 0)))
+
+    def _strip_lazily(self, raw: bytes | msgspec.Raw, depth: int) -> Any:
+        if depth >= LAZY_STRIP_DEPTH:  # an absurd nesting: the plain walk has no depth limit
+            return self.strip(jsonbody.loads_exact(raw))
+        view = memoryview(raw)
+        start = next((i for i, byte in enumerate(view[:64]) if byte not in b" \t\r\n"), 0)
+        opening = view[start:start + 1].tobytes()
+        if opening == b"{":
+            return {key: self._strip_lazily(value, depth + 1) if self.may_strip(memoryview(value)) else value
+                    for key, value in jsonbody.loads_as(raw, dict[str, msgspec.Raw]).items()
+                    if key.lower() not in self._named}
+        if opening == b"[":
+            return [self._strip_lazily(item, depth + 1) if self.may_strip(memoryview(item)) else item
+                    for item in jsonbody.loads_as(raw, list[msgspec.Raw])]
+        return msgspec.Raw(raw) if isinstance(raw, bytes) else raw  # a string holds no field
 
     def strip(self, document: Any) -> Any:
         """A copy of `document` without the credential fields and the operator's keys (for

@@ -38,10 +38,11 @@ def roark_body(
     RecursionError) when it cannot be made, which no retry would change.
 
     The payload is carried over as the bytes received, not decoded and encoded again:
-    a large report costs a copy, not a parse, unless it may hold a field to strip."""
-    payload: Any = provider.roark_payload(raw_body)
-    if strip_secrets is not None and strip_secrets.may_strip(memoryview(payload)):
-        payload = strip_secrets.strip(jsonbody.loads_exact(payload))
+    a large report costs a copy, not a parse, and stripping decodes only the objects that
+    lead to a field it removes."""
+    payload = provider.roark_payload(raw_body)
+    if strip_secrets is not None:
+        payload = strip_secrets.strip_json(payload)
     camel = field_case == "camel"
     body: dict[str, Any] = {
         provider.roark.camel_payload_field if camel else provider.roark.payload_field: payload,
