@@ -8,6 +8,7 @@ attempt and reports what happened in a form `relay.retry.decide` understands.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from relay.retry import AttemptResult
 from relay.settings import Settings
 from relay.transport import Transport, describe_error, env_proxy
 
+#: Bodies from this size up are turned into Roark's request on a worker thread.
+OFF_LOOP_BYTES = 1024 * 1024
 #: How much of an upstream error we keep; Roark's ErrorResponse messages are short.
 MAX_ERROR_TEXT = 500
 
@@ -101,15 +104,22 @@ class RoarkClient:
 
     async def deliver(self, delivery: Delivery) -> Outcome:
         provider = PROVIDERS[delivery.provider]
+        arguments = (
+            provider,
+            delivery.body,
+            # The webhook URL's own properties win over the relay-wide ones.
+            {**self._settings.roark_properties, **(delivery.properties or {})},
+            self._settings.roark_field_case,
+            self._strip_secrets,
+        )
         try:
-            body = roark_body(
-                provider,
-                delivery.body,
-                # The webhook URL's own properties win over the relay-wide ones.
-                {**self._settings.roark_properties, **(delivery.properties or {})},
-                self._settings.roark_field_case,
-                self._strip_secrets,
-            )
+            if len(delivery.body) < OFF_LOOP_BYTES:
+                body = roark_body(*arguments)
+            else:
+                # Hundreds of milliseconds for a report of many MB: on a worker thread, the
+                # event loop gets the interpreter back between its steps and keeps
+                # answering webhooks and /health meanwhile.
+                body = await asyncio.to_thread(roark_body, *arguments)
         except (ValueError, RecursionError) as error:
             # Verified and parsed at ingest, so this is a payload no retry will fix.
             message = f"payload cannot be encoded for Roark: {type(error).__name__}"
