@@ -130,9 +130,8 @@ class Forwarder:
         token_prefix = uuid.uuid4().hex[:12]
         while not self._stopping:
             # Cleared before looking for work, not when about to wait for more: a wake-up
-            # that comes meanwhile (new work, a delivery ending, stop) is then not lost.
-            # (It was: a stop that came during a claim was cleared away, and shutdown
-            # waited out a whole poll interval.)
+            # that comes meanwhile (new work, a delivery ending, stop) is then not lost,
+            # where clearing later would make, say, shutdown wait out a poll interval.
             self._wake.clear()
             self._slot_freed.clear()
             now = self._clock()
