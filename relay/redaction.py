@@ -26,8 +26,6 @@ import msgspec
 from relay import jsonbody
 
 MASK = "********"
-#: Below this size one regular expression finds a field to strip quickest.
-SHORT_JSON_BYTES = 2048
 #: How deep `strip_json` decodes level by level before it decodes the rest at once.
 LAZY_STRIP_DEPTH = 64
 #: Deeper than any provider's payload; a document nested further is shown as MASK, so
@@ -52,18 +50,20 @@ class Redactor:
         # A key written with \u escapes for plain characters could hide from the names,
         # so such an escape alone is reason enough to look closer.
         self._escape = re.compile(rb"\\u00[2-7]")
-        self._name_or_escape = re.compile(b"|".join([*map(re.escape, self._names), self._escape.pattern]))
 
     def may_strip(self, raw_json: bytes | memoryview) -> bool:
         """False when `strip` would certainly change nothing in this JSON text, so it need
-        not be decoded: searching lowercased bytes costs a small fraction of a parse. One
-        regular expression is quickest on short texts; on long ones plain substring
-        searches are, by far (a case-insensitive expression took seconds on 21 MB)."""
-        lowered = bytes(raw_json).lower()
-        if len(lowered) < SHORT_JSON_BYTES:
-            return self._name_or_escape.search(lowered) is not None
-        return (any(name in lowered for name in self._names)
-                or (b"\\u00" in lowered and self._escape.search(lowered) is not None))
+        not be decoded."""
+        return bool(self._found(bytes(raw_json).lower()))
+
+    def _found(self, lowered: bytes) -> set[bytes]:
+        """The names to strip (and escapes that could spell one) in lowercased JSON text.
+        Plain substring searches cost a small fraction of a parse; a regular expression
+        that tries every name at every byte costs more than the parse."""
+        found = {name for name in self._names if name in lowered}
+        if b"\\u00" in lowered:
+            found.update(match.group() for match in self._escape.finditer(lowered))
+        return found
 
     def is_secret_key(self, key: str) -> bool:
         """True when the value under `key` must be masked wherever it is shown."""
@@ -80,22 +80,25 @@ class Redactor:
         """JSON text without the fields `strip` removes, decoding only the objects on the
         way to one: a 21 MB transcript beside a phone number's credentials is carried over
         as bytes, never turned into objects, and numbers are kept as written."""
-        if not self.may_strip(memoryview(raw)):
+        found = self._found(bytes(memoryview(raw)).lower())
+        if not found:
             return msgspec.Raw(raw) if isinstance(raw, bytes) else raw
-        return msgspec.Raw(jsonbody.dumps(self._strip_lazily(raw, 0)))
+        return msgspec.Raw(jsonbody.dumps(self._strip_lazily(raw, found, 0)))
 
-    def _strip_lazily(self, raw: bytes | msgspec.Raw, depth: int) -> Any:
+    def _strip_lazily(self, raw: bytes | msgspec.Raw, found: set[bytes], depth: int) -> Any:
+        """`raw` with its fields to strip removed, looking inside only the values that hold
+        one of `found` (what the whole text holds: no match spans two values)."""
         if depth >= LAZY_STRIP_DEPTH:  # an absurd nesting: the plain walk has no depth limit
             return self.strip(jsonbody.loads_exact(raw))
         view = memoryview(raw)
         start = next((i for i, byte in enumerate(view[:64]) if byte not in b" \t\r\n"), 0)
         opening = view[start:start + 1].tobytes()
         if opening == b"{":
-            return {key: self._strip_lazily(value, depth + 1) if self.may_strip(memoryview(value)) else value
+            return {key: self._strip_lazily(value, found, depth + 1) if _holds(value, found) else value
                     for key, value in jsonbody.loads_as(raw, dict[str, msgspec.Raw]).items()
                     if key.lower() not in self._named}
         if opening == b"[":
-            return [self._strip_lazily(item, depth + 1) if self.may_strip(memoryview(item)) else item
+            return [self._strip_lazily(item, found, depth + 1) if _holds(item, found) else item
                     for item in jsonbody.loads_as(raw, list[msgspec.Raw])]
         return msgspec.Raw(raw) if isinstance(raw, bytes) else raw  # a string holds no field
 
@@ -138,6 +141,11 @@ class Redactor:
                     if child is not item:
                         pending.append((item, child, depth + 1))
         return copy
+
+
+def _holds(raw: msgspec.Raw, found: set[bytes]) -> bool:
+    lowered = bytes(memoryview(raw)).lower()
+    return any(text in lowered for text in found)
 
 
 class _TooDeep(Exception):

@@ -588,6 +588,29 @@ def test_oversized_request_head_gets_431_and_memory_stays_bounded(served):
     check_error_response(status, headers, body)
 
 
+def test_bodies_past_the_unverified_budget_are_refused_with_503_before_being_read(hostile_env, secret_scan):
+    env = {**hostile_env, "RELAY_UNVERIFIED_BODY_BUDGET_BYTES": "1024"}
+    body = with_call_id("retell/call_ended", "budget-1")
+    size = 200_000
+    padded = body[:-1] + b', "pad": "' + b" " * (size - len(body) - 11) + b'"}'
+    headers = {"x-retell-signature": retell.sign(RETELL_KEY, padded, int(time.time() * 1000))}
+    with serving(env, secret_scan) as served, served.connect() as first:
+        first.sendall(head("/webhooks/retell", length=len(padded), headers=headers) + padded[:1000])
+        # `first` holds its declared 200 kB of the 1 kB budget while its body trickles in.
+        eventually(lambda: raw_exchange(served, head("/webhooks/retell", length=len(padded), headers=headers))[0] == 503,
+                   timeout=5, message="a second body was read past the budget")
+        status, answer_headers, answer = raw_exchange(
+            served, head("/webhooks/retell", length=len(padded), headers=headers))
+        assert status == 503 and answer_headers["retry-after"] == "2" and answer_headers["connection"] == "close"
+        assert check_error_response(status, answer_headers, answer)["error_code"] == "overloaded"
+        first.sendall(padded[1000:])
+        assert read_response(first, 5)[0] == 200
+        # Its bytes were given back: the next one is read and stored.
+        again = with_call_id("retell/call_ended", "budget-2")
+        signed_again = {"x-retell-signature": retell.sign(RETELL_KEY, again, int(time.time() * 1000))}
+        assert raw_exchange(served, head("/webhooks/retell", length=len(again), headers=signed_again) + again)[0] == 200
+
+
 def test_connections_past_the_limit_are_answered_and_closed_not_left_to_exhaust_descriptors(
         hostile_env, secret_scan):
     with serving(hostile_env, secret_scan, max_connections=5) as served:
