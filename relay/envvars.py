@@ -206,12 +206,15 @@ class Var:
         return None
 
 
-def setting(name: str, default: Any, parse: Callable[[str, str], Any], help: str, **options: Any) -> Any:
-    """A dataclass field read from environment variable `name`."""
+def setting(name: str, default: Any, parse: Callable[[str, str], Any], help: str, *,
+            in_repr: bool = True, **options: Any) -> Any:
+    """A dataclass field read from environment variable `name` (`in_repr=False` for text
+    that may hold a credential but is not a Secret, such as a proxy URL)."""
     var = Var(name, parse, " ".join(help.split()), **options)
     if isinstance(default, (dict, list, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"var": var})
-    return dataclasses.field(default=default, metadata={"var": var})
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"var": var},
+                                 repr=in_repr)
+    return dataclasses.field(default=default, metadata={"var": var}, repr=in_repr)
 
 
 def variables(cls: type) -> list[tuple[dataclasses.Field, Var]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import urllib.request
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -117,6 +118,18 @@ class Settings:
         """snake (the spec: vapi_end_of_call_report_payload) or camel
         (vapiEndOfCallReportPayload) for deployments whose Roark API expects the older
         SDK's field names.""")
+    https_proxy: str | None = setting(
+        "HTTPS_PROXY", None, Url(), "Proxy for an https ROARK_BASE_URL (https_proxy is read too).",
+        fallback="https_proxy", example="", in_repr=False)
+    http_proxy: str | None = setting(
+        "HTTP_PROXY", None, Url(), "Proxy for an http ROARK_BASE_URL (http_proxy is read too).",
+        fallback="http_proxy", example="", in_repr=False)
+    all_proxy: str | None = setting(
+        "ALL_PROXY", None, Url(), "Proxy for Roark when the one for its scheme is unset.",
+        fallback="all_proxy", example="", in_repr=False)
+    no_proxy: str = setting(
+        "NO_PROXY", "", Text(), "Hosts reached without a proxy, comma-separated (no_proxy too).",
+        fallback="no_proxy")
     sources: Mapping[str, Mapping[str, Any]] = setting(
         "RELAY_SOURCES", {}, Sources(),
         """Named sources: a webhook sent to /webhooks/vapi/acme carries these properties
@@ -264,6 +277,15 @@ class Settings:
         environ = os.environ if environ is None else environ
         providers = {name: envvars.read(p.Settings, environ) for name, p in PROVIDERS.items()}
         return envvars.read(cls, environ, providers=providers)
+
+    @property
+    def roark_proxy(self) -> str | None:
+        """The proxy requests to Roark go through, chosen as curl and httpx choose it."""
+        url = urlsplit(self.roark_base_url)
+        proxy = (self.https_proxy if url.scheme == "https" else self.http_proxy) or self.all_proxy
+        if proxy is None or urllib.request.proxy_bypass_environment(url.hostname or "", {"no": self.no_proxy}):
+            return None
+        return proxy
 
     def provider_warnings(self) -> dict[str, list[str]]:
         """Per provider, what an operator must hear at start-up (nothing: all is well)."""

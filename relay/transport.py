@@ -6,7 +6,6 @@ Response and exceptions, and tests can put httpx.MockTransport in its place.
 from __future__ import annotations
 
 import ssl
-import urllib.request
 
 import aiohttp
 import httpx
@@ -67,16 +66,6 @@ class Transport(AiohttpTransport):
                 raise httpx.RemoteProtocolError(f"response body exceeds {self._max_response_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
-
-
-def env_proxy(url: str) -> str | None:
-    """The proxy the environment names for `url` (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, not
-    if NO_PROXY excludes it). Looked up once: aiohttp's trust_env looks it up for every
-    request, and a .netrc with it, on worker threads: 40 % of the drain rate in the bench."""
-    parsed = httpx.URL(url)
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(parsed.scheme) or proxies.get("all")
-    return proxy if proxy and not urllib.request.proxy_bypass(parsed.host) else None
 
 
 def _session(max_connections: int, ssl_context: ssl.SSLContext, proxy: str | None) -> aiohttp.ClientSession:

@@ -22,7 +22,7 @@ from relay.providers import PROVIDERS, Provider
 from relay.redaction import Redactor
 from relay.retry import AttemptResult
 from relay.settings import Settings
-from relay.transport import Transport, describe_error, env_proxy
+from relay.transport import Transport, describe_error
 
 #: Bodies from this size up are turned into Roark's request on a worker thread.
 OFF_LOOP_BYTES = 1024 * 1024
@@ -92,7 +92,7 @@ class RoarkClient:
         self._settings = settings
         self._strip_secrets = Redactor(settings.redact_keys) if settings.strip_secrets_upstream else None
         self._transport = transport or Transport(
-            max_connections=settings.forward_concurrency, proxy=env_proxy(settings.roark_base_url))
+            max_connections=settings.forward_concurrency, proxy=settings.roark_proxy)
         base = settings.roark_base_url.rstrip("/")
         self._urls = {name: httpx.URL(base + p.roark.path) for name, p in PROVIDERS.items()}
         self._headers = {

@@ -14,7 +14,6 @@ import pytest
 from relay.outbox import Delivery, State
 from relay.retry import RetryAt, RetryPolicy, decide
 from relay.settings import Settings
-from relay.transport import env_proxy
 from relay.upstream import Outcome, RoarkClient
 from tests.helpers import ROARK_KEY, free_port, with_call_id
 
@@ -80,10 +79,14 @@ class Server:
         return f"{scheme}://{host}:{self.port}"
 
 
-def client(base_url: str, timeout: float = 5.0) -> RoarkClient:
-    return RoarkClient(Settings.from_env({
-        "ROARK_API_KEY": ROARK_KEY, "ROARK_BASE_URL": base_url, "ROARK_TIMEOUT_SECONDS": str(timeout),
-    }))
+def client(base_url: str, timeout: float = 5.0, **env: str) -> RoarkClient:
+    return RoarkClient(settings(base_url, timeout, **env))
+
+
+def settings(base_url: str, timeout: float = 5.0, **env: str) -> Settings:
+    return Settings.from_env({
+        "ROARK_API_KEY": ROARK_KEY, "ROARK_BASE_URL": base_url, "ROARK_TIMEOUT_SECONDS": str(timeout), **env,
+    })
 
 
 def delivery() -> Delivery:
@@ -93,8 +96,8 @@ def delivery() -> Delivery:
                     time.time(), "req-1")
 
 
-async def deliver_once(base_url: str, timeout: float = 5.0) -> Outcome:
-    roark = client(base_url, timeout)
+async def deliver_once(base_url: str, timeout: float = 5.0, **env: str) -> Outcome:
+    roark = client(base_url, timeout, **env)
     try:
         return await roark.deliver(delivery())
     finally:
@@ -179,18 +182,25 @@ class Proxy:
         writer.close()
 
 
-def test_goes_through_the_proxy_the_environment_names(monkeypatch):
-    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy", "REQUEST_METHOD"):
-        monkeypatch.delenv(name, raising=False)
-
+def test_goes_through_the_proxy_the_environment_names():
     async def scenario():
         async with Server() as server, Proxy(server.port) as proxy:
-            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
-            assert_delivered(await deliver_once(server.url("roark.test")))
+            assert_delivered(await deliver_once(server.url("roark.test"),
+                                                HTTP_PROXY=f"http://127.0.0.1:{proxy.port}"))
         assert proxy.request_lines == [b"POST http://roark.test:%d/v1/vapi/call HTTP/1.1" % server.port]
     run(scenario())
-    monkeypatch.setenv("NO_PROXY", "roark.test")
-    assert env_proxy("http://roark.test:8000") is None
+
+
+@pytest.mark.parametrize("env, chosen", [
+    ({"HTTPS_PROXY": "http://proxy:3128"}, "http://proxy:3128"),
+    ({"https_proxy": "http://lower:3128"}, "http://lower:3128"),
+    ({"ALL_PROXY": "http://all:3128"}, "http://all:3128"),
+    ({"HTTP_PROXY": "http://proxy:3128"}, None),  # for http URLs only
+    ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "example.com"}, None),
+    ({"HTTPS_PROXY": "http://proxy:3128", "no_proxy": "other.test, roark.example.com"}, None),
+])
+def test_the_proxy_for_roark_is_chosen_as_curl_chooses_it(env, chosen):
+    assert settings("https://roark.example.com", **env).roark_proxy == chosen
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,12 @@ def test_secrets_are_never_shown_by_repr():
     text = repr(s) + str(s) + repr(vapi.token) + repr(vapi.hmac)
     for secret in ("rk_live_supersecret", "retell-key-1", "retell-key-2", "vapi-token", "vapi-hmac"):
         assert secret not in text
+
+
+def test_a_proxy_url_with_a_password_is_not_shown_by_repr():
+    s = settings(HTTPS_PROXY="http://user:proxy-password@proxy:3128")
+    assert s.roark_proxy == "http://user:proxy-password@proxy:3128"
+    assert "proxy-password" not in repr(s)
 
 
 def test_comma_separated_secrets_allow_rotation():
@@ -198,9 +205,8 @@ def declared():
 def example_values() -> dict[str, str]:
     values = {}
     for line in EXAMPLE.read_text().splitlines():
-        name, equals, value = line.removeprefix("# ").partition("=")
-        if equals and name.isupper() and " " not in name:
-            values[name] = value
+        if match := re.fullmatch(r"(?:# )?([A-Za-z_][A-Za-z0-9_]*)=(.*)", line):
+            values[match[1]] = match[2]
     return values
 
 
