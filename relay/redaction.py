@@ -46,7 +46,10 @@ _LOOKS_SECRET = re.compile(
 class Redactor:
     def __init__(self, extra_keys: Iterable[str] = ()) -> None:
         self._named = CREDENTIAL_KEYS | {key.lower() for key in extra_keys}
-        self._names = [key.encode() for key in sorted(self._named)]
+        names = sorted(key.encode() for key in self._named)
+        # Searched for as substrings: a name containing another ("twilioauthtoken",
+        # "authtoken") is found through it, so only the shortest are searched.
+        self._names = [name for name in names if not any(other in name for other in names if other != name)]
         # A key written with \u escapes for plain characters could hide from the names,
         # so such an escape alone is reason enough to look closer.
         self._escape = re.compile(rb"\\u00[2-7]")
@@ -144,7 +147,12 @@ class Redactor:
 
 
 def _holds(raw: msgspec.Raw, found: set[bytes]) -> bool:
-    lowered = bytes(memoryview(raw)).lower()
+    """Whether a value may hold a field to strip: only an object or array can (a value
+    decoded by msgspec starts with its first character, no white space)."""
+    view = memoryview(raw)
+    if view[:1] not in (b"{", b"["):
+        return False
+    lowered = bytes(view).lower()
     return any(text in lowered for text in found)
 
 
