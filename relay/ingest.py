@@ -4,9 +4,9 @@ The order matters. Whatever the headers alone condemn (no credential, a malforme
 stale signature, a wrong shared token) is refused before a byte of the body is read.
 The body is capped, timed and counted against the process's body budget as it arrives;
 the signature is computed over the exact bytes received, chunk by chunk, before any
-parsing; and the 200 is sent only after the outbox commit that holds the webhook. If the store cannot take the write
-the provider gets 503 + Retry-After and sends it again later: a 2xx never stands for
-data the relay does not hold.
+parsing; and the 200 is sent only after the outbox commit that holds the webhook. If
+the store cannot take the write the provider gets 503 + Retry-After and sends it again
+later: a 2xx never stands for data the relay does not hold.
 """
 
 from __future__ import annotations
@@ -44,10 +44,6 @@ log = structlog.get_logger("relay.ingest")
 STORE_WAIT_SECONDS = 5.0
 #: Bodies held are released within seconds, so a provider's retry soon finds room.
 OVERLOAD_RETRY_AFTER_SECONDS = 2
-
-
-class Overloaded(ServiceUnavailable):
-    error_code = "overloaded"
 
 
 def declared_length(request: Request, max_bytes: int) -> int | None:
@@ -99,10 +95,10 @@ async def read_body(
     return b"".join(chunks)
 
 
-def _overloaded() -> Overloaded:
-    return Overloaded("the relay is holding as many request bodies as it may; retry shortly",
-                      retry_after_seconds=OVERLOAD_RETRY_AFTER_SECONDS,
-                      headers={"Connection": "close"})
+def _overloaded() -> ServiceUnavailable:
+    return ServiceUnavailable("the relay is holding as many request bodies as it may; retry shortly",
+                              error_code="overloaded", retry_after_seconds=OVERLOAD_RETRY_AFTER_SECONDS,
+                              headers={"Connection": "close"})
 
 
 def check_content_type(request: Request) -> None:
