@@ -31,6 +31,7 @@ from relay.ingest import receive_webhook
 from relay.metrics import Metrics
 from relay.outbox import AsyncOutbox, open_backend
 from relay.outbox.startup import migrate_when_available_async
+from relay.passthrough import PassThrough
 from relay.retention import run_retention
 from relay.settings import Settings
 from relay.upstream import RoarkClient
@@ -202,6 +203,7 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
         forwarder = Forwarder(outbox, client, settings, app.state.metrics)
         app.state.outbox = outbox
         app.state.forwarder = forwarder
+        app.state.pass_through = PassThrough(settings.proxy_for)
         forwarder.start()
         stop_retention = asyncio.Event()
         retention = asyncio.create_task(run_retention(outbox, settings, stop_retention),
@@ -215,6 +217,7 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
             await retention
             await forwarder.stop()
             await client.aclose()
+            await app.state.pass_through.aclose()
             await outbox.close()
 
     app = Starlette(

@@ -15,7 +15,9 @@
         ├── PayloadTooLarge       413 validation
         ├── UnsupportedMediaType  415 validation
         ├── TooManyRequests       429 rate_limit      (with Retry-After)
-        └── ServiceUnavailable    503 internal        (with Retry-After: try again soon)
+        ├── BadGateway            502 internal        (the team's server could not be reached)
+        ├── ServiceUnavailable    503 internal        (with Retry-After: try again soon)
+        └── GatewayTimeout        504 internal        (the team's server did not answer in time)
 
 HTTP-facing errors carry their status, `error_type` and `error_code`, so a route raises
 them and one handler renders them; nothing else decides a status code.
@@ -141,6 +143,18 @@ class TooManyRequests(HTTPError):
     def __init__(self, message: str, *, retry_after_seconds: int, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.headers.setdefault("Retry-After", str(retry_after_seconds))
+
+
+class BadGateway(HTTPError):
+    status_code = 502
+    error_type = "internal"
+    error_code = "bad_gateway"
+
+
+class GatewayTimeout(HTTPError):
+    status_code = 504
+    error_type = "internal"
+    error_code = "gateway_timeout"
 
 
 class ServiceUnavailable(HTTPError):

@@ -19,11 +19,13 @@ from typing import Any
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from relay.budget import BodyHold
 from relay.errors import (
+    BadGateway,
     BadRequest,
+    GatewayTimeout,
     HTTPError,
     NotFound,
     PayloadTooLarge,
@@ -109,7 +111,7 @@ def check_content_type(request: Request) -> None:
         )
 
 
-async def receive_webhook(request: Request) -> JSONResponse:
+async def receive_webhook(request: Request) -> Response:
     state = request.app.state
     provider = PROVIDERS.get(request.path_params["provider"])
     if provider is None:
@@ -118,9 +120,10 @@ async def receive_webhook(request: Request) -> JSONResponse:
     fields = {"request_id": request.state.request_id, "provider": provider.name}
     hold = BodyHold(state.unverified_bodies)
     try:
-        outcome, data = await _receive(request, provider, hold, fields)
+        outcome, response = await _receive(request, provider, hold, fields)
     except HTTPError as error:
-        outcome = "unavailable" if isinstance(error, ServiceUnavailable) else "rejected"
+        outcome = ("unavailable" if isinstance(error, ServiceUnavailable) else
+                   "unanswered" if isinstance(error, (BadGateway, GatewayTimeout)) else "rejected")
         state.metrics.webhooks.labels(provider.name, outcome).inc()
         log.info("webhook_received", outcome=outcome, status=error.status_code,
                  error_code=error.error_code,
@@ -129,14 +132,14 @@ async def receive_webhook(request: Request) -> JSONResponse:
     finally:
         hold.release()
     state.metrics.webhooks.labels(provider.name, outcome).inc()
-    log.info("webhook_received", outcome=outcome, status=200,
+    log.info("webhook_received", outcome=outcome, status=response.status_code,
              duration_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
-    return JSONResponse({"data": data})
+    return response
 
 
 async def _receive(
     request: Request, provider: Provider, hold: BodyHold, fields: dict[str, Any]
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, Response]:
     state = request.app.state
     settings: Settings = state.settings
     properties = source_properties(
@@ -171,11 +174,25 @@ async def _receive(
         raise _overloaded()
     envelope = provider.envelope(raw_body)
     fields.update(event_type=envelope.event, call_id=envelope.call_id)
+    config = settings.providers[provider.name]
+    if envelope.event in provider.request_response and (url := provider.answer_url(config)):
+        # Answered by the team's server, while the provider waits; nothing is stored.
+        started = time.perf_counter()
+        status = "unanswered"
+        try:
+            answer = await state.pass_through.answer(
+                url, raw_body, request.headers, provider.answer_deadline(config, envelope.event))
+            status = str(answer.status_code)
+        finally:
+            state.metrics.passed_through.labels(provider.name, envelope.event, status).inc()
+            state.metrics.pass_through_seconds.labels(provider.name, envelope.event).observe(
+                time.perf_counter() - started)
+        return "passed_through", answer
     if envelope.event not in provider.roark_events:
-        return "ignored", {
+        return "ignored", JSONResponse({"data": {
             "status": "ignored",
             "reason": f"only {', '.join(sorted(provider.roark_events))} is forwarded to Roark",
-        }
+        }})
     try:
         # Bounded: while the store is locked, the commit queues behind the forwarder's
         # writes, each waiting out SQLite's busy timeout, and the storage-fault suite saw
@@ -205,4 +222,4 @@ async def _receive(
     if not inserted.duplicate:
         state.forwarder.wake()
     outcome = "duplicate" if inserted.duplicate else "accepted"
-    return outcome, {"status": outcome, "delivery_id": inserted.delivery_id}
+    return outcome, JSONResponse({"data": {"status": outcome, "delivery_id": inserted.delivery_id}})

@@ -34,7 +34,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.webhooks = Counter(
             "relay_webhooks_received", "Webhooks received, by provider and outcome "
-            "(accepted, duplicate, ignored, rejected, unavailable).",
+            "(accepted, duplicate, ignored, passed_through, rejected, unanswered, unavailable).",
             ["provider", "outcome"], registry=self.registry,
         )
         self.attempts = Counter(
@@ -46,6 +46,16 @@ class Metrics:
             "relay_delivery_attempt_duration_seconds", "Duration of one POST to Roark.",
             ["provider"], registry=self.registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.passed_through = Counter(
+            "relay_passed_through", "Messages passed through to the team's own server, by "
+            "provider, event and the status it answered (unanswered: timeout or unreachable).",
+            ["provider", "event", "status"], registry=self.registry,
+        )
+        self.pass_through_seconds = Histogram(
+            "relay_pass_through_duration_seconds", "How long the team's server took to answer.",
+            ["provider", "event"], registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 7.5, 10, 20),
         )
         self.queue_depth = Gauge(
             "relay_queue_depth", "Deliveries in the outbox, by state.", ["state"],

@@ -280,10 +280,13 @@ class Settings:
 
     @property
     def roark_proxy(self) -> str | None:
-        """The proxy requests to Roark go through, chosen as curl and httpx choose it."""
-        url = urlsplit(self.roark_base_url)
-        proxy = (self.https_proxy if url.scheme == "https" else self.http_proxy) or self.all_proxy
-        if proxy is None or urllib.request.proxy_bypass_environment(url.hostname or "", {"no": self.no_proxy}):
+        return self.proxy_for(self.roark_base_url)
+
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy requests to `url` go through, chosen as curl and httpx choose it."""
+        parts = urlsplit(url)
+        proxy = (self.https_proxy if parts.scheme == "https" else self.http_proxy) or self.all_proxy
+        if proxy is None or urllib.request.proxy_bypass_environment(parts.hostname or "", {"no": self.no_proxy}):
             return None
         return proxy
 

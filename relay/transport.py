@@ -86,3 +86,11 @@ def describe_error(error: httpx.TransportError) -> str:
     it came from names what really happened."""
     cause = error.__cause__ if isinstance(error.__cause__, aiohttp.ClientError) else error
     return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+
+
+def timed_out(error: httpx.TransportError) -> bool:
+    """Whether the server was too slow, rather than unreachable. httpx-aiohttp's mapping
+    cannot tell: it turns a refused connection into httpx.ConnectTimeout too."""
+    if isinstance(error.__cause__, aiohttp.ClientError | OSError):
+        return isinstance(error.__cause__, TimeoutError)
+    return isinstance(error, httpx.TimeoutException)

@@ -65,6 +65,17 @@ class Provider:
     #: Events that happen at most once per call: a second one with the same call id is
     #: the provider retrying, not news. Others dedupe by their exact bytes.
     once_per_call: ClassVar[frozenset[str]]
+    #: Events whose sender waits for an answer that only the team's own server can give
+    #: (never stored: passed through while the provider waits).
+    request_response: ClassVar[frozenset[str]] = frozenset()
+
+    def answer_url(self, config: Any) -> str | None:
+        """Where `request_response` events are passed through to; None: nowhere."""
+        return None
+
+    def answer_deadline(self, config: Any, event: str) -> float:
+        """Seconds the provider waits for the answer to `event`, less a margin."""
+        raise NotImplementedError
 
     def configured(self, config: Any) -> bool:
         """True when `config` (an instance of `Settings`) can verify webhooks."""

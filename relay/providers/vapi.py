@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from relay import jsonbody
-from relay.envvars import Choice, Flag, Secret, Secrets, Text, setting
+from relay.envvars import Choice, Flag, Secret, Secrets, Seconds, Text, Url, setting
 from relay.errors import BadRequest, ConfigError, Unauthorized
 from relay.providers.base import NO_OBJECT, BodyCheck, Provider, RoarkEndpoint, nested_id
 from relay.providers.signing import TOLERANCE_SECONDS, check_window, has_prefix, header, require_header
@@ -35,6 +35,9 @@ _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 # VAPI does not document its timestamp unit: 10**11 seconds is the year 5138, while
 # 10**11 milliseconds is 1973, so larger values can only be milliseconds.
 _MILLISECONDS_ABOVE = 10**11
+
+#: VAPI gives an assistant-request 7.5 s end to end; the rest is the relay's own margin.
+ASSISTANT_REQUEST_SECONDS = 7.0
 
 _ALGORITHMS = ("sha256", "sha512", "sha1")
 _ENCODINGS = ("hex", "base64")
@@ -355,6 +358,17 @@ class VapiSettings:
     hmac_payload_template: str = setting(
         "VAPI_HMAC_PAYLOAD_TEMPLATE", HmacScheme.payload_template, Text(),
         "What is signed; {timestamp} and {body} are replaced.")
+    server_url: str | None = setting(
+        "VAPI_SERVER_URL", None, Url(),
+        """Your own server, for the messages VAPI waits on an answer to (assistant-request,
+        tool-calls, transfer-destination-request, ...): they are verified, then passed to
+        it with VAPI's own headers, and its answer goes back to VAPI unchanged. Unset: they
+        are acknowledged as ignored.""",
+        example="", in_repr=False)
+    server_timeout_seconds: float = setting(
+        "VAPI_SERVER_TIMEOUT_SECONDS", 19.0, Seconds(0.1, 60),
+        """How long your server may take to answer, within VAPI's own timeout (20 s unless
+        changed in VAPI); assistant-request gets at most 7 s (VAPI allows 7.5 in all).""")
     # The schemes the settings above describe, checked once here.
     token: TokenScheme | None = field(default=None, init=False, repr=False)
     hmac: HmacScheme | None = field(default=None, init=False, repr=False)
@@ -404,14 +418,34 @@ class Vapi(Provider):
                           "vapiEndOfCallReportPayload")
     events = frozenset({
         "assistant-request", "conversation-update", "end-of-call-report", "function-call",
-        "hang", "knowledge-base-request", "language-change-detected", "model-output",
+        "handoff-destination-request", "hang", "knowledge-base-request",
+        "language-change-detected", "model-output",
         "phone-call-control", "speech-update", "status-update", "tool-calls",
         "transcript", "transfer-destination-request", "transfer-update",
         "user-interrupted", "voice-input", "voice-request",
     })
     roark_events = frozenset({"end-of-call-report"})
     once_per_call = frozenset({"end-of-call-report", "assistant-request"})
+    request_response = frozenset({
+        "assistant-request", "tool-calls", "function-call", "transfer-destination-request",
+        "handoff-destination-request", "knowledge-base-request", "voice-request",
+    })
     event_field = "message.type"
+
+    def answer_url(self, config: VapiSettings) -> str | None:
+        return config.server_url
+
+    def answer_deadline(self, config: VapiSettings, event: str) -> float:
+        if event == "assistant-request":
+            return min(config.server_timeout_seconds, ASSISTANT_REQUEST_SECONDS)
+        return config.server_timeout_seconds
+
+    def warnings(self, config: VapiSettings) -> list[str]:
+        found = super().warnings(config)
+        if config.server_url is None:
+            found.append(f"messages that wait for an answer ({', '.join(sorted(self.request_response))}) "
+                         "have nowhere to go and are acknowledged as ignored: set VAPI_SERVER_URL")
+        return found
 
     def configured(self, config: VapiSettings) -> bool:
         return config.token is not None or config.hmac is not None
