@@ -591,16 +591,18 @@ def test_oversized_request_head_gets_431_and_memory_stays_bounded(served):
 def test_bodies_past_the_unverified_budget_are_refused_with_503_before_being_read(hostile_env, secret_scan):
     env = {**hostile_env, "RELAY_UNVERIFIED_BODY_BUDGET_BYTES": "1024"}
     body = with_call_id("retell/call_ended", "budget-1")
-    size = 200_000
+    size = MAX_BODY // 2
     padded = body[:-1] + b', "pad": "' + b" " * (size - len(body) - 11) + b'"}'
     headers = {"x-retell-signature": retell.sign(RETELL_KEY, padded, int(time.time() * 1000))}
     with serving(env, secret_scan) as served, served.connect() as first:
         first.sendall(head("/webhooks/retell", length=len(padded), headers=headers) + padded[:1000])
-        # `first` holds its declared 200 kB of the 1 kB budget while its body trickles in.
-        eventually(lambda: raw_exchange(served, head("/webhooks/retell", length=len(padded), headers=headers))[0] == 503,
-                   timeout=5, message="a second body was read past the budget")
-        status, answer_headers, answer = raw_exchange(
-            served, head("/webhooks/retell", length=len(padded), headers=headers))
+        # `first` holds its declared bytes, past the 1 kB budget, while its body trickles in.
+        # A probe sent whole is answered 401 if read (its signature is wrong), 503 if not.
+        forged = {"x-retell-signature": retell.sign("not-the-key", padded, int(time.time() * 1000))}
+        probe = head("/webhooks/retell", length=len(padded), headers=forged) + padded
+        eventually(lambda: raw_exchange(served, probe)[0] == 503, timeout=5,
+                   message="a second body was read past the budget")
+        status, answer_headers, answer = raw_exchange(served, probe)
         assert status == 503 and answer_headers["retry-after"] == "2" and answer_headers["connection"] == "close"
         assert check_error_response(status, answer_headers, answer)["error_code"] == "overloaded"
         first.sendall(padded[1000:])
