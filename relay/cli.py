@@ -17,7 +17,7 @@ from relay.errors import ConfigError, StoreUnavailable
 from relay.outbox import Backend, DeliveryFilter, State, open_backend
 from relay.outbox.startup import STARTUP_WAIT_SECONDS, migrate_when_available
 from relay.redaction import Redactor
-from relay.providers import PROVIDER_NAMES
+from relay.providers import PROVIDER_NAMES, PROVIDERS
 from relay.settings import Settings
 from relay.views import delivery_json, iso, masked_payload
 
@@ -116,7 +116,8 @@ def check(upstream: bool) -> None:
     for provider, warnings in settings.provider_warnings().items():
         for warning in warnings:
             click.echo(f"{provider}: WARNING {warning}")
-        if not warnings:
+        if provider not in settings.insecure_skip_verification and \
+                PROVIDERS[provider].configured(settings.providers[provider]):
             click.echo(f"{provider}: signature verification configured")
     if settings.admin_token is None:
         click.echo("status page, admin API and /metrics: disabled (set RELAY_ADMIN_TOKEN to enable)")

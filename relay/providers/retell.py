@@ -22,7 +22,7 @@ from relay import jsonbody
 from relay.envvars import Secret, Secrets, setting
 from relay.errors import Unauthorized
 from relay.providers.base import NO_OBJECT, BodyCheck, Provider, RoarkEndpoint, nested_id
-from relay.providers.signing import TOLERANCE_SECONDS, check_window, require_header
+from relay.providers.signing import TOLERANCE_SECONDS, MacCheck, check_window, require_header
 
 # Leading zeros are refused so the digits Retell signed are exactly str(int(digits)).
 # Twenty digits is far beyond any real timestamp and keeps int() cheap on hostile input.
@@ -51,33 +51,9 @@ def sign(api_key: str, raw_body: bytes, timestamp_ms: int) -> str:
     return f"v={timestamp_ms},d={digest(api_key, raw_body, timestamp_ms)}"
 
 
-class SignatureCheck(BodyCheck):
-    """The part of verification that needs the body, fed chunk by chunk as it arrives,
-    so no joined copy of a large body is made just to compute its MAC."""
-
-    def __init__(self, api_keys: Sequence[str], timestamp_ms: int, presented: bytes) -> None:
-        self._macs = [hmac.new(key.encode("utf-8"), digestmod=hashlib.sha256) for key in api_keys]
-        self._timestamp = str(timestamp_ms).encode("ascii")
-        self._presented = presented
-
-    def update(self, chunk: bytes) -> None:
-        for mac in self._macs:
-            mac.update(chunk)
-
-    def verify(self) -> None:
-        matched = False
-        for mac in self._macs:
-            mac.update(self._timestamp)
-            matched |= hmac.compare_digest(mac.hexdigest().encode("ascii"), self._presented)
-        if not matched:
-            raise Unauthorized(
-                "x-retell-signature does not match the request body", error_code="invalid_signature"
-            )
-
-
 def check_signature_headers(
     api_keys: Sequence[str], headers: Mapping[str, str], now: float, tolerance: float = TOLERANCE_SECONDS
-) -> SignatureCheck:
+) -> MacCheck:
     """Refuse what the headers alone condemn (no key, no or malformed signature, stale
     timestamp) before a byte of the body is read; what is left needs the body."""
     if isinstance(api_keys, str):
@@ -94,7 +70,9 @@ def check_signature_headers(
         )
     timestamp_ms = int(match[1])
     check_window(now - timestamp_ms / 1000, tolerance)
-    return SignatureCheck(keys, timestamp_ms, match[2].encode("ascii"))
+    macs = [hmac.new(key.encode("utf-8"), digestmod=hashlib.sha256) for key in keys]
+    return MacCheck(macs, str(timestamp_ms).encode("ascii"), match[2].encode("ascii"),
+                    "x-retell-signature", hexadecimal=True)
 
 
 def verify_signature(

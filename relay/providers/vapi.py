@@ -27,7 +27,14 @@ from relay import jsonbody
 from relay.envvars import Choice, Flag, Secret, Secrets, Seconds, Text, Url, setting
 from relay.errors import BadRequest, ConfigError, Unauthorized
 from relay.providers.base import NO_OBJECT, BodyCheck, Provider, RoarkEndpoint, nested_id
-from relay.providers.signing import TOLERANCE_SECONDS, check_window, has_prefix, header, require_header
+from relay.providers.signing import (
+    TOLERANCE_SECONDS,
+    MacCheck,
+    check_window,
+    has_prefix,
+    header,
+    require_header,
+)
 
 _TIMESTAMP = re.compile(r"[0-9]{1,20}")
 # bytes.fromhex alone would also accept whitespace between the digits.
@@ -211,31 +218,9 @@ def _decode_signature(scheme: HmacScheme, value: str) -> bytes:
     return decoded
 
 
-class HmacCheck(BodyCheck):
-    """The MACs of a request whose headers passed, fed the body chunk by chunk."""
-
-    def __init__(self, scheme: HmacScheme, timestamp: str, presented: bytes) -> None:
-        self._header = scheme.signature_header
-        self._macs, self._after = _keyed_macs(scheme, scheme.secrets, timestamp)
-        self._presented = presented
-
-    def update(self, chunk: bytes) -> None:
-        for mac in self._macs:
-            mac.update(chunk)
-
-    def verify(self) -> None:
-        matched = False
-        for mac in self._macs:
-            mac.update(self._after)
-            matched |= hmac.compare_digest(mac.digest(), self._presented)
-        if not matched:
-            raise Unauthorized(f"{self._header} does not match the request body",
-                               error_code="invalid_signature")
-
-
 def check_hmac_headers(
     scheme: HmacScheme, headers: Mapping[str, str], now: float, tolerance: float = TOLERANCE_SECONDS
-) -> HmacCheck:
+) -> MacCheck:
     """Refuse a missing or malformed signature or a stale timestamp before the body is
     read; what is left needs the body."""
     presented = _decode_signature(scheme, require_header(headers, scheme.signature_header))
@@ -247,7 +232,8 @@ def check_hmac_headers(
         )
     value = int(timestamp)
     check_window(now - (value / 1000 if value > _MILLISECONDS_ABOVE else value), tolerance)
-    return HmacCheck(scheme, timestamp, presented)
+    macs, after = _keyed_macs(scheme, scheme.secrets, timestamp)
+    return MacCheck(macs, after, presented, scheme.signature_header)
 
 
 def verify_hmac(
@@ -268,7 +254,7 @@ def check_credential_headers(
     hmac_scheme: HmacScheme | None,
     headers: Mapping[str, str],
     now: float,
-) -> HmacCheck | None:
+) -> MacCheck | None:
     """Refuse what the headers alone condemn. None: a token proved the request; else the
     HMAC check the body must pass."""
     if token is None and hmac_scheme is None:
