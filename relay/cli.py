@@ -25,10 +25,11 @@ DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def load_settings() -> Settings:
-    """Settings from the environment, or a one-line error naming the variable."""
+def load_settings(forwarding: bool = True) -> Settings:
+    """Settings from the environment, or a one-line error naming the variable.
+    `forwarding=False`: a command that only reads or repairs the outbox."""
     try:
-        return Settings.from_env()
+        return Settings.from_env(forwarding=forwarding)
     except ConfigError as error:
         click.echo(f"relay: configuration error: {error}", err=True)
         sys.exit(2)
@@ -90,7 +91,7 @@ def show_settings() -> None:
 def migrate() -> None:
     """Create or upgrade the outbox schema in the configured database, then exit. A
     database that is not up yet is waited for, as `relay serve` does."""
-    with outbox(load_settings(), patience=STARTUP_WAIT_SECONDS) as backend:
+    with outbox(load_settings(forwarding=False), patience=STARTUP_WAIT_SECONDS) as backend:
         version = backend.migrate()
     click.echo(f"outbox schema at version {version}")
 
@@ -214,7 +215,7 @@ def list_deliveries(state: tuple[str, ...], provider: str | None, call_id: str |
                     limit: int, before_id: int | None, as_json: bool) -> None:
     """List deliveries, newest first."""
     where = DeliveryFilter(tuple(State(s) for s in state), provider, call_id)
-    with outbox(load_settings()) as backend:
+    with outbox(load_settings(forwarding=False)) as backend:
         rows = backend.list_deliveries(where, before_id, limit)
     if as_json:
         for row in rows:
@@ -238,7 +239,7 @@ def list_deliveries(state: tuple[str, ...], provider: str | None, call_id: str |
 @click.argument("delivery_id", type=int)
 def show_delivery(delivery_id: int) -> None:
     """Show one delivery: its state, attempt history and payload (secrets masked)."""
-    settings = load_settings()
+    settings = load_settings(forwarding=False)
     with outbox(settings) as backend:
         delivery = backend.get(delivery_id)
         if delivery is None:
@@ -274,13 +275,18 @@ def replay(delivery_ids: tuple[int, ...], all_failed: bool, provider: str | None
     if delivery_ids and (provider or call_id):
         raise click.UsageError("--provider and --call-id narrow --all-failed only")
     where = DeliveryFilter((State.FAILED,), provider, call_id) if all_failed else DeliveryFilter()
-    with outbox(load_settings()) as backend:
+    with outbox(load_settings(forwarding=False)) as backend:
         replayed = backend.replay(list(delivery_ids) if delivery_ids else None, where, time.time())
+        skipped = sorted(set(delivery_ids) - set(replayed))
+        unknown = [delivery_id for delivery_id in skipped if backend.get(delivery_id) is None]
     click.echo(f"replayed {len(replayed)} deliver{'y' if len(replayed) == 1 else 'ies'}"
                + (f": {', '.join(map(str, replayed))}" if replayed else ""))
-    skipped = sorted(set(delivery_ids) - set(replayed))
-    if skipped:
-        click.echo(f"not replayed (unknown, delivered or being delivered): {', '.join(map(str, skipped))}")
+    left = [delivery_id for delivery_id in skipped if delivery_id not in unknown]
+    if left:
+        click.echo(f"not replayed (delivered or being delivered): {', '.join(map(str, left))}")
+    if unknown:
+        click.echo(f"relay: no delivery {', '.join(map(str, unknown))}", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -291,7 +297,7 @@ def prune(older_than: str, failed: bool) -> None:
     """Delete old delivered deliveries (and, with --failed, old failed ones)."""
     cutoff = time.time() - parse_duration(older_than)
     states = [State.DELIVERED, State.FAILED] if failed else [State.DELIVERED]
-    with outbox(load_settings()) as backend:
+    with outbox(load_settings(forwarding=False)) as backend:
         deleted = backend.prune(cutoff, states)
     click.echo(f"deleted {deleted} deliveries received before {iso(cutoff)}")
 

@@ -221,13 +221,15 @@ def variables(cls: type) -> list[tuple[dataclasses.Field, Var]]:
     return [(f, f.metadata["var"]) for f in dataclasses.fields(cls) if "var" in f.metadata]
 
 
-def read(cls: type[T], environ: Mapping[str, str], **given: Any) -> T:
-    """An instance of `cls` with every declared setting read from `environ`."""
+def read(cls: type[T], environ: Mapping[str, str], optional: frozenset[str] = frozenset(),
+         **given: Any) -> T:
+    """An instance of `cls` with every declared setting read from `environ` (those named
+    in `optional` may be missing even when declared required)."""
     values = dict(given)
     for f, var in variables(cls):
         found = var.raw(environ)
         if found is None:
-            if var.required:
+            if var.required and var.name not in optional:
                 raise ConfigError(var.name, f"is required ({var.help.splitlines()[0].rstrip('.')})")
             continue
         values[f.name] = var.parse(*found)

@@ -103,7 +103,7 @@ class AdminToken(Parser):
 
 @dataclass(frozen=True)
 class Settings:
-    roark_api_key: Secret = setting(
+    roark_api_key: Secret | None = setting(
         "ROARK_API_KEY", None, SecretValue(),
         "Your Roark API key, sent as `Authorization: Bearer ...`.",
         required=True, example="rk_live_replace_me", section="Roark (upstream)")
@@ -273,10 +273,13 @@ class Settings:
                     raise ConfigError("RELAY_ADMIN_TOKEN", f"must not be the same as {var.name}")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, forwarding: bool = True) -> Settings:
+        """Settings from the environment. `forwarding=False` is for commands that only read
+        or repair the outbox, which need no ROARK_API_KEY."""
         environ = os.environ if environ is None else environ
         providers = {name: envvars.read(p.Settings, environ) for name, p in PROVIDERS.items()}
-        return envvars.read(cls, environ, providers=providers)
+        optional = frozenset() if forwarding else frozenset({"ROARK_API_KEY"})
+        return envvars.read(cls, environ, optional, providers=providers)
 
     @property
     def roark_proxy(self) -> str | None:

@@ -69,8 +69,18 @@ def add(store, call_id, state, body=None, provider="vapi", received_at=NOW):
 
 
 def test_configuration_errors_name_the_variable(tmp_path):
-    result = CliRunner(env={"ROARK_API_KEY": ""}).invoke(main, ["deliveries", "list"])
+    result = CliRunner(env={"ROARK_API_KEY": "", "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}).invoke(
+        main, ["check"])
     assert result.exit_code == 2 and "ROARK_API_KEY" in result.output
+
+
+def test_commands_that_only_read_or_repair_the_outbox_need_no_roark_key(env, store):
+    failed = add(store, "no-key", State.FAILED)
+    keyless = {**env, "ROARK_API_KEY": ""}
+    for command in (["migrate"], ["deliveries", "list"], ["deliveries", "show", str(failed)],
+                    ["replay", str(failed)], ["prune", "--older-than", "30d"]):
+        result = CliRunner(env=keyless).invoke(main, command)
+        assert result.exit_code == 0, (command, result.output)
 
 
 def test_settings_prints_an_environment_file_the_relay_reads_back(tmp_path):
@@ -116,10 +126,18 @@ def test_replay_ids_and_all_failed(env, store):
     a, b = add(store, "a", State.FAILED), add(store, "b", State.FAILED)
     done = add(store, "c", State.DELIVERED)
     result = run(env, "replay", str(a), str(done))
-    assert f"replayed 1 delivery: {a}" in result.output and "not replayed" in result.output
+    assert result.exit_code == 0
+    assert f"replayed 1 delivery: {a}" in result.output and f"not replayed (delivered or being delivered): {done}" in result.output
     assert store.get(a).state is State.PENDING and store.get(a).attempts == 0
     assert f"replayed 1 delivery: {b}" in run(env, "replay", "--all-failed").output
     assert store.counts()[State.FAILED] == 0
+
+
+def test_replaying_an_unknown_id_fails_and_says_so(env, store):
+    known = add(store, "known", State.FAILED)
+    result = CliRunner(env=env).invoke(main, ["replay", str(known), "9999"])
+    assert result.exit_code == 1
+    assert f"replayed 1 delivery: {known}" in result.output and "no delivery 9999" in result.output
 
 
 def test_replay_usage_errors(env):
