@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import urllib.request
 import string
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
 
 from relay import envvars
 from relay.envvars import (
@@ -42,6 +44,8 @@ from relay.retry import RetryPolicy
 __all__ = ["Secret", "Settings", "example_file"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Read from the working directory when present, as the example file suggests.
+DOTENV = ".env"
 
 
 class DatabaseUrl(Parser):
@@ -274,9 +278,11 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, forwarding: bool = True) -> Settings:
-        """Settings from the environment. `forwarding=False` is for commands that only read
-        or repair the outbox, which need no ROARK_API_KEY."""
-        environ = os.environ if environ is None else environ
+        """Settings from the environment, and from a `.env` file in the working directory
+        when there is one. `forwarding=False` is for commands that only read or repair
+        the outbox, which need no ROARK_API_KEY."""
+        if environ is None:
+            environ = {**_dotenv(), **os.environ}  # the real environment wins
         providers = {name: envvars.read(p.Settings, environ) for name, p in PROVIDERS.items()}
         optional = frozenset() if forwarding else frozenset({"ROARK_API_KEY"})
         return envvars.read(cls, environ, optional, providers=providers)
@@ -301,6 +307,12 @@ class Settings:
             if name in self.insecure_skip_verification else provider.warnings(self.providers[name])
             for name, provider in PROVIDERS.items()
         }
+
+
+def _dotenv() -> dict[str, str]:
+    if not os.path.isfile(DOTENV):
+        return {}
+    return {name: value for name, value in dotenv_values(DOTENV).items() if value is not None}
 
 
 EXAMPLE_HEADER = """\

@@ -92,6 +92,15 @@ def test_settings_prints_an_environment_file_the_relay_reads_back(tmp_path):
     assert Settings.from_env(environ).roark_api_key.reveal() == "rk_live_replace_me"
 
 
+def test_a_dotenv_file_in_the_working_directory_is_read_and_the_environment_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(f"ROARK_API_KEY=rk_from_dotenv\nRELAY_DATABASE_URL=sqlite:///{tmp_path / 'file.db'}\n")
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 0 and "file.db" in result.output
+    result = CliRunner(env={"RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'env.db'}"}).invoke(main, ["check"])
+    assert result.exit_code == 0 and "env.db" in result.output and "file.db" not in result.output
+
+
 def test_migrate(env):
     result = run(env, "migrate")
     latest = migrations.load("sqlite")[-1].version
