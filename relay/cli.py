@@ -6,18 +6,20 @@ import json
 import re
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import click
+import httpx
 
 from relay import __version__
 from relay.errors import ConfigError, StoreUnavailable
 from relay.outbox import Backend, DeliveryFilter, State, open_backend
 from relay.outbox.startup import STARTUP_WAIT_SECONDS, migrate_when_available
-from relay.redaction import Redactor
 from relay.providers import PROVIDER_NAMES, PROVIDERS
+from relay.redaction import Redactor
 from relay.settings import Settings
 from relay.views import delivery_json, iso, masked_payload
 
@@ -147,7 +149,6 @@ KEY_PROBE_PATH = "/v1/evaluation/job/00000000-0000-0000-0000-000000000000"
 
 
 def check_upstream(settings: Settings) -> bool:
-    import httpx
     from tenacity import (RetryCallState, Retrying, retry_if_exception_type, retry_if_result,
                           stop_after_attempt, wait_exponential)
 
@@ -300,6 +301,42 @@ def prune(older_than: str, failed: bool) -> None:
     with outbox(load_settings(forwarding=False)) as backend:
         deleted = backend.prune(cutoff, states)
     click.echo(f"deleted {deleted} deliveries received before {iso(cutoff)}")
+
+
+@main.command("send-sample")
+@click.argument("provider", type=click.Choice(PROVIDER_NAMES))
+@click.option("--url", help="The relay to send to (default: this machine's, on PORT).")
+@click.option("--event", help="Which sample: an event the provider sends (default: the one "
+                              "Roark takes). See relay/testing/samples/.")
+def send_sample(provider: str, url: str | None, event: str | None) -> None:
+    """Send a sample webhook, signed with the configured secrets the way the provider signs
+    it, to a relay (local or deployed) and print the answer: proof, end to end, that the
+    relay accepts what the provider sends. A new call id each time. Exits 1 unless the
+    relay answers 2xx."""
+    from relay.testing.webhooks import sample_events, with_call_id
+
+    settings = load_settings(forwarding=False)
+    chosen = PROVIDERS[provider]
+    event = event or sorted(chosen.roark_events)[0]
+    if event not in sample_events(provider):
+        raise click.BadParameter(f"no {provider} sample for {event!r}; there are: "
+                                 f"{', '.join(sample_events(provider))}", param_hint="--event")
+    body = with_call_id(f"{provider}/{event}", f"sample-{uuid.uuid4().hex[:12]}")
+    try:
+        headers = chosen.sign(settings.providers[provider], body, time.time())
+    except ValueError as error:
+        click.echo(f"relay: cannot sign a {provider} webhook: {error}; set it as the relay has it", err=True)
+        sys.exit(2)
+    target = (url or f"http://127.0.0.1:{settings.port}").rstrip("/") + f"/webhooks/{provider}"
+    try:
+        answer = httpx.post(target, content=body, headers={"content-type": "application/json", **headers},
+                            timeout=30)
+    except httpx.HTTPError as error:
+        click.echo(f"relay: cannot reach {target}: {type(error).__name__}: {error}", err=True)
+        sys.exit(1)
+    click.echo(f"{event} -> {target}: HTTP {answer.status_code}")
+    click.echo(answer.text)
+    sys.exit(0 if answer.is_success else 1)
 
 
 @main.command()

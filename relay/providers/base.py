@@ -93,6 +93,11 @@ class Provider:
         the body must pass."""
         raise NotImplementedError
 
+    def sign(self, config: Any, raw_body: bytes, now: float) -> dict[str, str]:
+        """The credential headers the provider would send with this body, made with the
+        configured secrets (`relay send-sample`); ValueError when none is configured."""
+        raise NotImplementedError
+
     def verify(self, config: Any, raw_body: bytes, headers: Mapping[str, str], now: float) -> None:
         """Return if the request is authentic; raise `Unauthorized` saying why not."""
         check = self.check_headers(config, headers, now)

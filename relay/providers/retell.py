@@ -123,6 +123,11 @@ class Retell(Provider):
 
     Head = RetellHead
 
+    def sign(self, config: RetellSettings, raw_body: bytes, now: float) -> dict[str, str]:
+        if not config.api_keys:
+            raise ValueError("RETELL_API_KEY is not set")
+        return {"x-retell-signature": sign(config.api_keys[0].reveal(), raw_body, int(now * 1000))}
+
     def event_and_call_id(self, head: RetellHead) -> tuple[object, object]:
         return head.event, nested_id(head.call, _Call)
 

@@ -442,6 +442,14 @@ class Vapi(Provider):
 
     Head = VapiHead
 
+    def sign(self, config: VapiSettings, raw_body: bytes, now: float) -> dict[str, str]:
+        if config.hmac is not None:
+            return sign_hmac(config.hmac, raw_body, str(int(now)))
+        if config.token is not None:
+            name, prefix = config.token.expected_headers()[0]
+            return {name: prefix + config.token.tokens[0]}
+        raise ValueError("neither VAPI_SECRET nor VAPI_HMAC_SECRET is set")
+
     def event_and_call_id(self, head: VapiHead) -> tuple[object, object]:
         if head.message is None:
             raise BadRequest('VAPI body must be {"message": {...}}', error_code="invalid_payload",

@@ -21,6 +21,11 @@ def sample(name: str) -> bytes:
     return (SAMPLES / f"{name}.json").read_bytes()
 
 
+def sample_events(provider: str) -> list[str]:
+    """The events there is a sample of for `provider`."""
+    return sorted(path.stem for path in (SAMPLES / provider).glob("*.json"))
+
+
 def with_call_id(name: str, call_id: str) -> bytes:
     """A sample with its call id replaced, to send many distinct calls."""
     document = json.loads(sample(name))

@@ -150,3 +150,23 @@ def test_missing_api_key_fails_with_one_line_naming_it(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "ROARK_API_KEY" in result.stderr
+
+
+def test_send_sample_proves_a_relay_accepts_what_the_providers_send(start_relay, relay_env, fake_roark):
+    from click.testing import CliRunner
+
+    from relay.cli import main
+
+    relay = start_relay(relay_env)
+    for provider in ("vapi", "retell"):
+        sent = CliRunner(env=relay_env).invoke(main, ["send-sample", provider, "--url", relay.url])
+        assert sent.exit_code == 0, sent.output
+        assert "HTTP 200" in sent.output and '"accepted"' in sent.output
+    other = CliRunner(env=relay_env).invoke(main, ["send-sample", "vapi", "--url", relay.url, "--event", "status-update"])
+    assert other.exit_code == 0 and '"ignored"' in other.output
+    assert len(rows(relay_env)) == 2
+    wrong = CliRunner(env={**relay_env, "RETELL_API_KEY": "not-the-relays-key"}).invoke(
+        main, ["send-sample", "retell", "--url", relay.url])
+    assert wrong.exit_code == 1 and "HTTP 401" in wrong.output
+    unknown = CliRunner(env=relay_env).invoke(main, ["send-sample", "retell", "--url", relay.url, "--event", "nope"])
+    assert unknown.exit_code == 2 and "call_analyzed" in unknown.output
