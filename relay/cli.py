@@ -343,9 +343,11 @@ def send_sample(provider: str, url: str | None, event: str | None) -> None:
 @click.option("--port", type=int, default=8000, show_default=True, help="Port for the relay.")
 @click.option("--database", type=click.Path(dir_okay=False), default="relay-demo.db", show_default=True,
               help="SQLite file for the demo's outbox.")
-def demo(port: int, database: str) -> None:
+@click.option("--keep", is_flag=True, help="Keep what an earlier demo left in the database (by default "
+                                           "each run starts from an empty one).")
+def demo(port: int, database: str, keep: bool) -> None:
     """Try the relay with no accounts: a local fake Roark, signed sample webhooks (some
     that fail upstream), and the status page to look at them."""
     from relay.demo import run_demo
 
-    run_demo(port, database)
+    run_demo(port, database, keep)

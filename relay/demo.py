@@ -8,8 +8,10 @@ duplicate, an ignored event and a forged request refused.
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
+import sys
 import time
 
 import click
@@ -50,8 +52,27 @@ def _send_samples(base_url: str, vapi_secret: str, retell_key: str) -> None:
             click.echo(f"  {label:32} -> {response.status_code} {outcome}")
 
 
-def run_demo(port: int, database: str) -> None:
+def _port_taken(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def run_demo(port: int, database: str, keep: bool = False) -> None:
     from relay.server import run
+
+    if _port_taken(port):
+        click.echo(f"relay demo: port {port} is in use; choose another with --port, "
+                   f"e.g. relay demo --port {port + 1}", err=True)
+        sys.exit(1)
+    database = os.path.abspath(database)
+    if not keep:  # the samples' call ids are new each run, but old failures would linger
+        for leftover in (database, f"{database}-wal", f"{database}-shm"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
     roark_key = f"rk_demo_{secrets.token_hex(8)}"
     vapi_secret = secrets.token_urlsafe(16)
@@ -82,7 +103,7 @@ def run_demo(port: int, database: str) -> None:
 Status page:  {base_url}/status
 Admin token:  {admin_token}
 Admin API:    curl -H 'Authorization: Bearer {admin_token}' '{base_url}/admin/api/deliveries?state=failed'
-CLI:          RELAY_DATABASE_URL=sqlite:///{database} ROARK_API_KEY=demo relay deliveries list
+CLI:          RELAY_DATABASE_URL=sqlite:///{database} relay deliveries list
 Replay the failed ones from the page (the fake Roark accepts them now). Ctrl-C stops.""")
 
     try:
