@@ -30,7 +30,7 @@ from relay.forwarder import Forwarder
 from relay.ingest import receive_webhook
 from relay.metrics import Metrics
 from relay.outbox import AsyncOutbox, open_backend
-from relay.outbox.startup import migrate_when_available_async
+from relay.outbox.startup import migrate_when_available_async, startup_patience
 from relay.passthrough import PassThrough
 from relay.retention import run_retention
 from relay.settings import Settings
@@ -194,7 +194,7 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
                 log.warning("provider_settings", provider=provider, warning=warning)
         outbox = AsyncOutbox(open_backend(settings.database_url, pool_size=settings.database_pool_size))
         try:
-            version = await migrate_when_available_async(outbox)
+            version = await migrate_when_available_async(outbox, startup_patience(settings.database_url))
         except StoreUnavailable as error:
             log.error("relay_start_failed", error=str(error))
             await outbox.close()

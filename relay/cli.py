@@ -14,10 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 import httpx
 
-from relay import __version__
+from relay import __version__, logs
 from relay.errors import ConfigError, StoreUnavailable
 from relay.outbox import Backend, DeliveryFilter, State, open_backend
-from relay.outbox.startup import STARTUP_WAIT_SECONDS, migrate_when_available
+from relay.outbox.startup import migrate_when_available, startup_patience
 from relay.providers import PROVIDER_NAMES, PROVIDERS
 from relay.redaction import Redactor
 from relay.settings import Settings
@@ -77,6 +77,11 @@ def serve(host: str | None, port: int | None) -> None:
     from relay.server import run
 
     settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    # The outbox is opened (and migrated) here first, so a relay that cannot start says
+    # why in one line rather than in uvicorn's traceback of its lifespan.
+    with outbox(settings, patience=startup_patience(settings.database_url)):
+        pass
     run(settings, host=host or settings.host, port=settings.port if port is None else port)
 
 
@@ -93,7 +98,8 @@ def show_settings() -> None:
 def migrate() -> None:
     """Create or upgrade the outbox schema in the configured database, then exit. A
     database that is not up yet is waited for, as `relay serve` does."""
-    with outbox(load_settings(forwarding=False), patience=STARTUP_WAIT_SECONDS) as backend:
+    settings = load_settings(forwarding=False)
+    with outbox(settings, patience=startup_patience(settings.database_url)) as backend:
         version = backend.migrate()
     click.echo(f"outbox schema at version {version}")
 

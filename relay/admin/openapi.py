@@ -184,7 +184,10 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/admin/api/summary": {"get": {
                 "operationId": "getSummary", "summary": "Counts per state and provider, oldest pending, pause",
-                "responses": {"200": _ok("SummaryResponse", "the summary"), **ERRORS},
+                # Any request can be malformed HTTP (a bad Transfer-Encoding, say): the server
+                # refuses it with 400 before it reaches a route.
+                "responses": {"200": _ok("SummaryResponse", "the summary"),
+                              "400": _error("malformed HTTP request"), **ERRORS},
             }},
             "/admin/api/deliveries": {"get": {
                 "operationId": "listDeliveries", "summary": "Deliveries, newest first, without bodies",

@@ -85,14 +85,27 @@ class SQLiteBackend(SQLBackend):
             return 0
 
     def _unavailable(self, error: sqlite3.Error) -> StoreUnavailable:
-        if getattr(error, "sqlite_errorcode", 0) & 0xFF in _REOPEN_AFTER:
+        code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+        if code in _REOPEN_AFTER:
             conn = getattr(self._local, "conn", None)
             self._local.conn = None
             with self._connections_lock:
                 self._connections.pop(threading.current_thread(), None)
             if conn is not None:
                 conn.close()
-        return StoreUnavailable(f"SQLite {self.path}: {error}")
+        hint = self._cannot_open() if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY) else None
+        return StoreUnavailable(hint or f"SQLite {self.path}: {error}")
+
+    def _cannot_open(self) -> str | None:
+        """Why the file cannot be opened, with what to do, when its directory says so."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            return (f"cannot create {self.path}: directory {directory} does not exist; "
+                    "set RELAY_DATABASE_URL or create it")
+        if not os.access(directory, os.W_OK) or (os.path.exists(self.path) and not os.access(self.path, os.W_OK)):
+            return (f"cannot create {self.path}: permission denied; set RELAY_DATABASE_URL "
+                    "or fix the directory's owner")
+        return None
 
     @contextmanager
     def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:

@@ -34,6 +34,13 @@ STARTUP_WAIT_SECONDS = 30.0
 STARTUP_BACKOFF_SECONDS = (0.5, 5.0)
 
 
+def startup_patience(database_url: str) -> float:
+    """How long starting waits: a database server may come up after the relay, while a
+    SQLite file that cannot be opened (a missing directory, a permission) will not fix
+    itself, and a newcomer should hear so at once."""
+    return 0.0 if database_url.startswith("sqlite:") else STARTUP_WAIT_SECONDS
+
+
 def migrate_when_available(backend: Backend, patience: float = STARTUP_WAIT_SECONDS) -> int:
     """`backend.migrate()`, tried again while the store is unavailable until the next
     try would start more than `patience` seconds after the first."""

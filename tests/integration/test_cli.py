@@ -219,3 +219,13 @@ def test_check_fails_on_bad_database_and_hides_passwords(tmp_path):
     result = CliRunner(env=env).invoke(main, ["check"])
     assert result.exit_code == 1 and "database: FAILED" in result.output
     assert "hunter2" not in result.output and "********" in result.output
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["migrate"]])
+def test_a_database_that_cannot_be_created_is_one_line_with_what_to_do(tmp_path, command):
+    env = {"ROARK_API_KEY": "rk", "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'missing' / 'relay.db'}"}
+    started = time.monotonic()
+    result = CliRunner(env=env).invoke(main, command)
+    assert result.exit_code == 1 and time.monotonic() - started < 10
+    assert "does not exist; set RELAY_DATABASE_URL or create it" in result.output
+    assert "Traceback" not in result.output
