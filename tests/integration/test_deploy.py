@@ -117,3 +117,6 @@ def test_app_json_describes_real_variables_and_the_postgres_addon():
     assert set(app["env"]) <= documented_variables()
     assert all(v.get("description") for v in app["env"].values())
     assert any(addon["plan"].startswith("heroku-postgresql") for addon in app["addons"])
+    # What the Procfile's command line says is not said again as a config var.
+    assert not {"RELAY_HOST", "PORT"} & set(app["env"])
+    assert "heroku config:get RELAY_ADMIN_TOKEN" in app["env"]["RELAY_ADMIN_TOKEN"]["description"]
