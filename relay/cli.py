@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -236,7 +237,7 @@ def list_deliveries(state: tuple[str, ...], provider: str | None, call_id: str |
         line = (f"{row.id:>7}  {row.provider:8}  {row.state.value:10}  {iso(row.received_at):20}  "
                 f"{row.attempts:>5}  {row.last_status or '-':>4}  {row.call_id or '-'}")
         if row.state is State.FAILED and row.last_error:
-            line += f"  {row.last_error[:80]}"
+            line += f"  {textwrap.shorten(row.last_error, 80, placeholder=' ...')}"
         click.echo(line)
     if len(rows) == limit:
         click.echo(f"more: relay deliveries list --before {rows[-1].id}")

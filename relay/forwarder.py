@@ -199,7 +199,11 @@ class Forwarder:
             case RetryAt(at=at):
                 completion = Completion(State.PENDING, next_attempt_at=at, **base)
             case GiveUp(reason=reason):
-                completion = Completion(State.FAILED, **{**base, "error": f"{reason}: {outcome.error}"})
+                # The reason names the status (or transport error) already: what is left of
+                # the attempt's error is Roark's own words, said once.
+                detail = (outcome.error or "").removeprefix(result.summary).lstrip(" :")
+                error = f"{reason}: {detail}" if detail else reason
+                completion = Completion(State.FAILED, **{**base, "error": error})
             case PauseDelivery(reason=reason):
                 completion = Completion(State.PENDING, next_attempt_at=now, refund_attempt=True, **base)
                 self._pause(reason, now)

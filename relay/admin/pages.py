@@ -128,7 +128,8 @@ class StatusPages:
         if redirect := await self._to_login(request):
             return redirect
         access = await self._require(request)
-        listing = api.parse_listing(request.query_params, default_state="failed", extra=("replayed",))
+        listing = api.parse_listing(request.query_params, default_state="failed",
+                                    extra=("replayed", "nothing_selected"))
         listing = api.Listing(listing.where, listing.state, listing.before_id, min(listing.limit, PAGE_SIZE))
         page, next_cursor = await api.list_page(request, listing)
         filters = {"state": listing.state, "provider": listing.where.provider or "",
@@ -140,6 +141,7 @@ class StatusPages:
             "older_url": _status_url(**filters, cursor=next_cursor) if next_cursor else None,
             "newest_url": _status_url(**filters) if listing.before_id else None,
             "replayed": _flash(request),
+            "nothing_selected": request.query_params.get("nothing_selected") == "1",
         }, access=access)
 
     async def detail(self, request: Request) -> Response:
@@ -173,6 +175,9 @@ class StatusPages:
             if len(raw_ids) > api.MAX_IDS:
                 raise BadRequest(f"select at most {api.MAX_IDS} deliveries at a time", parameter="ids")
             ids = sorted({api.parse_id(value, "ids") for value in raw_ids})
+            if not ids:
+                return RedirectResponse(_status_url(state=_field(form, "state") or "failed",
+                                                    nothing_selected=1), status_code=303)
             result = await api.replay(request, ids, DeliveryFilter())
         elif action == "all_failed":
             where = DeliveryFilter(states=(State.FAILED,),

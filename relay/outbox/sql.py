@@ -169,8 +169,9 @@ class Statements:
         )
 
     def attempts(self, delivery_id: int) -> Query:
-        return ("SELECT attempt, started_at, duration_ms, status_code, error, outcome "
-                f"FROM delivery_attempts WHERE delivery_id = {self.mark} ORDER BY id", (delivery_id,))
+        # Numbered across replays: a replay resets the retry budget, not the history.
+        return ("SELECT row_number() OVER (ORDER BY id), started_at, duration_ms, status_code, error, "
+                f"outcome FROM delivery_attempts WHERE delivery_id = {self.mark} ORDER BY id", (delivery_id,))
 
     def revoke_session(self, nonce: str, expires_at: float) -> Query:
         return (f"INSERT INTO revoked_sessions (nonce, expires_at) VALUES ({self._marks(2)}) "

@@ -251,6 +251,14 @@ def test_replay_all_failed_from_the_page_keeps_the_filters(client, fake_roark):
     assert state_of(client, vapi_id) == "failed"
 
 
+def test_replaying_with_nothing_ticked_says_so(client):
+    csrf = logged_in(client)
+    response = client.post("/status/replay", data={"action": "selected", "csrf_token": csrf},
+                           follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/status?state=failed&nothing_selected=1"
+    assert "Nothing selected" in client.get(response.headers["location"]).text
+
+
 def test_page_replay_refuses_invalid_forms(client):
     csrf = logged_in(client)
     for form in ({"action": "everything"}, {"action": "selected", "ids": "abc"},

@@ -121,6 +121,16 @@ def test_list_filters_and_json(env, store):
     assert "more: relay deliveries list --before" in paged
 
 
+def test_a_long_error_is_shortened_between_words(env, store):
+    [row] = store.insert_many([NewDelivery("vapi", "e", "long", "e:long", b"{}", NOW)], NOW)
+    store.claim("cli-test", NOW, 60, 1)
+    error = "permanent error (HTTP 400): invalid_parameter: " + " ".join(["assistantOverrides"] * 12)
+    store.complete(row.delivery_id, "cli-test", Completion(State.FAILED, NOW, status_code=400, error=error))
+    [line] = [line for line in run(env, "deliveries", "list").output.splitlines() if " long " in line]
+    shown = line.split("long", 1)[1].strip()
+    assert shown.endswith("assistantOverrides ...") and len(shown) <= 80
+
+
 def test_show_masks_secrets(env, store):
     delivery_id = add(store, "call-x", State.FAILED)
     result = run(env, "deliveries", "show", str(delivery_id))

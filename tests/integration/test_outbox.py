@@ -192,6 +192,12 @@ def test_replay_one_resets_attempts_and_is_idempotent(backend):
     stored = backend.get(failed)
     assert (stored.state, stored.attempts, stored.next_attempt_at) == (State.PENDING, 0, NOW + 101)
     assert len(backend.attempts(failed)) == 1  # history is kept
+    # The retry budget starts over; the history's numbering runs on.
+    [claimed] = backend.claim("w", NOW + 200, LEASE, 1)
+    assert claimed.attempts == 1
+    backend.complete(failed, "w", Completion(State.DELIVERED, NOW + 201, status_code=201,
+                                             attempt=Attempt(1, NOW + 200, 5.0, 201, None, "delivered")))
+    assert [a.attempt for a in backend.attempts(failed)] == [1, 2]
 
 
 def test_replay_leaves_rows_in_flight_and_delivered_alone(backend):
