@@ -125,9 +125,10 @@ def test_a_long_error_is_shortened_between_words(env, store):
     [row] = store.insert_many([NewDelivery("vapi", "e", "long", "e:long", b"{}", NOW)], NOW)
     store.claim("cli-test", NOW, 60, 1)
     error = "permanent error (HTTP 400): invalid_parameter: " + " ".join(["assistantOverrides"] * 12)
-    store.complete(row.delivery_id, "cli-test", Completion(State.FAILED, NOW, status_code=400, error=error))
-    [line] = [line for line in run(env, "deliveries", "list").output.splitlines() if " long " in line]
-    shown = line.split("long", 1)[1].strip()
+    store.complete(row.delivery_id, "cli-test", Completion(State.FAILED, NOW, status_code=400, error=error,
+                                                            attempt=Attempt(1, NOW, 5.0, 400, error, "giveup")))
+    [line] = [line for line in run(env, "deliveries", "list").output.splitlines() if "long  " in line]
+    shown = line.split("long  ", 1)[1].strip()
     assert shown.endswith("assistantOverrides ...") and len(shown) <= 80
 
 
