@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 import httpx
 
-from relay import __version__, logs
+from relay import __version__
 from relay.errors import ConfigError, StoreUnavailable
 from relay.outbox import Backend, DeliveryFilter, State, open_backend
 from relay.outbox.startup import migrate_when_available, startup_patience
@@ -78,7 +78,6 @@ def serve(host: str | None, port: int | None) -> None:
     from relay.server import run
 
     settings = load_settings()
-    logs.configure(settings.log_level, settings.log_format)
     # The outbox is opened (and migrated) here first, so a relay that cannot start says
     # why in one line rather than in uvicorn's traceback of its lifespan.
     with outbox(settings, patience=startup_patience(settings.database_url)):

@@ -93,7 +93,7 @@ class SQLiteBackend(SQLBackend):
                 self._connections.pop(threading.current_thread(), None)
             if conn is not None:
                 conn.close()
-        hint = self._cannot_open() if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY) else None
+        hint = self._cannot_open() if code == sqlite3.SQLITE_CANTOPEN else None
         return StoreUnavailable(hint or f"SQLite {self.path}: {error}")
 
     def _cannot_open(self) -> str | None:
