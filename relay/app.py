@@ -129,7 +129,8 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 async def health(request: Request) -> JSONResponse:
     """Roark's HealthResponse shape: unhealthy (503) when the outbox is unreachable,
-    degraded when delivery is paused or the backlog is older than the threshold.
+    degraded when delivery is paused, every attempt of the last minute failed, or the
+    backlog is older than the threshold.
 
     Anyone may ask how the relay is; only the admin token (as a Bearer) is told why,
     since the reasons can name a refused key or carry a redirect's Location."""
@@ -151,6 +152,8 @@ async def health(request: Request) -> JSONResponse:
         problems.append("the outbox database is unreachable")
     if forwarder.paused:
         problems.append(f"delivery paused: {forwarder.pause_reason}")
+    elif trouble := forwarder.trouble.describe(time.time()):
+        problems.append(trouble)
     if backlog_age is not None and backlog_age > settings.pending_age_degraded_seconds:
         problems.append(f"oldest undelivered webhook is {backlog_age:.0f} s old "
                         f"(threshold {settings.pending_age_degraded_seconds:g} s)")

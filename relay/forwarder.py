@@ -27,6 +27,7 @@ from relay.metrics import Metrics, status_class
 from relay.outbox import AsyncOutbox, Attempt, Completion, Delivery, State
 from relay.retry import Delivered, GiveUp, PauseDelivery, RetryAt, decide, parse_retry_after
 from relay.settings import Settings
+from relay.trouble import Repeated, UpstreamTrouble, retryable_failure
 from relay.upstream import Outcome, RoarkClient
 
 log = structlog.get_logger("relay.forwarder")
@@ -74,6 +75,7 @@ class Forwarder:
         self.paused_until = 0.0
         self.pause_reason: str | None = None
         self.rate_limited_until = 0.0
+        self.trouble = UpstreamTrouble()
 
     @property
     def paused(self) -> bool:
@@ -220,21 +222,31 @@ class Forwarder:
                                       status_class(result.status_code)).inc()
         self._metrics.attempt_seconds.labels(delivery.provider).observe(duration_ms / 1000)
         kept = await self._complete_with_retries(delivery.id, token, completion)
-        log.info(
-            "delivery_attempt",
-            delivery_id=delivery.id,
-            provider=delivery.provider,
-            call_id=delivery.call_id,
-            attempt=delivery.attempts,
-            status=result.status_code,
-            outcome=attempt.outcome,
-            state=completion.state.value,
-            error=outcome.error,
-            next_attempt_in=round(completion.next_attempt_at - now, 3)
-            if completion.next_attempt_at is not None else None,
-            duration_ms=round(duration_ms, 1),
-            lease_lost=not kept,
-        )
+        said: bool | Repeated = True
+        if retryable_failure(result.status_code):
+            said = self.trouble.failure(now, result.status_code, outcome.error or result.summary)
+        else:  # an answer that is not "try again later": Roark is up
+            self.trouble.success(now)
+        if isinstance(said, Repeated):
+            log.warning("delivery_failures_repeated", error=said.failure, count=said.count,
+                        since_seconds=round(now - said.since, 1))
+        if said is True or isinstance(decision, GiveUp):
+            failed = retryable_failure(result.status_code) or isinstance(decision, GiveUp)
+            (log.warning if failed else log.info)(
+                "delivery_attempt",
+                delivery_id=delivery.id,
+                provider=delivery.provider,
+                call_id=delivery.call_id,
+                attempt=delivery.attempts,
+                status=result.status_code,
+                outcome=attempt.outcome,
+                state=completion.state.value,
+                error=outcome.error,
+                next_attempt_in=round(completion.next_attempt_at - now, 3)
+                if completion.next_attempt_at is not None else None,
+                duration_ms=round(duration_ms, 1),
+                lease_lost=not kept,
+            )
 
     def _pause(self, reason: str, now: float) -> None:
         if not self.paused:

@@ -151,6 +151,7 @@ async def summary(request: Request) -> dict[str, Any]:
         "paused": forwarder.paused,
         "pause_reason": forwarder.pause_reason,
         "rate_limited_until": iso(forwarder.rate_limited_until) if forwarder.rate_limited_until > now else None,
+        "trouble": forwarder.trouble.describe(now),
     }
 
 

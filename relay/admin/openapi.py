@@ -57,7 +57,7 @@ SCHEMAS: dict[str, Any] = {
     "Summary": {
         "type": "object",
         "required": ["counts", "providers", "oldest_pending_received_at", "oldest_pending_age_seconds",
-                     "paused", "pause_reason", "rate_limited_until"],
+                     "paused", "pause_reason", "rate_limited_until", "trouble"],
         "properties": {
             "counts": _ref("StateCounts"),
             "providers": {"type": "object", "additionalProperties": _ref("StateCounts"),
@@ -67,6 +67,9 @@ SCHEMAS: dict[str, Any] = {
             "paused": {"type": "boolean", "description": "delivery to Roark is paused (e.g. key rejected)"},
             "pause_reason": _nullable("string"),
             "rate_limited_until": {**TIME, "description": "Roark asked us to wait until then"},
+            "trouble": {**_nullable("string"),
+                        "description": "what is wrong when every attempt of the last minute failed "
+                                       "(Roark unreachable, or answering 5xx/429)"},
         },
     },
     "Delivery": {

@@ -138,3 +138,28 @@ def test_retention_prunes_old_delivered_at_start_and_keeps_failed(relay_env):
         eventually(lambda: backend.get(done.id) is None, 10)
     assert backend.get(dead.id).state is State.FAILED and backend.get(recent.id).state is State.DELIVERED
     backend.close()
+
+
+def test_an_outage_of_roark_is_named_at_once_on_health_and_the_status_page(relay_env, fake_roark):
+    fake_roark.set_default(Respond(503))
+    with app(relay_env, RELAY_ADMIN_TOKEN=ADMIN) as client:
+        assert client.get("/health", headers=BEARER).json()["data"]["status"] == "healthy"
+        client.post("/webhooks/vapi", content=sample("vapi/end-of-call-report"), headers=vapi_headers())
+
+        def told():
+            data = client.get("/health", headers=BEARER).json()["data"]
+            return data["status"] == "degraded" and data["problems"]
+        [problem] = eventually(told, timeout=10, message="an outage was not reported")
+        assert problem.startswith("Roark answering 503 to every attempt for ")
+        assert client.get("/health").json()["data"]["status"] == "degraded"  # the reason needs the token
+        summary = client.get("/admin/api/summary", headers=BEARER).json()["data"]
+        assert summary["trouble"] == problem
+        page = client.get("/status", headers=BEARER).text
+        assert 'id="trouble"' in page and "Delivery running." not in page
+        # Roark back: the next attempt that gets through clears it.
+        fake_roark.set_default(Respond(201))
+        client.post("/webhooks/retell", content=sample("retell/call_ended"),
+                    headers=retell_headers(sample("retell/call_ended")))
+        eventually(lambda: client.get("/health", headers=BEARER).json()["data"]["status"] == "healthy",
+                   timeout=15, message="recovery was not noticed")
+        assert client.get("/admin/api/summary", headers=BEARER).json()["data"]["trouble"] is None

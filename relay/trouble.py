@@ -1,0 +1,89 @@
+"""Whether Roark is taking deliveries, judged from the attempts themselves.
+
+A backlog only grows old after minutes, while an operator wants to hear at once that
+every attempt fails: "Roark unreachable for 3 min: ConnectError ...", "Roark answering
+503 to every attempt for 40 s". The rule, shown on the status page and applied by
+/health, is that every attempt of the last minute failed in a way retrying is meant to
+ride out (no answer, 5xx, 408, 425, 429). A 4xx that fails one delivery for good means
+Roark is up and reading.
+
+It also keeps the logs readable through an outage: the first failure of a kind is logged
+as it happens; the same failure again is only counted, and summed up once a minute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.retry import RETRYABLE_STATUSES
+
+WINDOW_SECONDS = 60.0
+SUMMARY_EVERY_SECONDS = 60.0
+
+
+def retryable_failure(status_code: int | None) -> bool:
+    return status_code is None or status_code >= 500 or status_code in RETRYABLE_STATUSES
+
+
+@dataclass
+class Repeated:
+    """Identical failures not logged one by one since `since`."""
+
+    failure: str
+    count: int
+    since: float
+
+
+class UpstreamTrouble:
+    def __init__(self) -> None:
+        self._last_success = float("-inf")
+        self._last_failure = float("-inf")
+        self._failing_since: float | None = None
+        self._failure: str | None = None
+        self._status: int | None = None
+        self._repeats = 0
+        self._repeats_since = 0.0
+        self._summarised_at = float("-inf")
+
+    def success(self, now: float) -> None:
+        self._last_success = now
+        self._failing_since = self._failure = None
+        self._repeats = 0
+
+    def failure(self, now: float, status_code: int | None, failure: str) -> bool | Repeated:
+        """Record a failed attempt. True: log it (the first of its kind); False: it is
+        counted only; a `Repeated`: log that summary of the ones counted."""
+        self._last_failure = now
+        if self._failing_since is None:
+            self._failing_since = now
+        if failure != self._failure:
+            self._failure, self._status = failure, status_code
+            self._repeats, self._summarised_at = 0, now
+            return True
+        self._status = status_code
+        if self._repeats == 0:
+            self._repeats_since = now
+        self._repeats += 1
+        if now - self._summarised_at < SUMMARY_EVERY_SECONDS:
+            return False
+        summary = Repeated(failure, self._repeats, self._repeats_since)
+        self._repeats, self._summarised_at = 0, now
+        return summary
+
+    def describe(self, now: float) -> str | None:
+        """What is wrong, when every attempt of the last minute failed; None otherwise."""
+        if self._failing_since is None or now - self._last_failure > WINDOW_SECONDS \
+                or now - self._last_success <= WINDOW_SECONDS:
+            return None
+        lasting = _duration(now - self._failing_since)
+        if self._status is None:
+            return f"Roark unreachable for {lasting}: {self._failure}"
+        return f"Roark answering {self._status} to every attempt for {lasting}: {self._failure}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
