@@ -38,6 +38,8 @@ MAX_ID = 2**63 - 1
 MAX_CALL_ID = 256
 MAX_JSON_BODY = 64 * 1024
 STATES = tuple(state.value for state in State)
+#: A view, not a state: pending deliveries whose every attempt so far failed.
+RETRYING = "retrying"
 _DIGITS = re.compile(r"[0-9]{1,19}")
 # Written so that Python's re and the JSON Schema (ECMA-262) pattern in the admin
 # OpenAPI document read them alike. A cursor is an id below 10**18, so that a pattern
@@ -85,7 +87,7 @@ def parse_call_id(raw: object) -> str | None:
 @dataclass(frozen=True)
 class Listing:
     where: DeliveryFilter
-    state: str  # a state, or "all"
+    state: str  # a state, RETRYING, or "all"
     before_id: int | None
     limit: int
 
@@ -104,8 +106,8 @@ def parse_listing(params: QueryParams, *, default_state: str, extra: tuple[str, 
     if unknown:
         raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}", parameter=sorted(unknown)[0])
     state = _single(params, "state") or default_state
-    if state not in (*STATES, "all"):
-        raise BadRequest(f"state must be one of {', '.join(STATES)} or all", parameter="state")
+    if state not in (*STATES, RETRYING, "all"):
+        raise BadRequest(f"state must be one of {', '.join(STATES)}, {RETRYING} or all", parameter="state")
     cursor = _single(params, "cursor")
     if cursor is not None and not re.fullmatch(CURSOR_PATTERN, cursor):
         raise BadRequest("cursor must be the next_cursor of a previous page", parameter="cursor")
@@ -114,7 +116,8 @@ def parse_listing(params: QueryParams, *, default_state: str, extra: tuple[str, 
         raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", parameter="limit")
     return Listing(
         where=DeliveryFilter(
-            states=() if state == "all" else (State(state),),
+            states=() if state == "all" else (State.PENDING,) if state == RETRYING else (State(state),),
+            tried=state == RETRYING,
             provider=parse_provider(_single(params, "provider")),
             call_id_prefix=parse_call_id(_single(params, "call_id")),
         ),

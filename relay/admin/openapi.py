@@ -10,7 +10,7 @@ from typing import Any
 
 from relay import __version__
 from relay.admin.api import (CALL_ID_PATTERN, CURSOR_PATTERN, DEFAULT_LIMIT, MAX_CALL_ID, MAX_ID, MAX_IDS,
-                             MAX_LIMIT, STATES)
+                             MAX_LIMIT, RETRYING, STATES)
 from relay.providers import PROVIDER_NAMES
 
 
@@ -152,8 +152,10 @@ SCHEMAS: dict[str, Any] = {
 
 PARAMETERS: dict[str, Any] = {
     "id": {"name": "id", "in": "path", "required": True, "schema": ID},
-    "state": {"name": "state", "in": "query", "description": "empty or all: every state",
-              "schema": {"type": "string", "enum": [*STATES, "all", ""], "default": "all"}},
+    "state": {"name": "state", "in": "query",
+              "description": "empty or all: every state; retrying: pending deliveries that have failed "
+                             "at least once",
+              "schema": {"type": "string", "enum": [*STATES, RETRYING, "all", ""], "default": "all"}},
     "provider": {"name": "provider", "in": "query", "schema": PROVIDER_FILTER},
     "call_id": {"name": "call_id", "in": "query", "schema": CALL_ID_FILTER},
     "cursor": {"name": "cursor", "in": "query", "description": "next_cursor of the previous page; empty: the first",

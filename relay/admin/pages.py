@@ -191,7 +191,7 @@ class StatusPages:
             return RedirectResponse(
                 f"/status/deliveries/{api.parse_id(detail_id, 'detail_id')}?replayed={count}", status_code=303)
         state = _field(form, "state") or "failed"
-        if state not in (*api.STATES, "all"):
+        if state not in (*api.STATES, api.RETRYING, "all"):
             state = "failed"
         return RedirectResponse(_status_url(state=state, provider=api.parse_provider(_field(form, "provider")),
                                             call_id=api.parse_call_id(_field(form, "call_id")),

@@ -76,6 +76,8 @@ class DeliveryFilter:
     states: tuple[State, ...] = ()
     provider: str | None = None
     call_id_prefix: str | None = None
+    #: Only deliveries tried at least once (pending ones that did: the retrying).
+    tried: bool = False
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,8 @@ class Statements:
         if where.provider is not None:
             clauses.append(f"provider = {self.mark}")
             params.append(where.provider)
+        if where.tried:
+            clauses.append("attempts > 0")
         if where.call_id_prefix:
             # substr instead of LIKE, so % and _ in a searched id are just characters
             clauses.append(f"substr(call_id, 1, {self.mark}) = {self.mark}")

@@ -8,7 +8,7 @@ from starlette.testclient import TestClient
 from relay.app import create_app
 from relay.outbox import Completion, NewDelivery, State, open_backend
 from relay.settings import Settings
-from relay.testing.fake_roark import Respond
+from relay.testing.fake_roark import Respond, Slow
 from tests.helpers import eventually, retell_headers, sample, vapi_headers
 
 ADMIN = "admin-token-0123456789abcdef"
@@ -92,9 +92,10 @@ def test_health_degrades_when_the_backlog_is_old(relay_env, fake_roark):
 
 
 def test_health_is_healthy_with_a_fresh_backlog(relay_env, fake_roark):
-    fake_roark.set_default(Respond(503))
+    # Roark slow, not failing: a failing attempt would be reported as trouble.
+    fake_roark.set_default(Slow(30))
     store_old_pending(relay_env, age_seconds=10)
-    with app(relay_env, RELAY_PENDING_AGE_DEGRADED_SECONDS="300") as client:
+    with app(relay_env, RELAY_PENDING_AGE_DEGRADED_SECONDS="300", RELAY_SHUTDOWN_GRACE_SECONDS="0") as client:
         response = client.get("/health")
     assert response.status_code == 200 and response.json()["data"]["status"] == "healthy"
 
@@ -142,7 +143,7 @@ def test_retention_prunes_old_delivered_at_start_and_keeps_failed(relay_env):
 
 def test_an_outage_of_roark_is_named_at_once_on_health_and_the_status_page(relay_env, fake_roark):
     fake_roark.set_default(Respond(503))
-    with app(relay_env, RELAY_ADMIN_TOKEN=ADMIN) as client:
+    with app(relay_env, RELAY_ADMIN_TOKEN=ADMIN, RELAY_RETRY_MAX_ATTEMPTS="1000") as client:
         assert client.get("/health", headers=BEARER).json()["data"]["status"] == "healthy"
         client.post("/webhooks/vapi", content=sample("vapi/end-of-call-report"), headers=vapi_headers())
 
@@ -156,6 +157,10 @@ def test_an_outage_of_roark_is_named_at_once_on_health_and_the_status_page(relay
         assert summary["trouble"] == problem
         page = client.get("/status", headers=BEARER).text
         assert 'id="trouble"' in page and "Delivery running." not in page
+        # The retrying view: pending deliveries that failed at least once.
+        retrying = client.get("/admin/api/deliveries?state=retrying", headers=BEARER).json()["data"]
+        assert [(d["state"], d["attempts"] > 0, d["last_status"]) for d in retrying] == [("pending", True, 503)]
+        assert "Retrying deliveries" in client.get("/status?state=retrying", headers=BEARER).text
         # Roark back: the next attempt that gets through clears it.
         fake_roark.set_default(Respond(201))
         client.post("/webhooks/retell", content=sample("retell/call_ended"),

@@ -200,6 +200,17 @@ def test_replay_one_resets_attempts_and_is_idempotent(backend):
     assert [a.attempt for a in backend.attempts(failed)] == [1, 2]
 
 
+def test_the_tried_filter_keeps_deliveries_attempted_at_least_once(backend):
+    fresh, tried = (r.delivery_id for r in backend.insert_many([new("fresh"), new("tried")], NOW))
+    assert len(backend.claim("w", NOW, LEASE, 2)) == 2
+    # Handed back untried (a shutdown refunds the attempt); and one that Roark refused.
+    backend.complete(fresh, "w", Completion(State.PENDING, NOW, next_attempt_at=NOW, refund_attempt=True))
+    backend.complete(tried, "w", Completion(State.PENDING, NOW, next_attempt_at=NOW + 60, status_code=503,
+                                            attempt=Attempt(1, NOW, 1.0, 503, "HTTP 503", "retryat")))
+    listed = backend.list_deliveries(DeliveryFilter((State.PENDING,), tried=True), None, 10)
+    assert [row.id for row in listed] == [tried]
+
+
 def test_replay_leaves_rows_in_flight_and_delivered_alone(backend):
     failed = fail(backend, "f1")
     backend.insert_many([new("busy"), new("done")], NOW)
