@@ -140,3 +140,33 @@ def test_operator_logs_in_sees_a_failure_opens_it_and_replays_it(
             browser.close()
     assert [r for r in fake_roark.accepted() if r.json["vapi_end_of_call_report_payload"]["call"]["id"]
             == XSS_CALL_ID]
+
+
+LONG_CALL_ID = "call-" + "7f3a9c" * 40
+
+
+@pytest.mark.parametrize("width, height", [(1280, 800), (390, 844)])
+def test_the_page_fits_a_laptop_and_a_phone_without_scrolling_sideways(
+    start_relay, relay_env, fake_roark, chromium_path, width, height
+):
+    fake_roark.set_default(Respond(400, {"error_type": "validation", "error_code": "invalid_parameter",
+                                         "message": "Invalid VAPI payload: " + "assistantOverrides " * 30}))
+    relay = start_relay({**relay_env, "RELAY_ADMIN_TOKEN": TOKEN})
+    ids = [send(relay, "vapi", LONG_CALL_ID), send(relay, "retell", "retell-narrow-1"),
+           send(relay, "vapi", "vapi-narrow-2")]
+    for delivery_id in ids:
+        eventually(lambda: state_of(relay, delivery_id) == "failed", WAIT)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": width, "height": height},
+                                extra_http_headers={"Authorization": f"Bearer {TOKEN}"})
+        for path in ("/status", "/status?state=all", f"/status/deliveries/{ids[0]}"):
+            page.goto(relay.url + path)
+            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 0, f"{path} is {overflow} px wider than a {width} px window"
+        page.goto(relay.url + "/status")
+        # The long id is shortened on one line, whole on hover.
+        link = page.locator(f'a.callid[title="{LONG_CALL_ID}"]')
+        box = link.bounding_box()
+        assert box is not None and box["height"] < 30 and box["width"] < width
+        browser.close()
