@@ -86,7 +86,7 @@ def admin_routes(settings: Settings, throttle: LoginThrottle | None = None) -> l
         return JSONResponse(document)
 
     return _hardened([
-        *page_routes(StatusPages(auth, redactor, throttle or LoginThrottle())),
+        *page_routes(StatusPages(auth, redactor, throttle if throttle is not None else LoginThrottle())),
         *api_routes(AdminApi(auth, redactor)),
         Route("/admin/openapi.json", openapi, methods=["GET"]),
     ])
