@@ -83,9 +83,7 @@ def verify_signature(
     tolerance: float = TOLERANCE_SECONDS,
 ) -> None:
     """Accept the request if `x-retell-signature` was made with any of `api_keys`."""
-    check = check_signature_headers(api_keys, headers, now, tolerance)
-    check.update(raw_body)
-    check.verify()
+    check_signature_headers(api_keys, headers, now, tolerance).verify_body(raw_body)
 
 
 class _Call(msgspec.Struct):

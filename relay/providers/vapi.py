@@ -244,9 +244,7 @@ def verify_hmac(
     tolerance: float = TOLERANCE_SECONDS,
 ) -> None:
     """Accept the request if its HMAC signature was made with any of the scheme's secrets."""
-    check = check_hmac_headers(scheme, headers, now, tolerance)
-    check.update(raw_body)
-    check.verify()
+    check_hmac_headers(scheme, headers, now, tolerance).verify_body(raw_body)
 
 
 def check_credential_headers(
@@ -294,10 +292,8 @@ def verify_credentials(
     now: float,
 ) -> None:
     """Accept the request if any configured VAPI credential vouches for it."""
-    check = check_credential_headers(token, hmac_scheme, headers, now)
-    if check is not None:
-        check.update(raw_body)
-        check.verify()
+    if (check := check_credential_headers(token, hmac_scheme, headers, now)) is not None:
+        check.verify_body(raw_body)
 
 
 # --- settings and the provider -------------------------------------------------------------
