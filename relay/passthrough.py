@@ -37,11 +37,9 @@ _NOT_PASSED = frozenset({
 
 
 class PassThrough:
-    def __init__(self, proxy_for: Callable[[str], str | None] = lambda url: None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, proxy_for: Callable[[str], str | None]) -> None:
         self._proxy_for = proxy_for
-        self._transports: dict[str, httpx.AsyncBaseTransport] = {}
-        self._given = transport
+        self._transports: dict[str, Transport] = {}
 
     async def answer(self, url: str, raw_body: bytes, headers: Mapping[str, str],
                      deadline: float) -> Response:
@@ -55,18 +53,14 @@ class PassThrough:
             async with asyncio.timeout(deadline):
                 answer = await self._transport(url).handle_async_request(request)
                 content = await answer.aread()
-        except TimeoutError:
-            raise GatewayTimeout(f"your server did not answer within {deadline:g} s") from None
-        except httpx.TransportError as error:
-            if timed_out(error):
+        except (TimeoutError, httpx.TransportError) as error:
+            if isinstance(error, TimeoutError) or timed_out(error):
                 raise GatewayTimeout(f"your server did not answer within {deadline:g} s") from None
             raise BadGateway(f"your server could not be reached: {describe_error(error)}") from None
         media_type = answer.headers.get("content-type")
         return Response(content, status_code=answer.status_code, media_type=media_type)
 
-    def _transport(self, url: str) -> httpx.AsyncBaseTransport:
-        if self._given is not None:
-            return self._given
+    def _transport(self, url: str) -> Transport:
         # One pool per server URL: a proxy, if any, is chosen per URL.
         if url not in self._transports:
             self._transports[url] = Transport(max_connections=MAX_CONNECTIONS, proxy=self._proxy_for(url),
@@ -74,5 +68,5 @@ class PassThrough:
         return self._transports[url]
 
     async def aclose(self) -> None:
-        for transport in {*self._transports.values(), *([self._given] if self._given else [])}:
+        for transport in self._transports.values():
             await transport.aclose()
