@@ -54,11 +54,6 @@ class Redactor:
         # so such an escape alone is reason enough to look closer.
         self._escape = re.compile(rb"\\u00[2-7]")
 
-    def may_strip(self, raw_json: bytes | memoryview) -> bool:
-        """False when `strip` would certainly change nothing in this JSON text, so it need
-        not be decoded."""
-        return bool(self._found(bytes(raw_json).lower()))
-
     def _found(self, lowered: bytes) -> set[bytes]:
         """The names to strip (and escapes that could spell one) in lowercased JSON text.
         Plain substring searches cost a small fraction of a parse; a regular expression
@@ -84,8 +79,8 @@ class Redactor:
         way to one: a 21 MB transcript beside a phone number's credentials is carried over
         as bytes, never turned into objects, and numbers are kept as written."""
         found = self._found(bytes(memoryview(raw)).lower())
-        if not found:
-            return msgspec.Raw(raw) if isinstance(raw, bytes) else raw
+        if not found:  # nothing to strip: the text is carried over undecoded
+            return _as_raw(raw)
         return msgspec.Raw(jsonbody.dumps(self._strip_lazily(raw, found, 0)))
 
     def _strip_lazily(self, raw: bytes | msgspec.Raw, found: set[bytes], depth: int) -> Any:
@@ -103,7 +98,7 @@ class Redactor:
         if opening == b"[":
             return [self._strip_lazily(item, found, depth + 1) if _holds(item, found) else item
                     for item in jsonbody.loads_as(raw, list[msgspec.Raw])]
-        return msgspec.Raw(raw) if isinstance(raw, bytes) else raw  # a string holds no field
+        return _as_raw(raw)  # a string or number holds no field
 
     def strip(self, document: Any) -> Any:
         """A copy of `document` without the credential fields and the operator's keys (for
@@ -144,6 +139,10 @@ class Redactor:
                     if child is not item:
                         pending.append((item, child, depth + 1))
         return copy
+
+
+def _as_raw(raw: bytes | msgspec.Raw) -> msgspec.Raw:
+    return msgspec.Raw(raw) if isinstance(raw, bytes) else raw
 
 
 def _holds(raw: msgspec.Raw, found: set[bytes]) -> bool:
