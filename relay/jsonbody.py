@@ -41,8 +41,9 @@ def loads_as(raw: bytes | msgspec.Raw, into: Any) -> Any:
 
 
 def parse(raw: bytes, into: Any = dict[str, Any]) -> Any:
-    """A request body decoded into `into` (a msgspec type; a Struct decodes only its own
-    fields and skips the rest unbuilt), or a BadRequest that says what is wrong."""
+    """A request body decoded into `into` (a msgspec type, by default a JSON object; a
+    Struct decodes only its own fields and skips the rest unbuilt), or a BadRequest that
+    says what is wrong."""
     try:
         return _decoder(into).decode(without_bom(raw))
     except RecursionError:
@@ -58,11 +59,6 @@ def parse(raw: bytes, into: Any = dict[str, Any]) -> Any:
                          parameter=parameter) from None
     except ValueError as error:
         raise BadRequest(f"body is not valid JSON: {error}", error_code="invalid_json") from None
-
-
-def parse_object(raw: bytes) -> dict[str, Any]:
-    """The JSON object in a request body, or a BadRequest that says what is wrong."""
-    return parse(raw)
 
 
 def loads_exact(raw: bytes | msgspec.Raw) -> Any:

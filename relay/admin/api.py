@@ -20,13 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from relay import jsonbody
 from relay.admin.auth import AdminAuth
 from relay.errors import BadRequest, HTTPError, NotFound, UnsupportedMediaType
 from relay.ingest import read_body
 from relay.outbox import Delivery, DeliveryFilter, State
-from relay.jsonbody import parse_object
-from relay.redaction import Redactor
 from relay.providers import PROVIDER_NAMES
+from relay.redaction import Redactor
 from relay.views import attempt_json, delivery_json, iso, masked_payload
 
 log = structlog.get_logger("relay.admin")
@@ -178,7 +178,7 @@ async def _json_body(request: Request) -> Mapping[str, Any]:
     except HTTPError as error:
         log.info("admin_request_rejected", path=request.url.path, reason=error.message)
         raise
-    return parse_object(body)
+    return jsonbody.parse(body)
 
 
 class AdminApi:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import BadRequest
-from relay.jsonbody import parse_object
+from relay.jsonbody import parse
 from relay.providers import PROVIDER_NAMES, PROVIDERS
 from relay.providers.retell import RETELL
 from relay.providers.vapi import VAPI
@@ -95,7 +95,7 @@ def test_a_leading_byte_order_mark_is_accepted():
 ])
 def test_refusals_name_their_reason(raw, reason):
     with pytest.raises(BadRequest) as refused:
-        parse_object(raw)
+        parse(raw)
     assert refused.value.status_code == 400
     assert reason.lower() in str(refused.value).lower()
 
@@ -103,7 +103,7 @@ def test_refusals_name_their_reason(raw, reason):
 def test_an_unpaired_surrogate_escape_is_refused_wherever_it_stands():
     for raw in (b'{"a": "\\ud800"}', b'{"a": "\\ud800x"}', b'{"a": "\\ud800\\u0041"}'):
         with pytest.raises(BadRequest):
-            parse_object(raw)
+            parse(raw)
 
 
 def test_a_stored_body_that_cannot_become_roarks_raises_value_error():
