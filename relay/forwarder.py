@@ -223,7 +223,8 @@ class Forwarder:
         self._metrics.attempt_seconds.labels(delivery.provider).observe(duration_ms / 1000)
         kept = await self._complete_with_retries(delivery.id, token, completion)
         said: bool | Repeated = True
-        if retryable_failure(result.status_code):
+        failing = retryable_failure(result.status_code)
+        if failing:
             said = self.trouble.failure(now, result.status_code, outcome.error or result.summary)
         else:  # an answer that is not "try again later": Roark is up
             self.trouble.success(now)
@@ -231,8 +232,7 @@ class Forwarder:
             log.warning("delivery_failures_repeated", error=said.failure, count=said.count,
                         since_seconds=round(now - said.since, 1))
         if said is True or isinstance(decision, GiveUp):
-            failed = retryable_failure(result.status_code) or isinstance(decision, GiveUp)
-            (log.warning if failed else log.info)(
+            (log.warning if failing or isinstance(decision, GiveUp) else log.info)(
                 "delivery_attempt",
                 delivery_id=delivery.id,
                 provider=delivery.provider,

@@ -147,10 +147,11 @@ async def _receive(
         settings.query_properties,
     )
     check_content_type(request)
+    config = settings.providers[provider.name]
     # What the headers alone condemn is refused before a byte of the body is held.
     check = None
     if provider.name not in settings.insecure_skip_verification:
-        check = provider.check_headers(settings.providers[provider.name], request.headers, time.time())
+        check = provider.check_headers(config, request.headers, time.time())
         # None: the headers proved it (a shared token), so the body is as good as verified.
         if check is None and not hold.move_to(state.verified_bodies):
             raise _overloaded()
@@ -174,7 +175,6 @@ async def _receive(
         raise _overloaded()
     envelope = provider.envelope(raw_body)
     fields.update(event_type=envelope.event, call_id=envelope.call_id)
-    config = settings.providers[provider.name]
     if envelope.event in provider.request_response and (url := provider.answer_url(config)):
         # Answered by the team's server, while the provider waits; nothing is stored.
         started = time.perf_counter()
