@@ -38,6 +38,9 @@ class NewDelivery:
     received_at: float
     request_id: str | None = None  # of the webhook request, sent on to Roark
     properties: Mapping[str, Any] | None = None  # from the webhook's URL (see relay.sources)
+    #: "webhook" when the provider sent it; "reconciliation" when the relay asked the
+    #: provider's API for a call whose webhook never came.
+    origin: str = "webhook"
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Delivery:
     updated_at: float
     request_id: str | None = None
     properties: Mapping[str, Any] | None = None
+    origin: str = "webhook"
 
 
 @dataclass(frozen=True)

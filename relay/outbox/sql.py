@@ -30,7 +30,7 @@ from relay.outbox.model import (
 COLUMNS = (
     "id, provider, event, call_id, dedupe_key, body, received_at, state, attempts, "
     "next_attempt_at, lease_token, lease_expires_at, last_status, last_error, "
-    "roark_call_id, delivered_at, updated_at, request_id, properties"
+    "roark_call_id, delivered_at, updated_at, request_id, properties, origin"
 )
 #: Listings leave the (possibly large) bodies in the database.
 LISTING_COLUMNS = COLUMNS.replace(" body,", " NULL,")
@@ -62,15 +62,15 @@ class Statements:
     def insert(self, items: Sequence[NewDelivery], now: float) -> Query:
         """One statement for the whole batch: it returns the rows it stored, and skips
         webhooks already stored (provider retries)."""
-        rows = ", ".join([f"({self._marks(10)})"] * len(items))
+        rows = ", ".join([f"({self._marks(11)})"] * len(items))
         params: list[object] = []
         for item in items:
             params += (item.provider, item.event, item.call_id, item.dedupe_key, item.body,
                        item.received_at, now, now, item.request_id,
-                       json.dumps(item.properties) if item.properties else None)
+                       json.dumps(item.properties) if item.properties else None, item.origin)
         return (
             "INSERT INTO deliveries (provider, event, call_id, dedupe_key, body, received_at, "
-            f"next_attempt_at, updated_at, request_id, properties) VALUES {rows} "
+            f"next_attempt_at, updated_at, request_id, properties, origin) VALUES {rows} "
             "ON CONFLICT (provider, dedupe_key) DO NOTHING RETURNING id, provider, dedupe_key",
             params,
         )
