@@ -2,7 +2,7 @@
 
 import sqlite3
 
-from relay.outbox import Attempt, Completion, DeliveryFilter, NewDelivery, State, open_backend
+from relay.outbox import Attempt, DeliveryFilter, NewDelivery, State, open_backend
 from relay.outbox import migrations
 
 NOW = 1_700_000_000.0
