@@ -29,17 +29,24 @@ UNDELIVERED = ("SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending')
 #: delivered an hour after it arrived, before any pending one (history is older than a
 #: backlog: it arrived, and was delivered, before the outage that built the backlog).
 _SEED = """
-INSERT INTO deliveries (provider, event, call_id, dedupe_key, body, received_at, state,
-    attempts, next_attempt_at, updated_at, delivered_at, last_status, roark_call_id)
+INSERT INTO webhooks (provider, event, call_id, dedupe_key, body, received_at)
 SELECT 'vapi', 'end-of-call-report', {call_id}, 'end-of-call-report:' || {call_id}, {body},
-    {received_at}, {state}, {attempts}, {received_at}, {now}, {delivered_at}, {status}, {roark}
+    {received_at}
 FROM {series}
+"""
+#: Roark's delivery of each webhook just seeded (those newer than any owed before).
+_OWE = """
+INSERT INTO deliveries (webhook_id, destination, provider, received_at, state, attempts,
+    next_attempt_at, updated_at, delivered_at, last_status, roark_call_id)
+SELECT id, 'roark', provider, received_at, {state}, {attempts}, received_at, {now},
+    {delivered_at}, {status}, {roark}
+FROM webhooks WHERE id > (SELECT coalesce(max(webhook_id), 0) FROM deliveries)
 """
 #: How far before now seeded history ends: more than any seeded backlog spans (0.5 s apart).
 HISTORY_BEFORE_SECONDS = 7 * 86400
 
 
-def _seed_sql(dialect: str, delivered: bool) -> str:
+def _seed_sql(dialect: str, delivered: bool) -> tuple[str, str]:
     p = (lambda name: f":{name}") if dialect == "sqlite" else (lambda name: f"%({name})s")
     call_id = f"({p('tag')} || i)"
     body = (f"CAST({p('prefix')} || {call_id} || {p('suffix')} AS BLOB)" if dialect == "sqlite"
@@ -48,12 +55,13 @@ def _seed_sql(dialect: str, delivered: bool) -> str:
               f"{p('count')}) SELECT i FROM s)" if dialect == "sqlite"
               else f"generate_series(1, {p('count')}) AS i")
     received_at = f"{p('now')} - {HISTORY_BEFORE_SECONDS if delivered else 0} - i * 0.5"
-    return _SEED.format(
-        call_id=call_id, body=body, now=p("now"), series=series, received_at=received_at,
-        state="'delivered'" if delivered else "'pending'", attempts=int(delivered),
-        delivered_at=f"{received_at} + 3600" if delivered else "NULL",
+    webhooks = _SEED.format(call_id=call_id, body=body, series=series, received_at=received_at)
+    deliveries = _OWE.format(
+        now=p("now"), state="'delivered'" if delivered else "'pending'", attempts=int(delivered),
+        delivered_at="received_at + 3600" if delivered else "NULL",
         status="201" if delivered else "NULL",
-        roark=f"'rk-' || {call_id}" if delivered else "NULL")
+        roark="'rk-' || call_id" if delivered else "NULL")
+    return webhooks, deliveries
 
 
 class Store(abc.ABC):
@@ -73,9 +81,10 @@ class Store(abc.ABC):
         started = time.perf_counter()
         tag = f"seed-{secrets.token_hex(4)}-"
         for offset in range(0, count, batch):
-            self._execute(_seed_sql(self.backend, delivered), {
-                "tag": f"{tag}{offset}-", "prefix": prefix, "suffix": suffix,
-                "count": min(batch, count - offset), "now": time.time()})
+            for statement in _seed_sql(self.backend, delivered):
+                self._execute(statement, {
+                    "tag": f"{tag}{offset}-", "prefix": prefix, "suffix": suffix,
+                    "count": min(batch, count - offset), "now": time.time()})
         self._analyze()
         return time.perf_counter() - started
 

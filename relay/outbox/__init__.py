@@ -1,4 +1,5 @@
-"""The durable outbox: what the relay owes Roark, with one backend per store."""
+"""The durable outbox: what the relay owes Roark and every other destination, with one
+backend per store."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from relay.outbox.model import (
     DeliveryFilter,
     Inserted,
     NewDelivery,
+    Pause,
+    ROARK,
     State,
 )
 from relay.outbox.runner import AsyncOutbox
@@ -23,6 +26,8 @@ __all__ = [
     "DeliveryFilter",
     "Inserted",
     "NewDelivery",
+    "Pause",
+    "ROARK",
     "State",
     "open_backend",
 ]

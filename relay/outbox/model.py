@@ -1,6 +1,8 @@
 """The outbox's records and the contract every storage backend fulfils.
 
-A delivery is one webhook the relay has acknowledged and owes to Roark. Its life:
+A webhook the relay has acknowledged is stored once; it is owed to each destination that
+asked for it (Roark, built in, and those of RELAY_DESTINATIONS), and each of those is a
+delivery with its own life:
 
     pending ──claim──> delivering ──2xx──────────> delivered
        ^                   │ ──retryable error──> pending (next_attempt_at later)
@@ -17,8 +19,12 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+
+#: The built-in destination: Roark's import endpoints.
+ROARK = "roark"
 
 
 class State(str, enum.Enum):
@@ -30,6 +36,8 @@ class State(str, enum.Enum):
 
 @dataclass(frozen=True)
 class NewDelivery:
+    """A webhook to store, and the destinations it is owed to (one delivery each)."""
+
     provider: str
     event: str
     call_id: str | None
@@ -41,12 +49,22 @@ class NewDelivery:
     #: "webhook" when the provider sent it; "reconciliation" when the relay asked the
     #: provider's API for a call whose webhook never came.
     origin: str = "webhook"
+    destinations: tuple[str, ...] = (ROARK,)
+    #: The provider's own authentication headers, for destinations that pass them on.
+    credentials: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.destinations:
+            raise ValueError("a webhook owed to no destination is not stored")
 
 
 @dataclass(frozen=True)
 class Inserted:
+    #: The delivery to the first of the webhook's destinations (Roark's, when it has one).
     delivery_id: int
     duplicate: bool
+    #: Every delivery of the webhook, by destination.
+    deliveries: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,9 @@ class Delivery:
     request_id: str | None = None
     properties: Mapping[str, Any] | None = None
     origin: str = "webhook"
+    destination: str = ROARK
+    webhook_id: int | None = None
+    credentials: Mapping[str, str] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,7 @@ class DeliveryFilter:
 
     states: tuple[State, ...] = ()
     provider: str | None = None
+    destination: str | None = None
     call_id_prefix: str | None = None
     #: Only deliveries tried at least once (pending ones that did: the retrying).
     tried: bool = False
@@ -94,6 +116,14 @@ class Attempt:
     status_code: int | None
     error: str | None
     outcome: str
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Why a destination gets nothing until an operator resumes it, and since when."""
+
+    reason: str
+    since: float
 
 
 @dataclass(frozen=True)
@@ -122,18 +152,20 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def insert_many(self, items: Sequence[NewDelivery], now: float) -> list[Inserted]:
-        """Store new deliveries durably (committed and synced) in one transaction.
+        """Store new webhooks and their deliveries durably (committed and synced) in one
+        transaction.
 
-        A delivery whose (provider, dedupe_key) is already stored is not stored again;
-        its result names the existing row with `duplicate=True`.
+        A webhook whose (provider, dedupe_key) is already stored is not stored again, nor
+        owed again; its result names the existing deliveries with `duplicate=True`.
         """
 
     @abc.abstractmethod
     def claim(self, token: str, now: float, lease_seconds: float, limit: int,
-              max_bytes: int | None = None) -> list[Delivery]:
-        """Lease up to `limit` due deliveries (pending and due, or with an expired lease),
-        oldest due first, and only as many as fit in `max_bytes` of bodies, though always
-        at least one when any is due.
+              max_bytes: int | None = None, destination: str = ROARK) -> list[Delivery]:
+        """Lease up to `limit` due deliveries to `destination` (pending and due, or with
+        an expired lease), oldest due first, and only as many as fit in `max_bytes` of
+        bodies, though always at least one when any is due; none while the destination
+        is paused (`pause_destination`).
 
         Like `complete_many`, a claim need not be synced: a lost claim only puts rows
         back where they were, to be claimed (and perhaps sent) again.
@@ -168,7 +200,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def prune(self, received_before: float, states: Sequence[State]) -> int:
-        """Delete deliveries in `states` received before the cutoff; returns how many."""
+        """Delete deliveries in `states` received before the cutoff, and webhooks left
+        owed to no one; returns how many deliveries."""
 
     @abc.abstractmethod
     def attempts(self, delivery_id: int) -> list[Attempt]: ...
@@ -176,6 +209,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def counts_by_provider(self) -> dict[str, dict[State, int]]:
         """Deliveries per provider and state (providers with none are absent)."""
+
+    @abc.abstractmethod
+    def counts_by_destination(self) -> dict[str, dict[State, int]]:
+        """Deliveries per destination and state (destinations with none are absent)."""
 
     def counts(self) -> dict[State, int]:
         """Deliveries per state, every state present."""
@@ -187,6 +224,17 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def oldest_pending_received_at(self) -> float | None: ...
+
+    @abc.abstractmethod
+    def pause_destination(self, destination: str, reason: str, now: float) -> None:
+        """Send nothing more to `destination`, from any instance, until it is resumed."""
+
+    @abc.abstractmethod
+    def resume_destination(self, destination: str) -> bool:
+        """Lift a pause; False when the destination was not paused."""
+
+    @abc.abstractmethod
+    def paused_destinations(self) -> dict[str, Pause]: ...
 
     @abc.abstractmethod
     def revoke_session(self, nonce: str, expires_at: float, now: float) -> None:

@@ -35,8 +35,8 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_r
 
 from relay.errors import StoreUnavailable
 from relay.outbox import migrations
-from relay.outbox.model import Delivery
-from relay.outbox.sql import COLUMNS, SQLBackend, Statements, delivery_from_row
+from relay.outbox.model import ROARK, Delivery
+from relay.outbox.sql import COLUMNS, JOINED, SQLBackend, Statements, delivery_from_row
 
 log = structlog.get_logger("relay.outbox.postgres")
 
@@ -73,25 +73,29 @@ _STORE_STATE = (pg_errors.UndefinedTable, pg_errors.InsufficientPrivilege)
 
 CLAIM = f"""
 WITH due AS (
-    SELECT id, octet_length(body) AS size, next_attempt_at AS at FROM deliveries
-    WHERE state = 'pending' AND next_attempt_at <= %(now)s
-    ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+    SELECT id, webhook_id, next_attempt_at AS at FROM deliveries
+    WHERE destination = %(destination)s AND state = 'pending' AND next_attempt_at <= %(now)s
+    ORDER BY destination, next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), expired AS (
-    SELECT id, octet_length(body) AS size, lease_expires_at AS at FROM deliveries
-    WHERE state = 'delivering' AND lease_expires_at <= %(now)s
-    ORDER BY lease_expires_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+    SELECT id, webhook_id, lease_expires_at AS at FROM deliveries
+    WHERE destination = %(destination)s AND state = 'delivering' AND lease_expires_at <= %(now)s
+    ORDER BY destination, lease_expires_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), candidates AS (
-    SELECT id, sum(size) OVER w AS running, row_number() OVER w AS n
-    FROM (SELECT 0 AS part, * FROM due UNION ALL SELECT 1, * FROM expired) AS c
-    WINDOW w AS (ORDER BY part, at, id)
-), chosen AS (
     -- octet_length reads a stored body's size without fetching it (TOAST keeps it)
+    SELECT c.id, sum(octet_length(w.body)) OVER win AS running, row_number() OVER win AS n
+    FROM (SELECT 0 AS part, * FROM due UNION ALL SELECT 1, * FROM expired) AS c
+    JOIN webhooks w ON w.id = c.webhook_id
+    WHERE NOT EXISTS (SELECT 1 FROM paused_destinations WHERE destination = %(destination)s)
+    WINDOW win AS (ORDER BY part, at, c.id)
+), chosen AS (
     SELECT id FROM candidates WHERE n <= %(limit)s AND (n = 1 OR running <= %(max_bytes)s)
+), claimed AS (
+    UPDATE deliveries SET state = 'delivering', lease_token = %(token)s,
+        lease_expires_at = %(expires)s, attempts = attempts + 1, updated_at = %(now)s
+    WHERE id IN (SELECT id FROM chosen)
+    RETURNING *
 )
-UPDATE deliveries SET state = 'delivering', lease_token = %(token)s,
-    lease_expires_at = %(expires)s, attempts = attempts + 1, updated_at = %(now)s
-WHERE id IN (SELECT id FROM chosen)
-RETURNING {COLUMNS}
+SELECT {COLUMNS} FROM {JOINED.replace("deliveries", "claimed AS deliveries", 1)}
 """
 
 
@@ -222,9 +226,9 @@ class PostgresBackend(SQLBackend):
         return version or 0
 
     def claim(self, token: str, now: float, lease_seconds: float, limit: int,
-              max_bytes: int | None = None) -> list[Delivery]:
+              max_bytes: int | None = None, destination: str = ROARK) -> list[Delivery]:
         params = {"token": token, "now": now, "expires": now + lease_seconds, "limit": limit,
-                  "max_bytes": 2**62 if max_bytes is None else max_bytes}
+                  "max_bytes": 2**62 if max_bytes is None else max_bytes, "destination": destination}
         with self._write(durable=False) as conn:
             rows = conn.execute(CLAIM, params).fetchall()
         return sorted((delivery_from_row(r) for r in rows), key=lambda d: (d.next_attempt_at, d.id))

@@ -30,6 +30,8 @@ from relay.outbox.model import (
     DeliveryFilter,
     Inserted,
     NewDelivery,
+    Pause,
+    ROARK,
     State,
 )
 
@@ -109,8 +111,9 @@ class AsyncOutbox:
         return await self._write(self.backend.migrate)
 
     async def claim(self, token: str, lease_seconds: float, limit: int,
-                    max_bytes: int | None = None) -> list[Delivery]:
-        return await self._write(self.backend.claim, token, self._clock(), lease_seconds, limit, max_bytes)
+                    max_bytes: int | None = None, destination: str = ROARK) -> list[Delivery]:
+        return await self._write(self.backend.claim, token, self._clock(), lease_seconds, limit,
+                                 max_bytes, destination)
 
     async def complete(self, delivery_id: int, token: str, completion: Completion) -> bool:
         """Apply `completion` if `token` still holds the lease (see Backend.complete_many)."""
@@ -142,6 +145,18 @@ class AsyncOutbox:
 
     async def counts_by_provider(self) -> dict[str, dict[State, int]]:
         return await self._read(self.backend.counts_by_provider)
+
+    async def counts_by_destination(self) -> dict[str, dict[State, int]]:
+        return await self._read(self.backend.counts_by_destination)
+
+    async def pause_destination(self, destination: str, reason: str) -> None:
+        await self._write(self.backend.pause_destination, destination, reason, self._clock())
+
+    async def resume_destination(self, destination: str) -> bool:
+        return await self._write(self.backend.resume_destination, destination)
+
+    async def paused_destinations(self) -> dict[str, Pause]:
+        return await self._read(self.backend.paused_destinations)
 
     async def oldest_pending_received_at(self) -> float | None:
         return await self._read(self.backend.oldest_pending_received_at)

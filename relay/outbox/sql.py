@@ -13,7 +13,7 @@ import abc
 import json
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from relay.outbox.model import (
@@ -24,16 +24,22 @@ from relay.outbox.model import (
     DeliveryFilter,
     Inserted,
     NewDelivery,
+    Pause,
     State,
 )
 
+#: A delivery is a row of `deliveries` joined to its webhook.
+JOINED = "deliveries JOIN webhooks ON webhooks.id = deliveries.webhook_id"
 COLUMNS = (
-    "id, provider, event, call_id, dedupe_key, body, received_at, state, attempts, "
-    "next_attempt_at, lease_token, lease_expires_at, last_status, last_error, "
-    "roark_call_id, delivered_at, updated_at, request_id, properties, origin"
+    "deliveries.id, deliveries.provider, webhooks.event, webhooks.call_id, webhooks.dedupe_key, "
+    "webhooks.body, deliveries.received_at, deliveries.state, deliveries.attempts, "
+    "deliveries.next_attempt_at, deliveries.lease_token, deliveries.lease_expires_at, "
+    "deliveries.last_status, deliveries.last_error, deliveries.roark_call_id, "
+    "deliveries.delivered_at, deliveries.updated_at, webhooks.request_id, webhooks.properties, "
+    "webhooks.origin, deliveries.destination, deliveries.webhook_id, webhooks.credentials"
 )
-#: Listings leave the (possibly large) bodies in the database.
-LISTING_COLUMNS = COLUMNS.replace(" body,", " NULL,")
+#: Listings leave the (possibly large) bodies, and the credentials, in the database.
+LISTING_COLUMNS = COLUMNS.replace(" webhooks.body,", " NULL,").replace(", webhooks.credentials", ", NULL")
 REPLAYABLE = (State.FAILED, State.PENDING)
 
 Query = tuple[str, Sequence[object] | dict[str, object]]
@@ -44,8 +50,9 @@ def delivery_from_row(row: Sequence[object]) -> Delivery:
     if values[5] is not None:
         values[5] = bytes(values[5])  # sqlite3 and psycopg may hand back memoryviews
     values[7] = State(values[7])
-    if values[18] is not None:
-        values[18] = json.loads(values[18])
+    for json_column in (18, 22):
+        if values[json_column] is not None:
+            values[json_column] = json.loads(values[json_column])
     return Delivery(*values)
 
 
@@ -59,62 +66,80 @@ class Statements:
     def _in(self, column: str, values: Sequence[object]) -> str:
         return f"{column} IN ({self._marks(len(values))})"
 
-    def insert(self, items: Sequence[NewDelivery], now: float) -> Query:
-        """One statement for the whole batch: it returns the rows it stored, and skips
-        webhooks already stored (provider retries)."""
-        rows = ", ".join([f"({self._marks(11)})"] * len(items))
+    def insert_webhooks(self, items: Sequence[NewDelivery]) -> Query:
+        """One statement for the whole batch: it returns the webhooks it stored, and skips
+        those already stored (provider retries)."""
+        rows = ", ".join([f"({self._marks(10)})"] * len(items))
         params: list[object] = []
         for item in items:
             params += (item.provider, item.event, item.call_id, item.dedupe_key, item.body,
-                       item.received_at, now, now, item.request_id,
-                       json.dumps(item.properties) if item.properties else None, item.origin)
+                       item.received_at, item.request_id,
+                       json.dumps(item.properties) if item.properties else None, item.origin,
+                       json.dumps(item.credentials) if item.credentials else None)
         return (
-            "INSERT INTO deliveries (provider, event, call_id, dedupe_key, body, received_at, "
-            f"next_attempt_at, updated_at, request_id, properties, origin) VALUES {rows} "
+            "INSERT INTO webhooks (provider, event, call_id, dedupe_key, body, received_at, "
+            f"request_id, properties, origin, credentials) VALUES {rows} "
             "ON CONFLICT (provider, dedupe_key) DO NOTHING RETURNING id, provider, dedupe_key",
             params,
         )
 
+    def insert_deliveries(self, rows: Sequence[tuple[int, str, NewDelivery]], now: float) -> Query:
+        """A delivery for each (webhook id, destination, webhook); returns their ids."""
+        values = ", ".join([f"({self._marks(6)})"] * len(rows))
+        params: list[object] = []
+        for webhook_id, destination, item in rows:
+            params += (webhook_id, destination, item.provider, item.received_at, now, now)
+        return (
+            "INSERT INTO deliveries (webhook_id, destination, provider, received_at, "
+            f"next_attempt_at, updated_at) VALUES {values} RETURNING id, webhook_id, destination",
+            params,
+        )
+
     def existing(self, item: NewDelivery) -> Query:
-        return (f"SELECT id FROM deliveries WHERE provider = {self.mark} AND dedupe_key = {self.mark}",
-                (item.provider, item.dedupe_key))
+        return ("SELECT deliveries.destination, deliveries.id FROM " + JOINED +
+                f" WHERE webhooks.provider = {self.mark} AND webhooks.dedupe_key = {self.mark} "
+                "ORDER BY deliveries.id", (item.provider, item.dedupe_key))
 
     def get(self, delivery_id: int) -> Query:
-        return f"SELECT {COLUMNS} FROM deliveries WHERE id = {self.mark}", (delivery_id,)
+        return f"SELECT {COLUMNS} FROM {JOINED} WHERE deliveries.id = {self.mark}", (delivery_id,)
 
     def where(self, where: DeliveryFilter) -> tuple[list[str], list[object]]:
         clauses: list[str] = []
         params: list[object] = []
         if where.states:
-            clauses.append(self._in("state", where.states))
+            clauses.append(self._in("deliveries.state", where.states))
             params += [state.value for state in where.states]
         if where.provider is not None:
-            clauses.append(f"provider = {self.mark}")
+            clauses.append(f"deliveries.provider = {self.mark}")
             params.append(where.provider)
+        if where.destination is not None:
+            clauses.append(f"deliveries.destination = {self.mark}")
+            params.append(where.destination)
         if where.tried:
-            clauses.append("attempts > 0")
+            clauses.append("deliveries.attempts > 0")
         if where.call_id_prefix:
             # substr instead of LIKE, so % and _ in a searched id are just characters
-            clauses.append(f"substr(call_id, 1, {self.mark}) = {self.mark}")
+            clauses.append("deliveries.webhook_id IN (SELECT id FROM webhooks WHERE "
+                           f"substr(call_id, 1, {self.mark}) = {self.mark})")
             params += [len(where.call_id_prefix), where.call_id_prefix]
         return clauses, params
 
     def listing(self, where: DeliveryFilter, before_id: int | None, limit: int) -> Query:
         clauses, params = self.where(where)
         if before_id is not None:
-            clauses.append(f"id < {self.mark}")
+            clauses.append(f"deliveries.id < {self.mark}")
             params.append(before_id)
-        sql = f"SELECT {LISTING_COLUMNS} FROM deliveries"
+        sql = f"SELECT {LISTING_COLUMNS} FROM {JOINED}"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        return f"{sql} ORDER BY id DESC LIMIT {self.mark}", (*params, limit)
+        return f"{sql} ORDER BY deliveries.id DESC LIMIT {self.mark}", (*params, limit)
 
     def replay(self, ids: Sequence[int] | None, where: DeliveryFilter, now: float) -> Query:
         clauses, params = self.where(where)
-        clauses.append(self._in("state", REPLAYABLE))
+        clauses.append(self._in("deliveries.state", REPLAYABLE))
         params += [state.value for state in REPLAYABLE]
         if ids is not None:
-            clauses.append(self._in("id", ids) if ids else "false")
+            clauses.append(self._in("deliveries.id", ids) if ids else "false")
             params += list(ids)
         return (
             f"UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = {self.mark}, "
@@ -125,6 +150,18 @@ class Statements:
     def prune(self, received_before: float, states: Sequence[State]) -> Query:
         return (f"DELETE FROM deliveries WHERE {self._in('state', states)} AND received_at < {self.mark}",
                 (*(state.value for state in states), received_before))
+
+    def prune_webhooks(self, received_before: float) -> Query:
+        """The webhooks a prune left owed to no one (their bodies go with them)."""
+        return (f"DELETE FROM webhooks WHERE received_at < {self.mark} AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries WHERE deliveries.webhook_id = webhooks.id)", (received_before,))
+
+    def pause_destination(self, destination: str, reason: str, now: float) -> Query:
+        return ("INSERT INTO paused_destinations (destination, reason, paused_at) VALUES "
+                f"({self._marks(3)}) ON CONFLICT (destination) DO NOTHING", (destination, reason, now))
+
+    def resume_destination(self, destination: str) -> Query:
+        return f"DELETE FROM paused_destinations WHERE destination = {self.mark}", (destination,)
 
     def complete(self, items: Sequence[tuple[int, str, Completion]]) -> Query:
         """One UPDATE for a batch of completions (each delivery id at most once); returns
@@ -187,7 +224,8 @@ class Statements:
                 (nonce, now))
 
 
-COUNTS_BY_PROVIDER = "SELECT provider, state, count(*) FROM deliveries GROUP BY provider, state"
+COUNTS_BY = "SELECT {column}, state, count(*) FROM deliveries GROUP BY {column}, state"
+PAUSED = "SELECT destination, reason, paused_at FROM paused_destinations"
 OLDEST_PENDING = "SELECT min(received_at) FROM deliveries WHERE state IN ('pending', 'delivering')"
 
 
@@ -216,9 +254,11 @@ class SQLBackend(Backend):
         for i in sorted(range(len(items)), key=lambda i: (items[i].provider, items[i].dedupe_key)):
             firsts.setdefault((items[i].provider, items[i].dedupe_key), i)
         with self._write() as conn:
-            stored = {(provider, key): Inserted(i, duplicate=False)
-                      for chunk in _chunks([items[i] for i in firsts.values()])
-                      for i, provider, key in conn.execute(*self.SQL.insert(chunk, now)).fetchall()}
+            webhook_ids = {(provider, key): webhook_id
+                           for chunk in _chunks([items[i] for i in firsts.values()])
+                           for webhook_id, provider, key in conn.execute(*self.SQL.insert_webhooks(chunk)).fetchall()}
+            new = [key for key in firsts if key in webhook_ids]
+            stored = dict(zip(new, self._owe(conn, [(webhook_ids[key], items[firsts[key]]) for key in new], now)))
             if stored:
                 self._announce_work(conn)
             for key, i in firsts.items():
@@ -228,21 +268,31 @@ class SQLBackend(Backend):
         for i, item in enumerate(items):
             key = (item.provider, item.dedupe_key)
             first = firsts[key] == i
-            results.append(stored[key] if first else Inserted(stored[key].delivery_id, duplicate=True))
+            results.append(stored[key] if first else replace(stored[key], duplicate=True))
         return results
 
+    def _owe(self, conn: Any, webhooks: Sequence[tuple[int, NewDelivery]], now: float) -> list[Inserted]:
+        """The deliveries of newly stored webhooks, one per destination, in their order."""
+        rows = [(webhook_id, destination, item) for webhook_id, item in webhooks for destination in item.destinations]
+        ids: dict[int, dict[str, int]] = {}
+        for start in range(0, len(rows), INSERT_ROWS):
+            for delivery_id, webhook_id, destination in conn.execute(
+                    *self.SQL.insert_deliveries(rows[start:start + INSERT_ROWS], now)).fetchall():
+                ids.setdefault(webhook_id, {})[destination] = delivery_id
+        return [_inserted(item, ids[webhook_id], duplicate=False) for webhook_id, item in webhooks]
+
     def _stored_before(self, conn: Any, item: NewDelivery, now: float) -> Inserted:
-        """The row that a webhook the batch did not store duplicates."""
+        """The deliveries of a webhook that the batch did not store, being stored already."""
         while True:
             # Stored before, or (PostgreSQL) by a concurrent transaction that committed
             # while this one waited on the unique index; a new statement sees it...
-            row = conn.execute(*self.SQL.existing(item)).fetchone()
-            if row is not None:
-                return Inserted(row[0], duplicate=True)
+            rows = conn.execute(*self.SQL.existing(item)).fetchall()
+            if rows:
+                return _inserted(item, dict(rows), duplicate=True)
             # ...unless it was pruned in between: then it is new again.
-            row = conn.execute(*self.SQL.insert([item], now)).fetchone()
+            row = conn.execute(*self.SQL.insert_webhooks([item])).fetchone()
             if row is not None:
-                return Inserted(row[0], duplicate=False)
+                return self._owe(conn, [(row[0], item)], now)[0]
 
     def complete_many(self, items: Sequence[tuple[int, str, Completion]]) -> list[bool]:
         kept = [False] * len(items)
@@ -279,7 +329,9 @@ class SQLBackend(Backend):
         if not states:
             return 0
         with self._write() as conn:
-            return conn.execute(*self.SQL.prune(received_before, states)).rowcount
+            deleted = conn.execute(*self.SQL.prune(received_before, states)).rowcount
+            conn.execute(*self.SQL.prune_webhooks(received_before))
+        return deleted
 
     def attempts(self, delivery_id: int) -> list[Attempt]:
         with self._read() as conn:
@@ -298,11 +350,32 @@ class SQLBackend(Backend):
             return conn.execute(*self.SQL.session_revoked(nonce, now)).fetchone() is not None
 
     def counts_by_provider(self) -> dict[str, dict[State, int]]:
+        return self._counts_by("provider")
+
+    def counts_by_destination(self) -> dict[str, dict[State, int]]:
+        return self._counts_by("destination")
+
+    def _counts_by(self, column: str) -> dict[str, dict[State, int]]:
         counts: dict[str, dict[State, int]] = {}
         with self._read() as conn:
-            for provider, state, count in conn.execute(COUNTS_BY_PROVIDER):
-                counts.setdefault(provider, dict.fromkeys(State, 0))[State(state)] = count
+            for value, state, count in conn.execute(COUNTS_BY.format(column=column)):
+                counts.setdefault(value, dict.fromkeys(State, 0))[State(state)] = count
         return counts
+
+    def pause_destination(self, destination: str, reason: str, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(*self.SQL.pause_destination(destination, reason, now))
+
+    def resume_destination(self, destination: str) -> bool:
+        with self._write() as conn:
+            resumed = conn.execute(*self.SQL.resume_destination(destination)).rowcount > 0
+            if resumed:
+                self._announce_work(conn)
+        return resumed
+
+    def paused_destinations(self) -> dict[str, Pause]:
+        with self._read() as conn:
+            return {name: Pause(reason, since) for name, reason, since in conn.execute(PAUSED)}
 
     def oldest_pending_received_at(self) -> float | None:
         with self._read() as conn:
@@ -328,6 +401,11 @@ def _chunks(items: Sequence[NewDelivery]) -> list[list[NewDelivery]]:
         chunks[-1].append(item)
         size += len(item.body)
     return chunks if chunks[0] else []
+
+
+def _inserted(item: NewDelivery, deliveries: dict[str, int], duplicate: bool) -> Inserted:
+    first = next((deliveries[d] for d in item.destinations if d in deliveries), min(deliveries.values()))
+    return Inserted(first, duplicate, deliveries)
 
 
 def _rounds(items: Sequence[tuple[int, str, Completion]]) -> list[list[int]]:

@@ -27,8 +27,8 @@ from contextlib import contextmanager
 
 from relay.errors import StoreUnavailable
 from relay.outbox import migrations
-from relay.outbox.model import Delivery
-from relay.outbox.sql import COLUMNS, SQLBackend, Statements, delivery_from_row
+from relay.outbox.model import ROARK, Delivery
+from relay.outbox.sql import COLUMNS, JOINED, SQLBackend, Statements, delivery_from_row
 
 SQL = Statements(mark="?")
 
@@ -160,29 +160,32 @@ class SQLiteBackend(SQLBackend):
         return version or 0
 
     def claim(self, token: str, now: float, lease_seconds: float, limit: int,
-              max_bytes: int | None = None) -> list[Delivery]:
+              max_bytes: int | None = None, destination: str = ROARK) -> list[Delivery]:
         with self._write(durable=False) as conn:
+            if conn.execute("SELECT 1 FROM paused_destinations WHERE destination = ?",
+                            (destination,)).fetchone():
+                return []
             # INDEXED BY: without statistics SQLite preferred (state, received_at) and
             # sorted every pending row on each claim, so draining a backlog took time
             # quadratic in its size. length() of a blob reads no more than its header.
             due = conn.execute(
-                "SELECT id, length(body) FROM deliveries INDEXED BY deliveries_due "
-                "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
-                (now, limit)).fetchall()
+                f"SELECT deliveries.id, length(webhooks.body) FROM {JOINED.replace('deliveries', 'deliveries INDEXED BY deliveries_due', 1)} "
+                "WHERE deliveries.destination = ? AND deliveries.state = 'pending' AND deliveries.next_attempt_at <= ? "
+                "ORDER BY deliveries.next_attempt_at LIMIT ?", (destination, now, limit)).fetchall()
             if len(due) < limit:
                 due += conn.execute(
-                    "SELECT id, length(body) FROM deliveries INDEXED BY deliveries_leased "
-                    "WHERE state = 'delivering' AND lease_expires_at <= ? "
-                    "ORDER BY lease_expires_at LIMIT ?", (now, limit - len(due))).fetchall()
+                    f"SELECT deliveries.id, length(webhooks.body) FROM {JOINED.replace('deliveries', 'deliveries INDEXED BY deliveries_leased', 1)} "
+                    "WHERE deliveries.destination = ? AND deliveries.state = 'delivering' AND deliveries.lease_expires_at <= ? "
+                    "ORDER BY deliveries.lease_expires_at LIMIT ?", (destination, now, limit - len(due))).fetchall()
             ids = _within(due, max_bytes)
             if not ids:
                 return []
-            rows = conn.execute(
+            marks = ",".join("?" * len(ids))
+            conn.execute(
                 "UPDATE deliveries SET state = 'delivering', lease_token = ?, lease_expires_at = ?, "
-                f"attempts = attempts + 1, updated_at = ? WHERE id IN ({','.join('?' * len(ids))}) "
-                f"RETURNING {COLUMNS}",
-                (token, now + lease_seconds, now, *ids),
-            ).fetchall()
+                f"attempts = attempts + 1, updated_at = ? WHERE id IN ({marks})",
+                (token, now + lease_seconds, now, *ids))
+            rows = conn.execute(f"SELECT {COLUMNS} FROM {JOINED} WHERE deliveries.id IN ({marks})", ids).fetchall()
         return sorted((delivery_from_row(r) for r in rows), key=lambda d: (d.next_attempt_at, d.id))
 
     def ping(self) -> None:

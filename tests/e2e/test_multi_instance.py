@@ -116,8 +116,9 @@ def test_three_instances_one_killed_lose_nothing_and_duplicate_only_expired_leas
                     "SELECT count(*) FILTER (WHERE state <> 'delivered') FROM deliveries"
                 ).fetchone()[0] == 0, WAIT)
                 rows = conn.execute(
-                    "SELECT d.provider, d.call_id, d.attempts, count(a.id) FROM deliveries d "
-                    "LEFT JOIN delivery_attempts a ON a.delivery_id = d.id GROUP BY d.id"
+                    "SELECT d.provider, w.call_id, d.attempts, count(a.id) FROM deliveries d "
+                    "JOIN webhooks w ON w.id = d.webhook_id "
+                    "LEFT JOIN delivery_attempts a ON a.delivery_id = d.id GROUP BY d.id, w.call_id"
                 ).fetchall()
             for fake in fakes:  # requests the killed process left behind are answered
                 fake.wait_for(lambda rs, fake=fake: fake.in_flight == 0, WAIT)

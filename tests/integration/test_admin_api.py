@@ -190,7 +190,8 @@ def test_a_body_that_is_not_json_is_not_shown(client, admin_env, fake_roark):
     [delivery_id] = failed(client, fake_roark, ("vapi", "garbled"))
     path = admin_env["RELAY_DATABASE_URL"].removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE deliveries SET body = ? WHERE id = ?", (b'{"apiKey": "sk-live-x" trunc', delivery_id))
+        conn.execute("UPDATE webhooks SET body = ? WHERE id = (SELECT webhook_id FROM deliveries WHERE id = ?)",
+                     (b'{"apiKey": "sk-live-x" trunc', delivery_id))
     response = client.get(f"/admin/api/deliveries/{delivery_id}", headers=BEARER)
     data = conforms(response.json(), "DeliveryResponse")["data"]
     assert data["payload"] is None and "not valid JSON" in data["payload_note"]

@@ -25,7 +25,8 @@ def delivery(settings_env: dict, delivery_id: int) -> dict:
     path = settings_env["RELAY_DATABASE_URL"].removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:
         conn.row_factory = sqlite3.Row
-        return dict(conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone())
+        return dict(conn.execute("SELECT * FROM webhooks JOIN deliveries ON deliveries.webhook_id = webhooks.id "
+                                 "WHERE deliveries.id = ?", (delivery_id,)).fetchone())
 
 
 def wait_state(env, delivery_id, state):

@@ -22,7 +22,7 @@ def client(relay_settings):
 def rows(settings: Settings) -> list[tuple]:
     path = settings.database_url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT provider, event, call_id, body FROM deliveries ORDER BY id").fetchall()
+        return conn.execute("SELECT provider, event, call_id, body FROM webhooks ORDER BY id").fetchall()
 
 
 def assert_error(response, status: int, error_code: str | None = None):
@@ -230,5 +230,5 @@ def test_query_properties_can_be_turned_off_leaving_named_sources(relay_env):
         assert rows(settings) == []
         assert client.post("/webhooks/retell/acme", content=body, headers=retell_headers(body)).status_code == 200
     with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as conn:
-        [(stored,)] = conn.execute("SELECT properties FROM deliveries").fetchall()
+        [(stored,)] = conn.execute("SELECT properties FROM webhooks").fetchall()
     assert json.loads(stored) == {"business_name": "Acme"}

@@ -280,14 +280,14 @@ def test_the_same_webhook_stored_at_once_by_two_instances_is_one_row(pg_url, sto
     try:
         with psycopg.connect(pg_url) as gate:
             # Hold both inserts at the table lock, then let them go at the same moment.
-            gate.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
+            gate.execute("LOCK TABLE webhooks IN EXCLUSIVE MODE")
             threads = [threading.Thread(target=lambda name=name, backend=backend:
                                         results.__setitem__(name, backend.insert_many([new("same")], NOW)))
                        for name, backend in (("a", store), ("b", other))]
             for thread in threads:
                 thread.start()
             eventually(lambda: gate.execute(
-                "SELECT count(*) FROM pg_locks WHERE relation = 'deliveries'::regclass AND NOT granted"
+                "SELECT count(*) FROM pg_locks WHERE relation = 'webhooks'::regclass AND NOT granted"
             ).fetchone()[0] == 2, WAIT, message="both inserts should be waiting on the lock")
         for thread in threads:
             thread.join(WAIT)
