@@ -26,10 +26,11 @@ from relay.admin.auth import AdminAuth
 from relay.admin.throttle import LoginThrottle
 from relay.budget import ByteBudget
 from relay.errors import HTTPError, MethodNotAllowed, NotFound, ServiceUnavailable, StoreUnavailable
-from relay.forwarder import Forwarder
+from relay.destinations.client import DestinationClient
+from relay.forwarder import Forwarder, Forwarders
 from relay.ingest import receive_webhook
 from relay.metrics import Metrics
-from relay.outbox import AsyncOutbox, open_backend
+from relay.outbox import ROARK, AsyncOutbox, Pause, open_backend
 from relay.outbox.startup import migrate_when_available_async, startup_patience
 from relay.passthrough import PassThrough
 from relay.retention import run_retention
@@ -129,8 +130,9 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 async def health(request: Request) -> JSONResponse:
     """Roark's HealthResponse shape: unhealthy (503) when the outbox is unreachable,
-    degraded when delivery is paused, every attempt of the last minute failed, or the
-    backlog is older than the threshold.
+    degraded when delivery to Roark or a destination is paused or stopped, every attempt
+    of the last minute to one of them failed, or the backlog is older than the threshold.
+    Each destination is a dependency of its own (`<name>_delivery`).
 
     Anyone may ask how the relay is; only the admin token (as a Bearer) is told why,
     since the reasons can name a refused key or carry a redirect's Location."""
@@ -139,40 +141,54 @@ async def health(request: Request) -> JSONResponse:
     if explain:
         state.admin_auth.require_bearer(request)
     settings: Settings = state.settings
-    forwarder: Forwarder = state.forwarder
+    forwarders: Forwarders = state.forwarders
     problems = []
     backlog_age = None
+    stopped: dict[str, Pause] = {}
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
             oldest = await state.outbox.oldest_pending_received_at()
+            stopped = await state.outbox.paused_destinations()
         database = "healthy"
         backlog_age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
     except (StoreUnavailable, TimeoutError):
         database = "unhealthy"
         problems.append("the outbox database is unreachable")
-    if forwarder.paused:
-        problems.append(f"delivery paused: {forwarder.pause_reason}")
-    elif trouble := forwarder.trouble.describe(time.time()):
-        problems.append(trouble)
-    if backlog_age is not None and backlog_age > settings.pending_age_degraded_seconds:
-        problems.append(f"oldest undelivered webhook is {backlog_age:.0f} s old "
-                        f"(threshold {settings.pending_age_degraded_seconds:g} s)")
-    delivery = "degraded" if problems and database == "healthy" else "healthy"
-    status = "unhealthy" if database == "unhealthy" else delivery
+    dependencies = {"database": database}
+    for forwarder in forwarders:
+        name = forwarder.destination
+        troubles = delivery_problems(forwarder, stopped.get(name))
+        if name == ROARK and backlog_age is not None and backlog_age > settings.pending_age_degraded_seconds:
+            troubles.append(f"oldest undelivered webhook is {backlog_age:.0f} s old "
+                            f"(threshold {settings.pending_age_degraded_seconds:g} s)")
+        problems += troubles
+        dependencies[f"{name}_delivery"] = "degraded" if troubles and database == "healthy" else "healthy"
+    status = ("unhealthy" if database == "unhealthy" else
+              "degraded" if "degraded" in dependencies.values() else "healthy")
     data = {
         "status": status,
         "version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
         "uptime_seconds": int(time.monotonic() - state.started_monotonic),
-        "dependencies": {"database": database, "roark_delivery": delivery},
+        "dependencies": dependencies,
     }
     if explain:
         data |= {
             "oldest_pending_age_seconds": None if backlog_age is None else round(backlog_age, 1),
-            "delivery_paused": forwarder.paused,
+            "delivery_paused": forwarders.roark.paused,
             "problems": problems,
         }
     return JSONResponse({"data": data}, status_code=503 if status == "unhealthy" else 200)
+
+
+def delivery_problems(forwarder: Forwarder, stopped: Pause | None) -> list[str]:
+    """What keeps a forwarder's deliveries from arriving, as an operator should read it."""
+    if stopped is not None:
+        return [stopped.reason]
+    if forwarder.paused:
+        return [f"delivery paused: {forwarder.pause_reason}"]
+    trouble = forwarder.trouble.describe(time.time())
+    return [trouble] if trouble else []
 
 
 async def metrics(request: Request) -> Response:
@@ -182,7 +198,7 @@ async def metrics(request: Request) -> Response:
         raise NotFound("/metrics is disabled until RELAY_ADMIN_TOKEN is set")
     state.admin_auth.require_bearer(request)
     try:
-        body = await state.metrics.render(state.outbox, state.forwarder.paused)
+        body = await state.metrics.render(state.outbox, {f.destination: f.paused for f in state.forwarders})
     except StoreUnavailable as error:
         raise ServiceUnavailable(f"metrics need the outbox: {error}", retry_after_seconds=5) from None
     return Response(body, media_type=CONTENT_TYPE_LATEST)
@@ -202,12 +218,16 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
             log.error("relay_start_failed", error=str(error))
             await outbox.close()
             raise
-        client = RoarkClient(settings)
-        forwarder = Forwarder(outbox, client, settings, app.state.metrics)
+        metrics = app.state.metrics
+        forwarders = Forwarders(outbox, [
+            Forwarder(outbox, RoarkClient(settings), settings, metrics),
+            *(Forwarder(outbox, DestinationClient(d, settings.proxy_for(d.url)), settings, metrics,
+                        destination=d.name, concurrency=d.concurrency) for d in settings.destinations),
+        ])
         app.state.outbox = outbox
-        app.state.forwarder = forwarder
+        app.state.forwarders = forwarders
         app.state.pass_through = PassThrough(settings.proxy_for)
-        forwarder.start()
+        forwarders.start()
         stop_retention = asyncio.Event()
         retention = asyncio.create_task(run_retention(outbox, settings, stop_retention),
                                         name="relay-retention")
@@ -218,8 +238,7 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
         finally:
             stop_retention.set()
             await retention
-            await forwarder.stop()
-            await client.aclose()
+            await forwarders.stop()
             await app.state.pass_through.aclose()
             await outbox.close()
 

@@ -15,9 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 import httpx
 
-from relay import __version__
+from relay import __version__, checks
 from relay.errors import ConfigError, StoreUnavailable
-from relay.outbox import Backend, DeliveryFilter, State, open_backend
+from relay.destinations import new_secret
+from relay.outbox import ROARK, Backend, DeliveryFilter, State, open_backend
 from relay.outbox.startup import migrate_when_available, startup_patience
 from relay.providers import PROVIDER_NAMES, PROVIDERS
 from relay.redaction import Redactor
@@ -114,11 +115,14 @@ def display_url(url: str) -> str:
 
 
 @main.command()
-@click.option("--upstream", is_flag=True, help="Also prove the Roark key and base URL with a read that changes nothing.")
+@click.option("--upstream", is_flag=True,
+              help="Also prove the Roark key and base URL with a read that changes nothing, "
+                   "and that every destination answers.")
 def check(upstream: bool) -> None:
     """Validate the configuration and the database (creating or upgrading its schema, as
     the relay would on start); with --upstream, prove that the Roark key and base URL
-    work. Exits 0 when all is well, 1 when a check failed, 2 on a configuration error."""
+    work and that each destination is reachable. Exits 0 when all is well, 1 when a
+    check failed, 2 on a configuration error."""
     settings = load_settings()
     failed = False
     click.echo(f"configuration: ok (Roark at {settings.roark_base_url})")
@@ -140,68 +144,13 @@ def check(upstream: bool) -> None:
                    "Check RELAY_DATABASE_URL (or DATABASE_URL) and that the database is up.")
     finally:
         backend.close()
+    for destination in settings.destinations:
+        click.echo(f"destination {destination.name}: {destination.shown_url} "
+                   f"({', '.join(sorted(destination.events | {p + ':*' for p in destination.all_events_of}))})")
     if upstream:
-        failed |= not check_upstream(settings)
+        failed |= not checks.roark(settings, click.echo)
+        failed |= not checks.destinations(settings, click.echo)
     sys.exit(1 if failed else 0)
-
-
-#: Roark calls `relay check --upstream` makes at most, each, while the answer is
-#: transient (no connection, a timeout, 429, 5xx)...
-CHECK_TRIES = 3
-#: ...and the longest it waits between them, even when Retry-After asks for more.
-CHECK_LONGEST_WAIT_SECONDS = 10.0
-#: An evaluation job no account has: reading it proves the key and changes nothing.
-KEY_PROBE_PATH = "/v1/evaluation/job/00000000-0000-0000-0000-000000000000"
-
-
-def check_upstream(settings: Settings) -> bool:
-    from tenacity import (RetryCallState, Retrying, retry_if_exception_type, retry_if_result,
-                          stop_after_attempt, wait_exponential)
-
-    from relay.retry import parse_retry_after
-
-    backoff = wait_exponential(multiplier=0.5, max=CHECK_LONGEST_WAIT_SECONDS)
-
-    def pause(attempt: RetryCallState) -> float:
-        outcome = attempt.outcome
-        asked = None if outcome.failed else parse_retry_after(outcome.result().headers, time.time())
-        return backoff(attempt) if asked is None else min(asked, CHECK_LONGEST_WAIT_SECONDS)
-
-    retrying = Retrying(
-        retry=retry_if_exception_type((httpx.ConnectError, httpx.TimeoutException))
-        | retry_if_result(lambda response: response.status_code == 429 or response.status_code >= 500),
-        stop=stop_after_attempt(CHECK_TRIES),
-        wait=pause,
-        # after the last try, its answer (or error) is what gets reported
-        retry_error_callback=lambda attempt: attempt.outcome.result(),
-    )
-    base = settings.roark_base_url
-    headers = {"Authorization": f"Bearer {settings.roark_api_key.reveal()}"}
-    with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
-        try:
-            health = retrying(client.get, "/health")  # proves the URL; need not look at the key
-            probe = retrying(client.get, KEY_PROBE_PATH)
-        except httpx.HTTPError as error:
-            click.echo(f"roark: FAILED cannot reach {base} ({type(error).__name__}). "
-                       "Check ROARK_BASE_URL and the network.")
-            return False
-    if probe.status_code in (401, 403):
-        click.echo(f"roark: FAILED Roark answered {probe.status_code}: ROARK_API_KEY is wrong or revoked.")
-        return False
-    if not health.is_success:
-        click.echo(f"roark: FAILED Roark answered {health.status_code} at {base}/health. "
-                   "Check ROARK_BASE_URL.")
-        return False
-    if probe.status_code != 404:  # the one answer that proves the key: authenticated, no such job
-        click.echo(f"roark: FAILED Roark answered {probe.status_code} to an authenticated read "
-                   f"({base}{KEY_PROBE_PATH}), so whether ROARK_API_KEY works is unknown.")
-        return False
-    try:
-        status = health.json()["data"]["status"]
-    except (ValueError, KeyError, TypeError):
-        status = "unknown"
-    click.echo(f"roark: ok (key accepted; Roark reports {status})")
-    return True
 
 
 @main.group()
@@ -213,15 +162,17 @@ def deliveries() -> None:
 @click.option("--state", type=click.Choice([s.value for s in State]), multiple=True,
               help="Only deliveries in this state (repeatable).")
 @click.option("--provider", type=click.Choice(PROVIDER_NAMES), help="Only this provider's deliveries.")
+@click.option("--destination", metavar="NAME", help="Only deliveries to this destination (roark, or a name "
+                                                    "from RELAY_DESTINATIONS).")
 @click.option("--call-id", help="Only calls whose id starts with this.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True,
               help="How many to show.")
 @click.option("--before", "before_id", type=int, help="Page: only deliveries with a smaller id.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def list_deliveries(state: tuple[str, ...], provider: str | None, call_id: str | None,
-                    limit: int, before_id: int | None, as_json: bool) -> None:
+def list_deliveries(state: tuple[str, ...], provider: str | None, destination: str | None,
+                    call_id: str | None, limit: int, before_id: int | None, as_json: bool) -> None:
     """List deliveries, newest first."""
-    where = DeliveryFilter(tuple(State(s) for s in state), provider, call_id)
+    where = DeliveryFilter(tuple(State(s) for s in state), provider, destination, call_id)
     with outbox(load_settings(forwarding=False)) as backend:
         rows = backend.list_deliveries(where, before_id, limit)
     if as_json:
@@ -231,9 +182,10 @@ def list_deliveries(state: tuple[str, ...], provider: str | None, call_id: str |
     if not rows:
         click.echo("no deliveries match")
         return
-    click.echo(f"{'ID':>7}  {'PROVIDER':8}  {'STATE':10}  {'RECEIVED':20}  {'TRIES':>5}  {'LAST':>4}  CALL ID / LAST ERROR")
+    click.echo(f"{'ID':>7}  {'PROVIDER':8}  {'TO':12}  {'STATE':10}  {'RECEIVED':20}  {'TRIES':>5}  {'LAST':>4}  "
+               "CALL ID / LAST ERROR")
     for row in rows:
-        line = (f"{row.id:>7}  {row.provider:8}  {row.state.value:10}  {iso(row.received_at):20}  "
+        line = (f"{row.id:>7}  {row.provider:8}  {row.destination:12}  {row.state.value:10}  {iso(row.received_at):20}  "
                 f"{row.attempts:>5}  {row.last_status or '-':>4}  {row.call_id or '-'}")
         if row.state is State.FAILED and row.last_error:
             line += f"  {textwrap.shorten(row.last_error, 80, placeholder=' ...')}"
@@ -270,8 +222,10 @@ def show_delivery(delivery_id: int) -> None:
 @click.argument("delivery_ids", nargs=-1, type=int)
 @click.option("--all-failed", is_flag=True, help="Replay every failed delivery (narrow with the options below).")
 @click.option("--provider", type=click.Choice(PROVIDER_NAMES), help="With --all-failed: only this provider.")
+@click.option("--destination", metavar="NAME", help="With --all-failed: only deliveries to this destination.")
 @click.option("--call-id", help="With --all-failed: only calls whose id starts with this.")
-def replay(delivery_ids: tuple[int, ...], all_failed: bool, provider: str | None, call_id: str | None) -> None:
+def replay(delivery_ids: tuple[int, ...], all_failed: bool, provider: str | None, destination: str | None,
+           call_id: str | None) -> None:
     """Send deliveries again: back to pending, attempts reset, due now.
 
     Safe while the relay runs: deliveries being sent right now are left alone, and
@@ -279,9 +233,9 @@ def replay(delivery_ids: tuple[int, ...], all_failed: bool, provider: str | None
     """
     if bool(delivery_ids) == all_failed:
         raise click.UsageError("give delivery ids, or --all-failed")
-    if delivery_ids and (provider or call_id):
-        raise click.UsageError("--provider and --call-id narrow --all-failed only")
-    where = DeliveryFilter((State.FAILED,), provider, call_id) if all_failed else DeliveryFilter()
+    if delivery_ids and (provider or destination or call_id):
+        raise click.UsageError("--provider, --destination and --call-id narrow --all-failed only")
+    where = DeliveryFilter((State.FAILED,), provider, destination, call_id) if all_failed else DeliveryFilter()
     with outbox(load_settings(forwarding=False)) as backend:
         replayed = backend.replay(list(delivery_ids) if delivery_ids else None, where, time.time())
         skipped = sorted(set(delivery_ids) - set(replayed))
@@ -294,6 +248,50 @@ def replay(delivery_ids: tuple[int, ...], all_failed: bool, provider: str | None
     if unknown:
         click.echo(f"relay: no delivery {', '.join(map(str, unknown))}", err=True)
         sys.exit(1)
+
+
+@main.command()
+def secret() -> None:
+    """Print a fresh Standard Webhooks secret (whsec_...) for a destination's "secret"."""
+    click.echo(new_secret())
+
+
+@main.group()
+def destinations() -> None:
+    """Roark and your own destinations (RELAY_DESTINATIONS): what each is owed, and
+    resuming one that was stopped."""
+
+
+@destinations.command("list")
+def list_destinations() -> None:
+    """Each destination, its deliveries by state, and whether it is stopped."""
+    settings = load_settings(forwarding=False)
+    with outbox(settings) as backend:
+        counts = backend.counts_by_destination()
+        stopped = backend.paused_destinations()
+    names = [ROARK, *(d.name for d in settings.destinations)]
+    urls = {ROARK: settings.roark_base_url, **{d.name: d.shown_url for d in settings.destinations}}
+    for name in [*names, *sorted(set(counts) - set(names))]:
+        per_state = counts.get(name, {})
+        line = f"{name:12}  {urls.get(name, '(no longer configured)')}  " + "  ".join(
+            f"{state.value}={per_state.get(state, 0)}" for state in State)
+        if name in stopped:
+            line += f"\n{'':12}  STOPPED since {iso(stopped[name].since)}: {stopped[name].reason}"
+        click.echo(line)
+
+
+@destinations.command("resume")
+@click.argument("name")
+def resume_destination(name: str) -> None:
+    """Send to a stopped destination again (one stops when it answers 410 Gone). Every
+    relay instance picks it up within a poll interval; failed deliveries stay failed
+    until replayed (relay replay --all-failed --destination NAME)."""
+    with outbox(load_settings(forwarding=False)) as backend:
+        resumed = backend.resume_destination(name)
+    if not resumed:
+        click.echo(f"relay: destination {name} is not stopped", err=True)
+        sys.exit(1)
+    click.echo(f"resumed {name}")
 
 
 @main.command()

@@ -1,14 +1,20 @@
-"""The background forwarder: claims due deliveries and sends them to Roark.
+"""The background forwarders: one per destination (Roark's first), each claiming only
+its own due deliveries and sending them with its own client.
 
-It runs inside the server process, started and stopped by the app's lifespan. Nothing
-here sleeps on a retry schedule: every outcome is written back to the row (next attempt
-time, attempts, last error), so a restart resumes exactly where the store says.
+They run inside the server process, started and stopped by the app's lifespan. Each has
+its own concurrency, connection pool, pause and rate-limit gate, so a destination that
+is down or slow never holds up another: its deliveries wait in the store, not in a
+shared queue. Nothing here sleeps on a retry schedule: every outcome is written back to
+the row (next attempt time, attempts, last error), so a restart resumes exactly where
+the store says.
 
-Two conditions hold back all claims for a while, in memory:
-- a pause, when Roark rejects our credentials or URL (401/403/3xx): rows go back to
-  pending with their attempt refunded, and /health reports degraded until a later try
-  succeeds;
-- a rate-limit gate, when Roark answers with Retry-After: nothing is sent before it.
+Conditions that hold back a forwarder's claims:
+- a pause, when the receiver rejects our credentials or URL (401/403/3xx): rows go back
+  to pending with their attempt refunded, and /health reports degraded until a later
+  try succeeds (in memory: a restart tries again);
+- a rate-limit gate, when the receiver answers with Retry-After: nothing is sent before it;
+- a stop, when a destination answers 410 Gone: kept in the store, so every instance
+  skips it until an operator resumes it.
 """
 
 from __future__ import annotations
@@ -17,18 +23,28 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from relay.errors import StoreUnavailable
 from relay.metrics import Metrics, status_class
-from relay.outbox import AsyncOutbox, Attempt, Completion, Delivery, State
-from relay.retry import Delivered, GiveUp, PauseDelivery, RetryAt, decide, parse_retry_after
+from relay.outbox import ROARK, AsyncOutbox, Attempt, Completion, Delivery, State
+from relay.retry import (
+    Delivered,
+    GiveUp,
+    PauseDelivery,
+    Receiver,
+    RetryAt,
+    StopReceiver,
+    decide,
+    parse_retry_after,
+)
 from relay.settings import Settings
 from relay.trouble import Repeated, UpstreamTrouble, retryable_failure
-from relay.upstream import Outcome, RoarkClient
+from relay.upstream import Outcome
 
 log = structlog.get_logger("relay.forwarder")
 
@@ -38,22 +54,37 @@ log = structlog.get_logger("relay.forwarder")
 MAX_BYTES_IN_FLIGHT = 16 * 1024 * 1024
 
 
+class Client(Protocol):
+    """What a forwarder sends with: `relay.upstream.RoarkClient`, or a destination's."""
+
+    receiver: Receiver
+
+    async def deliver(self, delivery: Delivery, now: float) -> Outcome: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Forwarder:
     def __init__(
         self,
         outbox: AsyncOutbox,
-        client: RoarkClient,
+        client: Client,
         settings: Settings,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        *,
+        destination: str = ROARK,
+        concurrency: int | None = None,
     ) -> None:
         self._outbox = outbox
-        self._client = client
+        self.client = client
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
         self._rand = rand
+        self.destination = destination
+        self._concurrency = concurrency or settings.forward_concurrency
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: dict[int, tuple[Delivery, str, asyncio.Task[None]]] = {}
@@ -61,9 +92,8 @@ class Forwarder:
         self._slot_freed = asyncio.Event()
         # While a backlog drains, claim once an eighth of the slots is free, not as each
         # delivery ends; an idle forwarder (nothing in flight) claims whatever is due.
-        self._min_claim = max(1, settings.forward_concurrency // 8)
+        self._min_claim = max(1, self._concurrency // 8)
         self._task: asyncio.Task[None] | None = None
-        self._unlisten: Callable[[], None] | None = None
         # A result we fail to record would be sent again after the lease expires, so keep
         # trying through short store hiccups (a locked database) for part of the lease.
         self._store_retrying = AsyncRetrying(
@@ -75,16 +105,14 @@ class Forwarder:
         self.paused_until = 0.0
         self.pause_reason: str | None = None
         self.rate_limited_until = 0.0
-        self.trouble = UpstreamTrouble()
+        self.trouble = UpstreamTrouble(client.receiver.name)
 
     @property
     def paused(self) -> bool:
         return self.pause_reason is not None
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._unlisten = self._outbox.backend.listen(lambda: loop.call_soon_threadsafe(self.wake))
-        self._task = asyncio.create_task(self._run(), name="relay-forwarder")
+        self._task = asyncio.create_task(self._run(), name=f"relay-forwarder-{self.destination}")
 
     def wake(self) -> None:
         """New work was stored: claim now instead of at the next poll."""
@@ -96,8 +124,6 @@ class Forwarder:
         self._stopping = True
         self._wake.set()
         self._slot_freed.set()
-        if self._unlisten is not None:
-            self._unlisten()
         if self._task is not None:
             await self._task
         tasks = [task for _, _, task in self._inflight.values()]
@@ -114,7 +140,7 @@ class Forwarder:
                 await self._outbox.complete(delivery.id, token, completion)
             except StoreUnavailable:
                 pass  # its lease expires and another start claims it again
-        log.info("forwarder_stopped", released=len(unfinished))
+        log.info("forwarder_stopped", destination=self.destination, released=len(unfinished))
 
     async def _idle(self, seconds: float, until_slot_freed: bool = False) -> None:
         """Wait at most `seconds` for new work (or a delivery to end) signalled since the
@@ -141,7 +167,7 @@ class Forwarder:
             if hold_until > now:
                 await self._idle(min(hold_until - now, settings.poll_interval_seconds))
                 continue
-            free = settings.forward_concurrency - len(self._inflight)
+            free = self._concurrency - len(self._inflight)
             free_bytes = MAX_BYTES_IN_FLIGHT - self._inflight_bytes
             # one claim (one transaction) for many rows; room for bodies while any is in flight
             if free < self._min_claim or (free_bytes <= 0 and self._inflight):
@@ -150,9 +176,9 @@ class Forwarder:
             token = f"{token_prefix}-{uuid.uuid4().hex[:12]}"
             try:
                 claimed = await self._outbox.claim(token, settings.lease_seconds, free,
-                                                   max(free_bytes, 1))
+                                                   max(free_bytes, 1), self.destination)
             except StoreUnavailable as error:
-                log.warning("claim_failed", error=str(error))
+                log.warning("claim_failed", destination=self.destination, error=str(error))
                 await self._idle(settings.poll_interval_seconds)
                 continue
             for delivery in claimed:
@@ -175,7 +201,7 @@ class Forwarder:
                 await self._complete_with_retries(delivery.id, token, Completion(
                     State.PENDING, started, next_attempt_at=hold_until, refund_attempt=True))
                 return
-            outcome = await self._client.deliver(delivery)
+            outcome = await self.client.deliver(delivery, started)
             duration_ms = (time.perf_counter() - start) * 1000
             await self._record(delivery, token, outcome, started, duration_ms)
         except StoreUnavailable as error:
@@ -191,7 +217,8 @@ class Forwarder:
     ) -> None:
         now = self._clock()
         result = outcome.result
-        decision = decide(self._settings.retry, delivery.attempts, result, now, self._rand)
+        decision = decide(self._settings.retry, delivery.attempts, result, now, self._rand,
+                          self.client.receiver)
         attempt = Attempt(delivery.attempts, started, duration_ms, result.status_code,
                           outcome.error, type(decision).__name__.lower())
         base = dict(now=now, status_code=result.status_code, error=outcome.error, attempt=attempt)
@@ -209,6 +236,9 @@ class Forwarder:
             case PauseDelivery(reason=reason):
                 completion = Completion(State.PENDING, next_attempt_at=now, refund_attempt=True, **base)
                 self._pause(reason, now)
+            case StopReceiver(reason=reason):
+                completion = Completion(State.FAILED, **{**base, "error": reason})
+                await self._stop_receiving(reason)
         if isinstance(decision, Delivered) and self.paused:
             log.info("delivery_resumed", after=self.pause_reason)
             self.pause_reason = None
@@ -218,9 +248,9 @@ class Forwarder:
                 self.rate_limited_until = max(
                     self.rate_limited_until, now + min(wait, self._settings.retry.max_retry_after)
                 )
-        self._metrics.attempts.labels(delivery.provider, attempt.outcome,
+        self._metrics.attempts.labels(delivery.provider, self.destination, attempt.outcome,
                                       status_class(result.status_code)).inc()
-        self._metrics.attempt_seconds.labels(delivery.provider).observe(duration_ms / 1000)
+        self._metrics.attempt_seconds.labels(delivery.provider, self.destination).observe(duration_ms / 1000)
         kept = await self._complete_with_retries(delivery.id, token, completion)
         said: bool | Repeated = True
         failing = retryable_failure(result.status_code)
@@ -229,12 +259,14 @@ class Forwarder:
         else:  # an answer that is not "try again later": Roark is up
             self.trouble.success(now)
         if isinstance(said, Repeated):
-            log.warning("delivery_failures_repeated", error=said.failure, count=said.count,
-                        since_seconds=round(now - said.since, 1))
-        if said is True or isinstance(decision, GiveUp):
-            (log.warning if failing or isinstance(decision, GiveUp) else log.info)(
+            log.warning("delivery_failures_repeated", destination=self.destination, error=said.failure,
+                        count=said.count, since_seconds=round(now - said.since, 1))
+        ended = isinstance(decision, GiveUp | StopReceiver)
+        if said is True or ended:
+            (log.warning if failing or ended else log.info)(
                 "delivery_attempt",
                 delivery_id=delivery.id,
+                destination=self.destination,
                 provider=delivery.provider,
                 call_id=delivery.call_id,
                 attempt=delivery.attempts,
@@ -250,10 +282,18 @@ class Forwarder:
 
     def _pause(self, reason: str, now: float) -> None:
         if not self.paused:
-            log.error("delivery_paused", reason=reason,
+            log.error("delivery_paused", destination=self.destination, reason=reason,
                       retry_in_seconds=self._settings.auth_pause_seconds)
         self.pause_reason = reason
         self.paused_until = now + self._settings.auth_pause_seconds
+
+    async def _stop_receiving(self, reason: str) -> None:
+        log.error("destination_stopped", destination=self.destination, reason=reason,
+                  resume=f"relay destinations resume {self.destination}")
+        try:
+            await self._store_retrying.copy()(self._outbox.pause_destination, self.destination, reason)
+        except StoreUnavailable as error:  # the next 410 stops it again
+            log.error("destination_stop_not_recorded", destination=self.destination, error=str(error))
 
     async def _complete_with_retries(self, delivery_id: int, token: str, completion: Completion) -> bool:
         # Tried once before tenacity is involved: a tenacity call costs about 70 us (a
@@ -265,3 +305,38 @@ class Forwarder:
         except StoreUnavailable:
             pass
         return await self._store_retrying.copy()(self._outbox.complete, delivery_id, token, completion)
+
+
+class Forwarders:
+    """Every destination's forwarder, Roark's first, started, woken and stopped together;
+    one listener on the store wakes them all when any process stores new work."""
+
+    def __init__(self, outbox: AsyncOutbox, forwarders: Sequence[Forwarder]) -> None:
+        self._outbox = outbox
+        self.by_destination = {f.destination: f for f in forwarders}
+        self._unlisten: Callable[[], None] | None = None
+
+    @property
+    def roark(self) -> Forwarder:
+        return self.by_destination[ROARK]
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of Forwarder
+        return iter(self.by_destination.values())
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for forwarder in self:
+            forwarder.start()
+        self._unlisten = self._outbox.backend.listen(lambda: loop.call_soon_threadsafe(self.wake))
+
+    def wake(self) -> None:
+        for forwarder in self:
+            forwarder.wake()
+
+    async def stop(self) -> None:
+        """Stop every forwarder (see `Forwarder.stop`), then close their connections."""
+        if self._unlisten is not None:
+            self._unlisten()
+        await asyncio.gather(*(forwarder.stop() for forwarder in self))
+        for forwarder in self:
+            await forwarder.client.aclose()

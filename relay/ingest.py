@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from relay.budget import BodyHold
+from relay.destinations import owed
 from relay.errors import (
     BadGateway,
     BadRequest,
@@ -188,11 +189,17 @@ async def _receive(
             state.metrics.pass_through_seconds.labels(provider.name, envelope.event).observe(
                 time.perf_counter() - started)
         return "passed_through", answer
-    if envelope.event not in provider.roark_events:
+    destinations = owed(settings.destinations, provider.name, envelope.event)
+    if not destinations:
         return "ignored", JSONResponse({"data": {
             "status": "ignored",
-            "reason": f"only {', '.join(sorted(provider.roark_events))} is forwarded to Roark",
+            "reason": f"only {', '.join(sorted(provider.roark_events))} is forwarded to Roark, "
+                      "and no destination (RELAY_DESTINATIONS) asks for this event",
         }})
+    credentials = None
+    if any(d.original_headers and d.name in destinations for d in settings.destinations):
+        names = provider.credential_headers(config)
+        credentials = {name: value for name, value in request.headers.items() if name in names} or None
     try:
         # Bounded: while the store is locked, the commit queues behind the forwarder's
         # writes, each waiting out SQLite's busy timeout, and the storage-fault suite saw
@@ -209,6 +216,8 @@ async def _receive(
                 received_at=time.time(),
                 request_id=request.state.request_id,
                 properties=properties or None,
+                destinations=destinations,
+                credentials=credentials,
             ))
     except (StoreUnavailable, TimeoutError) as error:
         reason = str(error) or f"no commit within {STORE_WAIT_SECONDS:g} s"
@@ -220,6 +229,7 @@ async def _receive(
         ) from None
     fields["delivery_id"] = inserted.delivery_id
     if not inserted.duplicate:
-        state.forwarder.wake()
+        state.forwarders.wake()
     outcome = "duplicate" if inserted.duplicate else "accepted"
-    return outcome, JSONResponse({"data": {"status": outcome, "delivery_id": inserted.delivery_id}})
+    return outcome, JSONResponse({"data": {"status": outcome, "delivery_id": inserted.delivery_id,
+                                           "deliveries": dict(inserted.deliveries)}})

@@ -1,13 +1,15 @@
-"""Prometheus metrics: what arrived, what reached Roark, and how far behind we are.
+"""Prometheus metrics: what arrived, what reached Roark and each destination, and how far
+behind we are.
 
 Counters and the latency histogram are updated as things happen; queue depth, backlog
-age and the pause flag are read from the outbox and forwarder when /metrics is scraped,
-so they are true across restarts and across instances sharing one database.
+age and the pause flags are read from the outbox and forwarders when /metrics is
+scraped, so they are true across restarts and across instances sharing one database.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -38,13 +40,14 @@ class Metrics:
             ["provider", "outcome"], registry=self.registry,
         )
         self.attempts = Counter(
-            "relay_delivery_attempts", "Delivery attempts to Roark, by provider, outcome "
-            "(delivered, retryat, giveup, pausedelivery) and status class.",
-            ["provider", "outcome", "status_class"], registry=self.registry,
+            "relay_delivery_attempts", "Delivery attempts, by provider, destination (roark or "
+            "one of RELAY_DESTINATIONS), outcome (delivered, retryat, giveup, pausedelivery, "
+            "stopreceiver) and status class.",
+            ["provider", "destination", "outcome", "status_class"], registry=self.registry,
         )
         self.attempt_seconds = Histogram(
-            "relay_delivery_attempt_duration_seconds", "Duration of one POST to Roark.",
-            ["provider"], registry=self.registry,
+            "relay_delivery_attempt_duration_seconds", "Duration of one POST to a destination.",
+            ["provider", "destination"], registry=self.registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.passed_through = Counter(
@@ -58,8 +61,8 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 7.5, 10, 20),
         )
         self.queue_depth = Gauge(
-            "relay_queue_depth", "Deliveries in the outbox, by state.", ["state"],
-            registry=self.registry,
+            "relay_queue_depth", "Deliveries in the outbox, by destination and state.",
+            ["destination", "state"], registry=self.registry,
         )
         self.oldest_pending_age = Gauge(
             "relay_oldest_pending_age_seconds",
@@ -67,15 +70,19 @@ class Metrics:
             registry=self.registry,
         )
         self.paused = Gauge(
-            "relay_delivery_paused", "1 while delivery is paused because Roark rejected our "
-            "credentials or URL.", registry=self.registry,
+            "relay_delivery_paused", "1 while delivery to a destination is paused: it rejected "
+            "our credentials or URL, or answered 410 Gone and waits for an operator.",
+            ["destination"], registry=self.registry,
         )
 
-    async def render(self, outbox: AsyncOutbox, paused: bool) -> bytes:
-        counts = await outbox.counts()
+    async def render(self, outbox: AsyncOutbox, paused: Mapping[str, bool]) -> bytes:
+        """`paused`: every destination, and whether its forwarder holds back for now."""
+        counts = await outbox.counts_by_destination()
+        stopped = await outbox.paused_destinations()
         oldest = await outbox.oldest_pending_received_at()
-        for state in State:
-            self.queue_depth.labels(state.value).set(counts[state])
+        for destination, held in paused.items():
+            for state in State:
+                self.queue_depth.labels(destination, state.value).set(counts.get(destination, {}).get(state, 0))
+            self.paused.labels(destination).set(int(held or destination in stopped))
         self.oldest_pending_age.set(0 if oldest is None else max(0.0, time.time() - oldest))
-        self.paused.set(int(paused))
         return generate_latest(self.registry)

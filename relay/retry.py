@@ -1,4 +1,5 @@
-"""When to try a delivery again: a pure function of the attempt and what Roark answered.
+"""When to try a delivery again: a pure function of the attempt and what the receiver
+(Roark, or one of the team's destinations) answered.
 
 The forwarder never sleeps on this schedule. It persists the returned time as the row's
 next attempt, so a restart keeps the schedule and a crash loses nothing.
@@ -42,8 +43,25 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Receiver:
+    """Whom a delivery goes to, as the decisions name it: who answered, and what an
+    operator fixes when it refuses the relay's credentials or moved."""
+
+    name: str = "Roark"
+    credential: str = "ROARK_API_KEY"
+    location: str = "ROARK_BASE_URL"
+    #: 410 Gone ends the delivery and stops the receiver until an operator resumes it
+    #: (an endpoint the team took down); Roark's API never says it, so there it is an
+    #: error like any other 4xx.
+    gone_stops: bool = False
+
+
+ROARK = Receiver()
+
+
+@dataclass(frozen=True)
 class AttemptResult:
-    """What one POST to Roark came back with: a status, or a transport error."""
+    """What one POST came back with: a status, or a transport error."""
 
     status_code: int | None
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -78,7 +96,15 @@ class PauseDelivery:
     reason: str
 
 
-Decision = Delivered | RetryAt | GiveUp | PauseDelivery
+@dataclass(frozen=True)
+class StopReceiver:
+    """The receiver says it is gone for good: this delivery fails, and nothing more is
+    sent to it until an operator resumes it."""
+
+    reason: str
+
+
+Decision = Delivered | RetryAt | GiveUp | PauseDelivery | StopReceiver
 
 
 def backoff_delay(policy: RetryPolicy, attempt: int, rand: Callable[[], float]) -> float:
@@ -128,16 +154,20 @@ def decide(
     result: AttemptResult,
     now: float,
     rand: Callable[[], float] = random.random,
+    receiver: Receiver = ROARK,
 ) -> Decision:
     """What to do after the `attempt`-th attempt (1-based) ended with `result`."""
     status = result.status_code
     if status is not None and 200 <= status < 300:
         return Delivered()
     if status in (401, 403):
-        return PauseDelivery(f"Roark answered {status}: check ROARK_API_KEY")
+        return PauseDelivery(f"{receiver.name} answered {status}: check {receiver.credential}")
     if status is not None and 300 <= status < 400:
         location = result.headers.get("location") or result.headers.get("Location") or "?"
-        return PauseDelivery(f"Roark answered {status} redirecting to {location}: check ROARK_BASE_URL")
+        return PauseDelivery(f"{receiver.name} answered {status} redirecting to {location}: "
+                             f"check {receiver.location}")
+    if status == 410 and receiver.gone_stops:
+        return StopReceiver(f"{receiver.name} answered 410 Gone: stopped until an operator resumes it")
     retryable = not result.permanent and (
         status is None or status in RETRYABLE_STATUSES or 500 <= status < 600
     )

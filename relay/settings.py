@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from relay import envvars
+from relay.destinations import Destination, Destinations
 from relay.envvars import (
     Choice,
     Flag,
@@ -221,7 +222,8 @@ class Settings:
     lease_seconds: float | None = setting(
         "RELAY_LEASE_SECONDS", None, Seconds(1),
         """A claimed delivery not finished within this long is claimed again (crash
-        recovery). Must exceed ROARK_TIMEOUT_SECONDS; defaults to twice it.""",
+        recovery). Must exceed ROARK_TIMEOUT_SECONDS and every destination's
+        timeout_seconds; defaults to twice the longest of them.""",
         example="120")
     poll_interval_seconds: float = setting(
         "RELAY_POLL_INTERVAL_SECONDS", 1.0, Seconds(0.01),
@@ -241,19 +243,34 @@ class Settings:
     retry_max_delay_seconds: float = setting(
         "RELAY_RETRY_MAX_DELAY_SECONDS", RetryPolicy.max_delay, Seconds(0), "Longest retry delay.")
 
+    destinations: tuple[Destination, ...] = setting(
+        "RELAY_DESTINATIONS", (), Destinations(),
+        """Your own endpoints, beside Roark: each receives a durable, signed copy of the
+        webhooks it asks for, retried on its own schedule. A JSON array of objects:
+        "name" ([a-z0-9_-], not roark), "url", "secret" (whsec_..., from `relay secret`;
+        several comma-separated while rotating), "events" (provider:event or provider:*;
+        default the events Roark receives), and optionally "original_headers" (true: pass
+        the provider's own authentication headers on too), "timeout_seconds" (30),
+        "concurrency" (16). See the README, "One URL for everything".""",
+        example="", in_repr=False, section="Destinations")
+
     #: Each provider's own settings (see its module), by provider name.
     providers: Mapping[str, Any] = field(default_factory=dict)
     store_retry_after_seconds: int = 5
     retry: RetryPolicy = field(init=False)
 
     def __post_init__(self) -> None:
+        # A lease must outlast the slowest send it covers, or a delivery still in flight
+        # is claimed and sent a second time.
+        timeouts = [("ROARK_TIMEOUT_SECONDS", self.roark_timeout_seconds), *(
+            (f"RELAY_DESTINATIONS ({d.name}'s timeout_seconds)", d.timeout_seconds) for d in self.destinations)]
+        longest_name, longest = max(timeouts, key=lambda named: named[1])
         if self.lease_seconds is None:
-            object.__setattr__(self, "lease_seconds", self.roark_timeout_seconds * 2)
-        elif self.lease_seconds <= self.roark_timeout_seconds:
+            object.__setattr__(self, "lease_seconds", longest * 2)
+        elif self.lease_seconds <= longest:
             raise ConfigError(
                 "RELAY_LEASE_SECONDS",
-                f"must exceed ROARK_TIMEOUT_SECONDS ({self.roark_timeout_seconds:g}) or a slow "
-                "delivery could be claimed twice",
+                f"must exceed {longest_name} ({longest:g}) or a slow delivery could be claimed twice",
             )
         try:
             retry = RetryPolicy(max_attempts=self.retry_max_attempts, base_delay=self.retry_base_seconds,

@@ -1,4 +1,4 @@
-"""Whether Roark is taking deliveries, judged from the attempts themselves.
+"""Whether Roark (or a destination) is taking deliveries, judged from the attempts themselves.
 
 A backlog only grows old after minutes, while an operator wants to hear at once that
 every attempt fails: "Roark unreachable for 3 min: ConnectError ...", "Roark answering
@@ -35,7 +35,8 @@ class Repeated:
 
 
 class UpstreamTrouble:
-    def __init__(self) -> None:
+    def __init__(self, receiver: str = "Roark") -> None:
+        self._receiver = receiver
         self._last_success = float("-inf")
         self._last_failure = float("-inf")
         self._failing_since: float | None = None
@@ -77,8 +78,8 @@ class UpstreamTrouble:
             return None
         lasting = _duration(now - self._failing_since)
         if self._status is None:
-            return f"Roark unreachable for {lasting}: {self._failure}"
-        return f"Roark answering {self._status} to every attempt for {lasting}: {self._failure}"
+            return f"{self._receiver} unreachable for {lasting}: {self._failure}"
+        return f"{self._receiver} answering {self._status} to every attempt for {lasting}: {self._failure}"
 
 
 def _duration(seconds: float) -> str:

@@ -20,6 +20,7 @@ from relay import __version__, jsonbody
 from relay.outbox import Delivery
 from relay.providers import PROVIDERS, Provider
 from relay.redaction import Redactor
+from relay.retry import ROARK as ROARK_RECEIVER
 from relay.retry import AttemptResult
 from relay.settings import Settings
 from relay.transport import Transport, describe_error
@@ -72,7 +73,7 @@ class Outcome:
     error: str | None = None  # what an operator should read: upstream message or transport error
 
 
-def _error_text(response: httpx.Response) -> str:
+def error_text(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
@@ -83,10 +84,28 @@ def _error_text(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {json.dumps(body)[:MAX_ERROR_TEXT]}"
 
 
+async def send(transport: httpx.AsyncBaseTransport,
+               request: httpx.Request) -> tuple[Outcome, httpx.Response | None]:
+    """One attempt: what it came to, and the (whole, read) response when there was one."""
+    try:
+        response = await transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+    except httpx.TransportError as error:
+        message = describe_error(error)[:MAX_ERROR_TEXT]
+        return Outcome(AttemptResult(None, error=message), error=message), None
+    result = AttemptResult(response.status_code, dict(response.headers))
+    return Outcome(result, error=None if response.is_success else error_text(response)), response
+
+
 class RoarkClient:
     """Sends through an httpx transport directly: httpx's client layer (URL merging,
     cookies, redirects, event hooks) cost more CPU per delivery than the sending itself,
     and the relay needs none of it (redirects are answered by pausing, not followed)."""
+
+    receiver = ROARK_RECEIVER
 
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._settings = settings
@@ -102,7 +121,7 @@ class RoarkClient:
         }
         self._timeouts = {"timeout": httpx.Timeout(settings.roark_timeout_seconds, connect=5.0).as_dict()}
 
-    async def deliver(self, delivery: Delivery) -> Outcome:
+    async def deliver(self, delivery: Delivery, now: float) -> Outcome:
         provider = PROVIDERS[delivery.provider]
         arguments = (
             provider,
@@ -130,23 +149,14 @@ class RoarkClient:
             headers={**self._headers, "X-Request-ID": delivery.request_id}
             if delivery.request_id else self._headers,
         )
-        try:
-            response = await self._transport.handle_async_request(request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-        except httpx.TransportError as error:
-            message = describe_error(error)[:MAX_ERROR_TEXT]
-            return Outcome(AttemptResult(None, error=message), error=message)
-        result = AttemptResult(response.status_code, dict(response.headers))
-        if response.is_success:
+        outcome, response = await send(self._transport, request)
+        if response is not None and response.is_success:
             try:
                 call_id = roark_call_id(response.json())
             except ValueError:
                 call_id = None
-            return Outcome(result, roark_call_id=call_id)
-        return Outcome(result, error=_error_text(response))
+            return Outcome(outcome.result, roark_call_id=call_id)
+        return outcome
 
     async def aclose(self) -> None:
         await self._transport.aclose()

@@ -20,6 +20,7 @@ def iso(timestamp: float | None) -> str | None:
 def delivery_json(d: Delivery) -> dict[str, Any]:
     return {
         "id": d.id,
+        "destination": d.destination,
         "provider": d.provider,
         "event": d.event,
         "call_id": d.call_id,
@@ -32,6 +33,7 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
         "roark_call_id": d.roark_call_id,
         "delivered_at": iso(d.delivered_at),
         "updated_at": iso(d.updated_at),
+        "origin": d.origin,
     }
 
 

@@ -24,7 +24,7 @@ from relay import jsonbody
 from relay.admin.auth import AdminAuth
 from relay.errors import BadRequest, HTTPError, NotFound, UnsupportedMediaType
 from relay.ingest import read_body
-from relay.outbox import Delivery, DeliveryFilter, State
+from relay.outbox import ROARK, Delivery, DeliveryFilter, State
 from relay.providers import PROVIDER_NAMES
 from relay.redaction import Redactor
 from relay.views import attempt_json, delivery_json, iso, masked_payload
@@ -45,6 +45,8 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 # OpenAPI document read them alike. A cursor is an id below 10**18, so that a pattern
 # alone says which cursors are valid (ids never get near that many).
 CURSOR_PATTERN = r"^([1-9][0-9]{0,17})?$"
+#: What RELAY_DESTINATIONS allows as a name, plus Roark's.
+DESTINATION_PATTERN = r"^[a-z0-9_-]{1,32}$"
 # Any text but control characters. (Lone surrogates, which no database column takes,
 # never get this far: the body parser refuses them, and a query string cannot carry one.)
 CALL_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
@@ -74,6 +76,16 @@ def parse_provider(raw: object) -> str | None:
     return str(raw)
 
 
+def parse_destination(raw: object) -> str | None:
+    """A destination filter (roark, or a name that RELAY_DESTINATIONS has or had); absent
+    or empty means any."""
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or not re.fullmatch(DESTINATION_PATTERN, raw):
+        raise BadRequest("destination must be roark or a destination's name", parameter="destination")
+    return raw
+
+
 def parse_call_id(raw: object) -> str | None:
     """A call id or its beginning (the search is a prefix match); absent or blank means any."""
     if raw is None:
@@ -100,9 +112,9 @@ def _single(params: QueryParams, name: str) -> str | None:
 
 
 def parse_listing(params: QueryParams, *, default_state: str, extra: tuple[str, ...] = ()) -> Listing:
-    """state, provider, call_id, cursor, limit; anything else is refused (a typo such as
-    `status=failed` must not silently list everything)."""
-    unknown = set(params.keys()) - {"state", "provider", "call_id", "cursor", "limit", *extra}
+    """state, provider, destination, call_id, cursor, limit; anything else is refused (a
+    typo such as `status=failed` must not silently list everything)."""
+    unknown = set(params.keys()) - {"state", "provider", "destination", "call_id", "cursor", "limit", *extra}
     if unknown:
         raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}", parameter=sorted(unknown)[0])
     state = _single(params, "state") or default_state
@@ -119,6 +131,7 @@ def parse_listing(params: QueryParams, *, default_state: str, extra: tuple[str, 
             states=() if state == "all" else (State.PENDING,) if state == RETRYING else (State(state),),
             tried=state == RETRYING,
             provider=parse_provider(_single(params, "provider")),
+            destination=parse_destination(_single(params, "destination")),
             call_id_prefix=parse_call_id(_single(params, "call_id")),
         ),
         state=state,
@@ -136,7 +149,8 @@ async def list_page(request: Request, listing: Listing) -> tuple[list[Delivery],
 
 
 async def summary(request: Request) -> dict[str, Any]:
-    outbox, forwarder = request.app.state.outbox, request.app.state.forwarder
+    outbox, forwarders = request.app.state.outbox, request.app.state.forwarders
+    forwarder = forwarders.roark
     now = time.time()
     per_provider = await outbox.counts_by_provider()
     providers = {p: dict.fromkeys(STATES, 0) for p in (*PROVIDER_NAMES, *per_provider)}
@@ -155,7 +169,44 @@ async def summary(request: Request) -> dict[str, Any]:
         "pause_reason": forwarder.pause_reason,
         "rate_limited_until": iso(forwarder.rate_limited_until) if forwarder.rate_limited_until > now else None,
         "trouble": forwarder.trouble.describe(now),
+        "destinations": await destinations_summary(request, now),
     }
+
+
+async def destinations_summary(request: Request, now: float) -> list[dict[str, Any]]:
+    """Roark, then each configured destination, then any no longer configured that still
+    has deliveries: where it is, its counts, and what holds it back."""
+    state = request.app.state
+    settings = state.settings
+    per_destination = await state.outbox.counts_by_destination()
+    stopped = await state.outbox.paused_destinations()
+    urls = {ROARK: settings.roark_base_url, **{d.name: d.shown_url for d in settings.destinations}}
+    forwarders = state.forwarders.by_destination
+    rows = []
+    for name in [*urls, *sorted(set(per_destination) - set(urls))]:
+        forwarder = forwarders.get(name)
+        rows.append({
+            "name": name,
+            "url": urls.get(name),
+            "counts": {s.value: per_destination.get(name, {}).get(s, 0) for s in State},
+            "stopped": None if name not in stopped else {"reason": stopped[name].reason,
+                                                          "since": iso(stopped[name].since)},
+            "paused": bool(forwarder and forwarder.paused),
+            "pause_reason": forwarder.pause_reason if forwarder else None,
+            "rate_limited_until": iso(forwarder.rate_limited_until)
+            if forwarder and forwarder.rate_limited_until > now else None,
+            "trouble": forwarder.trouble.describe(now) if forwarder else None,
+        })
+    return rows
+
+
+async def resume(request: Request, name: str) -> dict[str, Any]:
+    """Lift a destination's stop (after a 410), and wake the forwarders."""
+    resumed = await request.app.state.outbox.resume_destination(name)
+    if resumed:
+        log.info("destination_resumed", destination=name)
+        request.app.state.forwarders.wake()
+    return {"destination": name, "resumed": resumed}
 
 
 async def replay(request: Request, ids: list[int] | None, where: DeliveryFilter) -> dict[str, list[int]]:
@@ -163,7 +214,7 @@ async def replay(request: Request, ids: list[int] | None, where: DeliveryFilter)
     and delivered rows are left alone), then wake the forwarder."""
     replayed = await request.app.state.outbox.replay(ids, where)
     if replayed:
-        request.app.state.forwarder.wake()
+        request.app.state.forwarders.wake()
     skipped = sorted(set(ids or ()) - set(replayed))
     return {"replayed": replayed, "skipped": skipped}
 
@@ -218,14 +269,14 @@ class AdminApi:
     async def replay_many(self, request: Request) -> JSONResponse:
         self.auth.require_bearer(request)
         document = await _json_body(request)
-        unknown = set(document) - {"ids", "all_failed", "provider", "call_id"}
+        unknown = set(document) - {"ids", "all_failed", "provider", "destination", "call_id"}
         if unknown:
             raise BadRequest(f"unknown field {sorted(unknown)[0]!r}", parameter=sorted(unknown)[0])
         if ("ids" in document) == ("all_failed" in document):
             raise BadRequest('give either "ids": [...] or "all_failed": true')
         if "ids" in document:
-            if "provider" in document or "call_id" in document:
-                raise BadRequest("provider and call_id filter all_failed; with ids, leave them out")
+            if {"provider", "destination", "call_id"} & set(document):
+                raise BadRequest("provider, destination and call_id filter all_failed; with ids, leave them out")
             raw = document["ids"]
             # 1.0 is an integer to JSON (and to the document's schema), true is not.
             if (not isinstance(raw, list) or not 1 <= len(raw) <= MAX_IDS
@@ -236,15 +287,21 @@ class AdminApi:
             return JSONResponse({"data": await replay(request, ids, DeliveryFilter())})
         if document["all_failed"] is not True:
             raise BadRequest("all_failed must be true", parameter="all_failed")
-        for name in ("provider", "call_id"):
+        for name in ("provider", "destination", "call_id"):
             if name in document and document[name] is None:
                 raise BadRequest(f"{name} may not be null; leave it out to match any", parameter=name)
         where = DeliveryFilter(
             states=(State.FAILED,),
             provider=parse_provider(document.get("provider")),
+            destination=parse_destination(document.get("destination")),
             call_id_prefix=parse_call_id(document.get("call_id")),
         )
         return JSONResponse({"data": await replay(request, None, where)})
+
+    async def resume_destination(self, request: Request) -> JSONResponse:
+        self.auth.require_bearer(request)
+        name = parse_destination(request.path_params["name"])
+        return JSONResponse({"data": await resume(request, name)})
 
 
 def api_routes(api: AdminApi) -> list[Route]:
@@ -254,4 +311,5 @@ def api_routes(api: AdminApi) -> list[Route]:
         Route("/admin/api/deliveries/{id}", api.get_delivery, methods=["GET"]),
         Route("/admin/api/deliveries/{id}/replay", api.replay_one, methods=["POST"]),
         Route("/admin/api/replay", api.replay_many, methods=["POST"]),
+        Route("/admin/api/destinations/{name}/resume", api.resume_destination, methods=["POST"]),
     ]

@@ -35,6 +35,8 @@ TIME = _nullable("string", format="date-time")
 ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 # Filters: empty means any, as an HTML form sends it.
 PROVIDER_FILTER = {"type": "string", "enum": ["", *PROVIDER_NAMES], "description": "empty: any provider"}
+DESTINATION_FILTER = {"type": "string", "pattern": "^([a-z0-9_-]{1,32})?$",
+                      "description": "roark or a destination's name (RELAY_DESTINATIONS); empty: any"}
 CALL_ID_FILTER = {"type": "string", "maxLength": MAX_CALL_ID, "pattern": CALL_ID_PATTERN,
                   "description": "call id or its beginning; blank: any"}
 
@@ -57,7 +59,7 @@ SCHEMAS: dict[str, Any] = {
     "Summary": {
         "type": "object",
         "required": ["counts", "providers", "oldest_pending_received_at", "oldest_pending_age_seconds",
-                     "paused", "pause_reason", "rate_limited_until", "trouble"],
+                     "paused", "pause_reason", "rate_limited_until", "trouble", "destinations"],
         "properties": {
             "counts": _ref("StateCounts"),
             "providers": {"type": "object", "additionalProperties": _ref("StateCounts"),
@@ -70,15 +72,37 @@ SCHEMAS: dict[str, Any] = {
             "trouble": {**_nullable("string"),
                         "description": "what is wrong when every attempt of the last minute failed "
                                        "(Roark unreachable, or answering 5xx/429)"},
+            "destinations": {"type": "array", "items": _ref("DestinationSummary"),
+                             "description": "roark first, then RELAY_DESTINATIONS in order, then any no "
+                                            "longer configured that still has deliveries"},
+        },
+    },
+    "DestinationSummary": {
+        "type": "object",
+        "required": ["name", "url", "counts", "stopped", "paused", "pause_reason", "rate_limited_until",
+                     "trouble"],
+        "properties": {
+            "name": {"type": "string"},
+            "url": _nullable("string", description="without credentials; null when no longer configured"),
+            "counts": _ref("StateCounts"),
+            "stopped": {"oneOf": [{"type": "null"}, {
+                "type": "object", "required": ["reason", "since"],
+                "properties": {"reason": {"type": "string"}, "since": {"type": "string", "format": "date-time"}},
+            }], "description": "it answered 410 Gone: nothing is sent until resumed"},
+            "paused": {"type": "boolean", "description": "it rejected our credentials or URL; retried later"},
+            "pause_reason": _nullable("string"),
+            "rate_limited_until": TIME,
+            "trouble": _nullable("string"),
         },
     },
     "Delivery": {
         "type": "object",
-        "required": ["id", "provider", "event", "call_id", "state", "received_at", "attempts",
+        "required": ["id", "destination", "provider", "event", "call_id", "state", "received_at", "attempts",
                      "next_attempt_at", "last_status", "last_error", "roark_call_id",
-                     "delivered_at", "updated_at"],
+                     "delivered_at", "updated_at", "origin"],
         "properties": {
             "id": ID,
+            "destination": {"type": "string", "description": "roark, or a name from RELAY_DESTINATIONS"},
             "provider": {"type": "string", "enum": list(PROVIDER_NAMES)},
             "event": {"type": "string"},
             "call_id": _nullable("string"),
@@ -91,6 +115,8 @@ SCHEMAS: dict[str, Any] = {
             "roark_call_id": _nullable("string"),
             "delivered_at": TIME,
             "updated_at": {"type": "string", "format": "date-time"},
+            "origin": {"type": "string", "description": "webhook: the provider sent it; reconciliation: "
+                                                        "found in the provider's API"},
         },
     },
     "Attempt": {
@@ -101,7 +127,7 @@ SCHEMAS: dict[str, Any] = {
             "started_at": {"type": "string", "format": "date-time"},
             "duration_ms": {"type": "number"},
             "status_code": _nullable("integer"),
-            "outcome": {"type": "string", "enum": ["delivered", "retryat", "giveup", "pausedelivery"]},
+            "outcome": {"type": "string", "enum": ["delivered", "retryat", "giveup", "pausedelivery", "stopreceiver"]},
             "error": _nullable("string"),
         },
     },
@@ -131,8 +157,13 @@ SCHEMAS: dict[str, Any] = {
              "properties": {"ids": {"type": "array", "items": ID, "minItems": 1, "maxItems": MAX_IDS}}},
             {"type": "object", "required": ["all_failed"], "additionalProperties": False,
              "properties": {"all_failed": {"const": True},
-                            "provider": PROVIDER_FILTER, "call_id": CALL_ID_FILTER}},
+                            "provider": PROVIDER_FILTER, "destination": DESTINATION_FILTER,
+                            "call_id": CALL_ID_FILTER}},
         ],
+    },
+    "Resumed": {
+        "type": "object", "required": ["destination", "resumed"],
+        "properties": {"destination": {"type": "string"}, "resumed": {"type": "boolean"}},
     },
     "ReplayResult": {
         "type": "object",
@@ -157,6 +188,7 @@ PARAMETERS: dict[str, Any] = {
                              "at least once",
               "schema": {"type": "string", "enum": [*STATES, RETRYING, "all", ""], "default": "all"}},
     "provider": {"name": "provider", "in": "query", "schema": PROVIDER_FILTER},
+    "destination": {"name": "destination", "in": "query", "schema": DESTINATION_FILTER},
     "call_id": {"name": "call_id", "in": "query", "schema": CALL_ID_FILTER},
     "cursor": {"name": "cursor", "in": "query", "description": "next_cursor of the previous page; empty: the first",
                "schema": {"type": "string", "pattern": CURSOR_PATTERN}},
@@ -174,13 +206,15 @@ def _data(schema: str) -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
-    schemas = {**SCHEMAS, "SummaryResponse": _data("Summary"), "DeliveryResponse": _data("DeliveryDetail")}
+    schemas = {**SCHEMAS, "SummaryResponse": _data("Summary"), "DeliveryResponse": _data("DeliveryDetail"),
+               "ResumeResponse": _data("Resumed")}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Roark Relay admin API",
             "version": __version__,
-            "description": "Inspect and replay the relay's deliveries to Roark. Every request needs "
+            "description": "Inspect and replay the relay's deliveries to Roark and the team's own "
+                           "destinations. Every request needs "
                            "'Authorization: Bearer <RELAY_ADMIN_TOKEN>'; without that variable the API "
                            "is disabled (404). Listings are newest first and paged with next_cursor, "
                            "which stays stable while new webhooks arrive.",
@@ -196,7 +230,7 @@ def openapi_document() -> dict[str, Any]:
             }},
             "/admin/api/deliveries": {"get": {
                 "operationId": "listDeliveries", "summary": "Deliveries, newest first, without bodies",
-                "parameters": _params("state", "provider", "call_id", "cursor", "limit"),
+                "parameters": _params("state", "provider", "destination", "call_id", "cursor", "limit"),
                 "responses": {"200": _ok("DeliveryPage", "one page"), "400": _error("invalid parameter"),
                               **ERRORS},
             }},
@@ -221,6 +255,15 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _ok("ReplayResult", "what was replayed"), "400": _error("invalid body"),
                               "413": _error("body too large"), "415": _error("not application/json"),
                               **ERRORS},
+            }},
+            "/admin/api/destinations/{name}/resume": {"post": {
+                "operationId": "resumeDestination",
+                "summary": "Send to a destination stopped by a 410 Gone again (failed deliveries stay "
+                           "failed until replayed)",
+                "parameters": [{"name": "name", "in": "path", "required": True,
+                                "schema": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"}}],
+                "responses": {"200": _ok("ResumeResponse", "resumed, or resumed false when it was not stopped"),
+                              "400": _error("invalid name"), **ERRORS},
             }},
         },
         "components": {

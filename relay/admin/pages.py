@@ -34,7 +34,7 @@ from relay.views import iso, masked_payload
 PAGE_SIZE = 50
 MAX_PAYLOAD_CHARS = 1_000_000  # a 25 MB transcript is not read in a browser
 OUTCOMES = {"delivered": "delivered", "retryat": "will retry", "giveup": "gave up",
-            "pausedelivery": "paused (not counted)"}
+            "pausedelivery": "paused (not counted)", "stopreceiver": "gone: destination stopped"}
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -129,11 +129,11 @@ class StatusPages:
             return redirect
         access = await self._require(request)
         listing = api.parse_listing(request.query_params, default_state="failed",
-                                    extra=("replayed", "nothing_selected"))
+                                    extra=("replayed", "nothing_selected", "resumed"))
         listing = api.Listing(listing.where, listing.state, listing.before_id, min(listing.limit, PAGE_SIZE))
         page, next_cursor = await api.list_page(request, listing)
         filters = {"state": listing.state, "provider": listing.where.provider or "",
-                   "call_id": listing.where.call_id_prefix or ""}
+                   "destination": listing.where.destination or "", "call_id": listing.where.call_id_prefix or ""}
         return self.render(request, "status.html", {
             "summary": await api.summary(request),
             "rows": page,
@@ -142,6 +142,7 @@ class StatusPages:
             "newest_url": _status_url(**filters) if listing.before_id else None,
             "replayed": _flash(request),
             "nothing_selected": request.query_params.get("nothing_selected") == "1",
+            "resumed": api.parse_destination(request.query_params.get("resumed")),
         }, access=access)
 
     async def detail(self, request: Request) -> Response:
@@ -182,6 +183,7 @@ class StatusPages:
         elif action == "all_failed":
             where = DeliveryFilter(states=(State.FAILED,),
                                    provider=api.parse_provider(_field(form, "provider")),
+                                   destination=api.parse_destination(_field(form, "destination")),
                                    call_id_prefix=api.parse_call_id(_field(form, "call_id")))
             result = await api.replay(request, None, where)
         else:
@@ -194,8 +196,17 @@ class StatusPages:
         if state not in (*api.STATES, api.RETRYING, "all"):
             state = "failed"
         return RedirectResponse(_status_url(state=state, provider=api.parse_provider(_field(form, "provider")),
+                                            destination=api.parse_destination(_field(form, "destination")),
                                             call_id=api.parse_call_id(_field(form, "call_id")),
                                             replayed=count), status_code=303)
+
+    async def resume(self, request: Request) -> Response:
+        access = await self._require(request)
+        form = await _form(request, max_fields=10)
+        self.auth.check_csrf(access, _field(form, "csrf_token"))
+        name = api.parse_destination(request.path_params["name"])
+        await api.resume(request, name)
+        return RedirectResponse(_status_url(resumed=name), status_code=303)
 
     # --- logging in and out -----------------------------------------------------------
 
@@ -279,6 +290,7 @@ def page_routes(pages: StatusPages) -> list[Route]:
         Route("/status/", pages.status_slash, methods=["GET"]),
         Route("/status/deliveries/{id}", wrap(pages.detail), methods=["GET"]),
         Route("/status/replay", wrap(pages.replay), methods=["POST"]),
+        Route("/status/destinations/{name}/resume", wrap(pages.resume), methods=["POST"]),
         Route("/login", wrap(pages.login_page), methods=["GET"]),
         Route("/login", wrap(pages.login), methods=["POST"]),
         Route("/logout", wrap(pages.logout), methods=["POST"]),

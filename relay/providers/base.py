@@ -98,6 +98,11 @@ class Provider:
         the body must pass."""
         raise NotImplementedError
 
+    def credential_headers(self, config: Any) -> frozenset[str]:
+        """The (lower-case) names of the headers that carry the provider's credential,
+        passed on to destinations that ask for them (`original_headers`)."""
+        raise NotImplementedError
+
     def sign(self, config: Any, raw_body: bytes, now: float) -> dict[str, str]:
         """The credential headers the provider would send with this body, made with the
         configured secrets (`relay send-sample`); ValueError when none is configured."""

@@ -121,6 +121,9 @@ class Retell(Provider):
 
     Head = RetellHead
 
+    def credential_headers(self, config: RetellSettings) -> frozenset[str]:
+        return frozenset({"x-retell-signature"})
+
     def sign(self, config: RetellSettings, raw_body: bytes, now: float) -> dict[str, str]:
         if not config.api_keys:
             raise ValueError("RETELL_API_KEY is not set")

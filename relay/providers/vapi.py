@@ -438,6 +438,12 @@ class Vapi(Provider):
 
     Head = VapiHead
 
+    def credential_headers(self, config: VapiSettings) -> frozenset[str]:
+        names = {"x-vapi-secret", "authorization", config.hmac_signature_header, config.hmac_timestamp_header}
+        if config.secret_header:
+            names.add(config.secret_header)
+        return frozenset(name.lower() for name in names)
+
     def sign(self, config: VapiSettings, raw_body: bytes, now: float) -> dict[str, str]:
         if config.hmac is not None:
             return sign_hmac(config.hmac, raw_body, str(int(now)))

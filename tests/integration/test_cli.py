@@ -8,7 +8,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from relay.cli import KEY_PROBE_PATH, main, parse_duration
+from relay.checks import KEY_PROBE_PATH
+from relay.cli import main, parse_duration
 from relay.outbox import migrations
 from relay.outbox import Attempt, Completion, NewDelivery, State, open_backend
 from relay.settings import Settings

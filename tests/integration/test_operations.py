@@ -51,7 +51,7 @@ def test_metrics_count_webhooks_attempts_and_queue(relay_env, fake_roark):
 
         def scraped():
             text = client.get("/metrics", headers=BEARER).text
-            return metric(text, "relay_queue_depth", state="delivered") == 2 and text
+            return metric(text, "relay_queue_depth", destination="roark", state="delivered") == 2 and text
 
         text = eventually(scraped, 15)
     assert metric(text, "relay_webhooks_received_total", provider="vapi", outcome="accepted") == 1
@@ -59,15 +59,15 @@ def test_metrics_count_webhooks_attempts_and_queue(relay_env, fake_roark):
     assert metric(text, "relay_webhooks_received_total", provider="vapi", outcome="ignored") == 1
     assert metric(text, "relay_webhooks_received_total", provider="vapi", outcome="rejected") == 1
     assert metric(text, "relay_webhooks_received_total", provider="retell", outcome="accepted") == 1
-    attempts = sum(metric(text, "relay_delivery_attempts_total", provider=p, outcome="delivered", status_class="2xx")
+    attempts = sum(metric(text, "relay_delivery_attempts_total", provider=p, destination="roark", outcome="delivered", status_class="2xx")
                    for p in ("vapi", "retell"))
     assert attempts == 2
-    retried = sum(metric(text, "relay_delivery_attempts_total", provider=p, outcome="retryat", status_class="5xx")
+    retried = sum(metric(text, "relay_delivery_attempts_total", provider=p, destination="roark", outcome="retryat", status_class="5xx")
                   for p in ("vapi", "retell"))
     assert retried == 1
-    assert metric(text, "relay_delivery_attempt_duration_seconds_count", provider="vapi") >= 1
-    assert metric(text, "relay_queue_depth", state="pending") == 0
-    assert metric(text, "relay_delivery_paused") == 0
+    assert metric(text, "relay_delivery_attempt_duration_seconds_count", provider="vapi", destination="roark") >= 1
+    assert metric(text, "relay_queue_depth", destination="roark", state="pending") == 0
+    assert metric(text, "relay_delivery_paused", destination="roark") == 0
     assert "ROARK" not in text and ADMIN not in text
 
 

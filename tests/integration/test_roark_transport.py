@@ -99,7 +99,7 @@ def delivery() -> Delivery:
 async def deliver_once(base_url: str, timeout: float = 5.0, **env: str) -> Outcome:
     roark = client(base_url, timeout, **env)
     try:
-        return await roark.deliver(delivery())
+        return await roark.deliver(delivery(), time.time())
     finally:
         await roark.aclose()
 
@@ -122,7 +122,7 @@ def test_keeps_one_connection_alive_and_sends_the_delivery_as_given():
         async with Server() as server:
             roark = client(server.url())
             for _ in range(3):
-                assert_delivered(await roark.deliver(delivery()))
+                assert_delivered(await roark.deliver(delivery(), time.time()))
             await roark.aclose()
         assert server.connections == 1
         head, _, body = server.requests[0].partition(b"\r\n\r\n")
@@ -145,10 +145,10 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused():
     async def scenario():
         async with Server(idle_timeout=1.0) as server:
             roark = client(server.url())
-            assert_delivered(await roark.deliver(delivery()))
+            assert_delivered(await roark.deliver(delivery(), time.time()))
             await asyncio.sleep(1.5)  # idle past the server's keep-alive timeout
             assert server.idle_closes == 1
-            assert_delivered(await roark.deliver(delivery()))  # the first attempt succeeds
+            assert_delivered(await roark.deliver(delivery(), time.time()))  # the first attempt succeeds
             await roark.aclose()
         assert server.connections == 2
     run(scenario())

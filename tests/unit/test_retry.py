@@ -8,8 +8,10 @@ from relay.retry import (
     Delivered,
     GiveUp,
     PauseDelivery,
+    Receiver,
     RetryAt,
     RetryPolicy,
+    StopReceiver,
     backoff_delay,
     decide,
     parse_retry_after,
@@ -139,3 +141,18 @@ def test_invalid_policies_are_refused(kwargs):
 def test_a_request_that_cannot_be_built_is_permanent():
     decision = decide(POLICY, 1, AttemptResult(None, error="payload cannot be encoded", permanent=True), NOW)
     assert isinstance(decision, GiveUp)
+
+
+DESTINATION = Receiver("destination crm", "the secret of destination crm", "its url", gone_stops=True)
+
+
+def test_a_destination_that_answers_gone_is_stopped_and_roark_is_not():
+    assert isinstance(decide(POLICY, 1, status(410), NOW, receiver=DESTINATION), StopReceiver)
+    # Roark's API never says 410 of itself: there it is a 4xx like any other.
+    assert isinstance(decide(POLICY, 1, status(410), NOW), GiveUp)
+
+
+def test_refusals_name_the_receiver_and_what_to_fix():
+    assert decide(POLICY, 1, status(401), NOW, receiver=DESTINATION) == PauseDelivery(
+        "destination crm answered 401: check the secret of destination crm")
+    assert decide(POLICY, 1, status(403), NOW) == PauseDelivery("Roark answered 403: check ROARK_API_KEY")

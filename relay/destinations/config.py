@@ -1,0 +1,197 @@
+"""RELAY_DESTINATIONS: the team's own endpoints, each owed its own copy of the webhooks
+it asks for, signed the Standard Webhooks way (https://www.standardwebhooks.com).
+
+    [{"name": "crm", "url": "https://app.example.com/hooks/voice", "secret": "whsec_...",
+      "events": ["vapi:end-of-call-report", "retell:*"], "original_headers": false}]
+
+Everything is checked at start-up, and a mistake is reported naming the entry and field:
+a destination that silently receives nothing is worse than a relay that will not start.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+from standardwebhooks.webhooks import Webhook
+
+from relay import jsonbody
+from relay.envvars import Parser, Secret
+from relay.errors import ConfigError
+from relay.outbox import ROARK
+from relay.providers import PROVIDERS
+
+VARIABLE = "RELAY_DESTINATIONS"
+NAME = re.compile(r"[a-z0-9_-]{1,32}")
+SECRET_PREFIX = "whsec_"
+#: Key sizes the Standard Webhooks spec allows (24 to 64 random bytes).
+KEY_BYTES = (24, 64)
+#: Bytes of key `relay secret` makes.
+NEW_KEY_BYTES = 32
+
+
+class _Invalid(ValueError):
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"field {field_name}: {problem}")
+
+
+class _Entry(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    url: str
+    secret: str
+    events: list[str] | None = None
+    original_headers: bool = False
+    timeout_seconds: float = 30.0
+    concurrency: int = 16
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    url: str = field(repr=False)  # may carry a credential in its query or user part
+    secrets: tuple[Secret, ...] = field(repr=False)
+    #: "provider:event" names, and providers whose every stored event it takes ("provider:*").
+    events: frozenset[str]
+    all_events_of: frozenset[str] = frozenset()
+    original_headers: bool = False
+    timeout_seconds: float = 30.0
+    concurrency: int = 16
+
+    @property
+    def shown_url(self) -> str:
+        """The URL without what may be a credential (user info, query), for pages and logs."""
+        parts = urlsplit(self.url)
+        return urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
+                           parts.path, "", ""))
+
+    def wants(self, provider: str, event: str) -> bool:
+        return f"{provider}:{event}" in self.events or (
+            provider in self.all_events_of and event not in PROVIDERS[provider].request_response)
+
+    def sign(self, message_id: str, timestamp: int, body: bytes) -> str:
+        """The `webhook-signature` header: one `v1,<base64>` per secret, space-separated,
+        so a receiver holding either the old or the new secret accepts it mid-rotation."""
+        when = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+        text = body.decode()  # verified UTF-8 at ingest
+        return " ".join(Webhook(s.reveal()).sign(message_id, when, text) for s in self.secrets)
+
+
+def roark_events() -> frozenset[str]:
+    """The events Roark receives: what a destination takes unless it says otherwise."""
+    return frozenset(f"{p.name}:{e}" for p in PROVIDERS.values() for e in p.roark_events)
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(NEW_KEY_BYTES)).decode()
+
+
+def owed(destinations: Sequence[Destination], provider: str, event: str) -> tuple[str, ...]:
+    """Who a stored webhook of this event goes to: Roark first when it takes it."""
+    names = [ROARK] if event in PROVIDERS[provider].roark_events else []
+    return (*names, *(d.name for d in destinations if d.wants(provider, event)))
+
+
+class Destinations(Parser):
+    described = 'a JSON array of {"name", "url", "secret", "events", "original_headers"}'
+
+    def __call__(self, name: str, raw: str) -> tuple[Destination, ...]:
+        try:
+            entries = jsonbody.loads(raw.encode())
+        except ValueError:
+            entries = None
+        if not isinstance(entries, list):
+            raise ConfigError(name, 'must be a JSON array, e.g. [{"name": "crm", "url": "https://...", '
+                                    '"secret": "whsec_..."}] (`relay secret` makes a secret)')
+        parsed: list[Destination] = []
+        for n, entry in enumerate(entries, start=1):
+            label = f"entry {n}" + (f" ({entry['name']})" if isinstance(entry, dict)
+                                    and isinstance(entry.get("name"), str) else "")
+            try:
+                parsed.append(_destination(entry))
+            except msgspec.ValidationError as error:
+                raise ConfigError(name, f"{label}: {_field_problem(error)}") from None
+            except ValueError as error:
+                raise ConfigError(name, f"{label}: {error}") from None
+            if parsed[-1].name in {d.name for d in parsed[:-1]}:
+                raise ConfigError(name, f"{label}: field name: {parsed[-1].name!r} is used twice")
+        return tuple(parsed)
+
+
+def _field_problem(error: Exception) -> str:
+    """msgspec says "... - at `$.url`"; an operator reads "field url: ..."."""
+    text = str(error)
+    match = re.fullmatch(r"(.*) - at `\$\.?([^`]*)`", text)
+    if match:
+        return f"field {match.group(2)}: {match.group(1)}"
+    return text
+
+
+def _destination(entry: object) -> Destination:
+    if not isinstance(entry, dict):
+        raise ValueError("must be a JSON object")
+    e = msgspec.convert(entry, _Entry)
+    if not NAME.fullmatch(e.name) or e.name == ROARK:
+        raise _Invalid("name", f"must match [a-z0-9_-]{{1,32}} and not be {ROARK!r} (Roark is built in)")
+    parts = urlsplit(e.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid("url", "must be an http or https URL")
+    keys = tuple(part.strip() for part in e.secret.split(",") if part.strip())
+    if not keys:
+        raise _Invalid("secret", "must hold at least one whsec_ secret")
+    for key in keys:
+        _check_key(key)
+    events = frozenset(roark_events() if e.events is None else e.events)
+    if not events:
+        raise _Invalid("events", "must name at least one event, or be left out")
+    exact, every = _events(events)
+    if not 0 < e.timeout_seconds <= 300:
+        raise _Invalid("timeout_seconds", "must be more than 0 and at most 300")
+    if not 1 <= e.concurrency <= 512:
+        raise _Invalid("concurrency", "must be between 1 and 512")
+    return Destination(e.name, e.url, tuple(Secret(k) for k in keys), exact, every, e.original_headers,
+                       e.timeout_seconds, e.concurrency)
+
+
+def _check_key(key: str) -> None:
+    if not key.startswith(SECRET_PREFIX):
+        raise _Invalid("secret", f"must start with {SECRET_PREFIX} (`relay secret` makes one)")
+    try:
+        raw = base64.b64decode(key.removeprefix(SECRET_PREFIX), validate=True)
+    except (binascii.Error, ValueError):
+        raise _Invalid("secret", f"is not {SECRET_PREFIX} followed by base64") from None
+    low, high = KEY_BYTES
+    if not low <= len(raw) <= high:
+        raise _Invalid("secret", f"must encode {low} to {high} bytes, not {len(raw)}")
+
+
+def _events(events: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+    exact: set[str] = set()
+    every: set[str] = set()
+    for name in events:
+        provider_name, _, event = name.partition(":")
+        provider = PROVIDERS.get(provider_name)
+        if provider is None or not event:
+            raise _Invalid("events",
+                f"{name!r} is not provider:event (providers: {', '.join(PROVIDERS)}; "
+                "provider:* for all)")
+        if event == "*":
+            every.add(provider_name)
+        elif event in provider.request_response:
+            raise _Invalid("events",
+                f"{name!r} waits for an answer, which a copy cannot give: it is passed through "
+                f"to your server while {provider.title} waits (see the README), never stored")
+        elif event not in provider.events:
+            raise _Invalid("events",
+                f"{name!r}: {provider.title} sends no such event; known: {', '.join(sorted(provider.events - provider.request_response))} "
+                f"(or {provider_name}:*)")
+        else:
+            exact.add(name)
+    return frozenset(exact), frozenset(every)
+
