@@ -29,7 +29,8 @@ def all_commands(group: click.Group, prefix=()):
 def test_every_command_has_help_text():
     commands = list(all_commands(main))
     assert {("serve",), ("migrate",), ("deliveries", "list"), ("deliveries", "show"), ("replay",),
-            ("prune",), ("demo",), ("settings",)} <= {path for path, _ in commands}
+            ("prune",), ("demo",), ("settings",), ("secret",), ("destinations", "list"),
+            ("destinations", "resume")} <= {path for path, _ in commands}
     for path, command in commands:
         assert command.help and len(command.help.strip()) > 20, f"relay {' '.join(path)} lacks help"
         result = CliRunner().invoke(main, [*path, "--help"])
@@ -241,3 +242,49 @@ def test_a_database_that_cannot_be_created_is_one_line_with_what_to_do(tmp_path,
     assert result.exit_code == 1 and time.monotonic() - started < 10
     assert "does not exist; set RELAY_DATABASE_URL or create it" in result.output
     assert "Traceback" not in result.output
+
+
+# --- destinations ----------------------------------------------------------------------
+
+def test_secret_prints_a_fresh_secret_the_relay_accepts(env):
+    first, second = run(env, "secret").output.strip(), run(env, "secret").output.strip()
+    assert first.startswith("whsec_") and first != second
+    destinations = json.dumps([{"name": "crm", "url": "https://crm.example/hooks", "secret": first}])
+    assert Settings.from_env({**env, "RELAY_DESTINATIONS": destinations}).destinations[0].name == "crm"
+
+
+def test_destinations_list_filter_resume_and_replay(env, store):
+    env = {**env, "RELAY_DESTINATIONS": json.dumps(
+        [{"name": "crm", "url": "https://user:pw@crm.example/hooks?token=t0p", "secret": run(env, "secret").output.strip()}])}
+    [row] = store.insert_many([NewDelivery("vapi", "end-of-call-report", "call-d", "e:call-d", b"{}", NOW,
+                                           destinations=("roark", "crm"))], NOW)
+    crm_id = row.deliveries["crm"]
+    [claimed] = store.claim("cli-test", NOW, 60, 1, destination="crm")
+    store.complete(crm_id, "cli-test", Completion(State.FAILED, NOW, status_code=410, error="gone"))
+    store.pause_destination("crm", "destination crm answered 410 Gone: stopped until an operator resumes it", NOW)
+
+    listed = run(env, "destinations", "list").output
+    assert "crm.example/hooks" in listed and "t0p" not in listed and "pw@" not in listed
+    assert "failed=1" in listed and "STOPPED since" in listed and "410 Gone" in listed
+    only_crm = [json.loads(line) for line in run(env, "deliveries", "list", "--destination", "crm", "--json").output.splitlines()]
+    assert [(r["id"], r["destination"]) for r in only_crm] == [(crm_id, "crm")]
+
+    assert run(env, "destinations", "resume", "crm").output == "resumed crm\n"
+    again = CliRunner(env=env).invoke(main, ["destinations", "resume", "crm"])
+    assert again.exit_code == 1 and "is not stopped" in again.output
+    replayed = run(env, "replay", "--all-failed", "--destination", "roark").output
+    assert replayed.startswith("replayed 0")
+    assert run(env, "replay", "--all-failed", "--destination", "crm").output == f"replayed 1 delivery: {crm_id}\n"
+
+
+def test_check_upstream_probes_each_destination(env, fake_roark):
+    with FakeRoark() as crm:
+        destinations = json.dumps([
+            {"name": "crm", "url": f"{crm.url}/hooks", "secret": run(env, "secret").output.strip()},
+            {"name": "gone", "url": "http://127.0.0.1:9/hooks", "secret": run(env, "secret").output.strip()}])
+        good = {**env, "ROARK_BASE_URL": fake_roark.url, "ROARK_API_KEY": fake_roark.api_key,
+                "RELAY_DESTINATIONS": destinations}
+        result = CliRunner(env=good).invoke(main, ["check", "--upstream"])
+    assert "destination crm: ok (reachable; answered" in result.output
+    assert "destination gone: FAILED cannot reach http://127.0.0.1:9/hooks" in result.output
+    assert result.exit_code == 1
