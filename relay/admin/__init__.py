@@ -3,12 +3,14 @@
     GET  /status                         summary, filters, failed deliveries (HTML)
     GET  /status/deliveries/{id}         one delivery: attempts, masked payload (HTML)
     POST /status/replay                  replay selected / all failed (form, CSRF)
+    POST /status/destinations/{name}/resume  resume a destination stopped by a 410 (form, CSRF)
     GET  /login, POST /login, POST /logout
     GET  /admin/api/summary              JSON, Bearer only
-    GET  /admin/api/deliveries           ?state=&provider=&call_id=&cursor=&limit=
+    GET  /admin/api/deliveries           ?state=&provider=&destination=&call_id=&cursor=&limit=
     GET  /admin/api/deliveries/{id}
     POST /admin/api/deliveries/{id}/replay
     POST /admin/api/replay               {"ids": [...]} or {"all_failed": true, ...}
+    POST /admin/api/destinations/{name}/resume
     GET  /admin/openapi.json             the API's OpenAPI 3.1 document (Bearer or session)
 
 Without RELAY_ADMIN_TOKEN all of these answer 404: disabled, never open.
