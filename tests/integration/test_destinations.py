@@ -13,6 +13,7 @@ from relay.destinations.client import message_id
 from relay.settings import Settings
 from relay.testing.fake_endpoint import FakeEndpoint
 from relay.testing.fake_roark import Respond, Slow
+from tests.integration.test_admin_auth import csrf_of, login
 from tests.helpers import VAPI_SECRET, eventually, fresh_schema, retell_headers, sample, vapi_headers, with_call_id
 
 WAIT = 15
@@ -37,8 +38,10 @@ def database_url(request, tmp_path):
 
 
 def relay(env: dict, *destinations: dict, **extra: str) -> TestClient:
+    # https: the status page's session cookie is Secure.
     return TestClient(create_app(Settings.from_env({
-        **env, "RELAY_ADMIN_TOKEN": TOKEN, "RELAY_DESTINATIONS": json.dumps(list(destinations)), **extra})))
+        **env, "RELAY_ADMIN_TOKEN": TOKEN, "RELAY_DESTINATIONS": json.dumps(list(destinations)), **extra})),
+        base_url="https://testserver")
 
 
 def destination(endpoint: FakeEndpoint, name: str = "crm", **fields) -> dict:
@@ -179,3 +182,22 @@ def test_listing_and_metrics_per_destination(relay_env, fake_roark, crm):
     assert [d["destination"] for d in only_crm] == ["crm"]
     assert 'relay_queue_depth{destination="crm",state="delivered"} 1.0' in metrics
     assert 'relay_delivery_attempts_total{destination="crm",outcome="delivered",provider="vapi",status_class="2xx"} 1.0' in metrics
+
+
+def test_the_status_page_shows_a_stopped_destination_and_resumes_it(relay_env, fake_roark, crm):
+    crm.script(Respond(410))
+    with relay(relay_env, destination(crm)) as client:
+        ack = post_vapi(client, sample("vapi/end-of-call-report"))
+        eventually(lambda: "410 Gone" in client.get("/status", headers=BEARER).text, WAIT)
+        assert login(client, TOKEN).status_code == 303
+        page = client.get("/status?destination=crm&state=failed").text
+        assert 'id="stopped-crm"' in page and "Resume crm" in page and 'id="destinations"' in page
+        assert f'id="delivery-{ack["deliveries"]["crm"]}"' in page  # the failed copy, listed per destination
+        assert "k3y" not in page  # the URL's query may be a credential: never shown
+        forged = client.post("/status/destinations/crm/resume", data={"csrf_token": "wrong"}, follow_redirects=False)
+        assert forged.status_code == 403
+        resumed = client.post("/status/destinations/crm/resume", data={"csrf_token": csrf_of(page)},
+                              follow_redirects=False)
+        assert resumed.status_code == 303 and resumed.headers["location"] == "/status?resumed=crm"
+        after = client.get(resumed.headers["location"]).text
+    assert "Resumed crm" in after and 'id="stopped-crm"' not in after
