@@ -13,6 +13,7 @@ from relay.destinations.client import message_id
 from relay.settings import Settings
 from relay.testing.fake_endpoint import FakeEndpoint
 from relay.testing.fake_roark import Respond, Slow
+from tests.integration.test_admin_api import conforms
 from tests.integration.test_admin_auth import csrf_of, login
 from tests.helpers import VAPI_SECRET, eventually, fresh_schema, retell_headers, sample, vapi_headers, with_call_id
 
@@ -135,7 +136,7 @@ def test_gone_fails_the_delivery_stops_the_destination_until_resumed(relay_env, 
         failed = eventually(lambda: (d := client.get(f"/admin/api/deliveries/{first['deliveries']['crm']}",
                                                      headers=BEARER).json()["data"])["state"] == "failed" and d, WAIT)
         assert "410 Gone" in failed["last_error"]
-        summary = client.get("/admin/api/summary", headers=BEARER).json()["data"]
+        summary = conforms(client.get("/admin/api/summary", headers=BEARER).json(), "SummaryResponse")["data"]
         crm_summary = next(d for d in summary["destinations"] if d["name"] == "crm")
         assert "410 Gone" in crm_summary["stopped"]["reason"]
         health = client.get("/health", headers=BEARER).json()["data"]
@@ -147,7 +148,8 @@ def test_gone_fails_the_delivery_stops_the_destination_until_resumed(relay_env, 
         delivered(client, second["deliveries"]["roark"])
         assert len(crm.requests) == 1
 
-        resumed = client.post("/admin/api/destinations/crm/resume", headers=BEARER).json()["data"]
+        resumed = conforms(client.post("/admin/api/destinations/crm/resume", headers=BEARER).json(),
+                           "ResumeResponse")["data"]
         assert resumed == {"destination": "crm", "resumed": True}
         delivered(client, second["deliveries"]["crm"])
         replayed = client.post("/admin/api/replay", headers=BEARER,
@@ -177,9 +179,12 @@ def test_listing_and_metrics_per_destination(relay_env, fake_roark, crm):
         ack = post_vapi(client, sample("vapi/end-of-call-report"))
         for delivery_id in ack["deliveries"].values():
             delivered(client, delivery_id)
-        only_crm = client.get("/admin/api/deliveries?destination=crm", headers=BEARER).json()["data"]
+        only_crm = conforms(client.get("/admin/api/deliveries?destination=crm", headers=BEARER).json(),
+                            "DeliveryPage")["data"]
+        bad = client.get("/admin/api/deliveries?destination=CRM!", headers=BEARER)
         metrics = client.get("/metrics", headers=BEARER).text
     assert [d["destination"] for d in only_crm] == ["crm"]
+    assert bad.status_code == 400 and conforms(bad.json(), "ErrorResponse")["parameter"] == "destination"
     assert 'relay_queue_depth{destination="crm",state="delivered"} 1.0' in metrics
     assert 'relay_delivery_attempts_total{destination="crm",outcome="delivered",provider="vapi",status_class="2xx"} 1.0' in metrics
 
