@@ -218,6 +218,16 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
             log.error("relay_start_failed", error=str(error))
             await outbox.close()
             raise
+        configured = [ROARK, *(d.name for d in settings.destinations)]
+        try:
+            failed = await outbox.fail_unconfigured(configured)
+        except StoreUnavailable as error:  # the next start tries again; nothing is lost
+            log.warning("unconfigured_destinations_not_checked", error=str(error))
+        else:
+            for destination, count in failed.items():
+                log.warning("destination_no_longer_configured", destination=destination, failed=count,
+                            replay=f"add it back to RELAY_DESTINATIONS, then relay replay --all-failed "
+                                   f"--destination {destination}")
         metrics = app.state.metrics
         forwarders = Forwarders(outbox, [
             Forwarder(outbox, RoarkClient(settings), settings, metrics),

@@ -204,6 +204,12 @@ class Backend(abc.ABC):
         owed to no one; returns how many deliveries."""
 
     @abc.abstractmethod
+    def fail_unconfigured(self, destinations: Sequence[str], now: float) -> dict[str, int]:
+        """Fail the pending deliveries to destinations not among `destinations` (taken out
+        of the configuration): nobody would ever send them, and waiting they would keep
+        the backlog looking stuck. They stay replayable. Returns how many, per destination."""
+
+    @abc.abstractmethod
     def attempts(self, delivery_id: int) -> list[Attempt]: ...
 
     @abc.abstractmethod

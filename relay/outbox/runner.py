@@ -149,6 +149,9 @@ class AsyncOutbox:
     async def counts_by_destination(self) -> dict[str, dict[State, int]]:
         return await self._read(self.backend.counts_by_destination)
 
+    async def fail_unconfigured(self, destinations: Sequence[str]) -> dict[str, int]:
+        return await self._write(self.backend.fail_unconfigured, destinations, self._clock())
+
     async def pause_destination(self, destination: str, reason: str) -> None:
         await self._write(self.backend.pause_destination, destination, reason, self._clock())
 

@@ -151,6 +151,12 @@ class Statements:
         return (f"DELETE FROM deliveries WHERE {self._in('state', states)} AND received_at < {self.mark}",
                 (*(state.value for state in states), received_before))
 
+    def fail_unconfigured(self, destinations: Sequence[str], now: float) -> Query:
+        return ("UPDATE deliveries SET state = 'failed', last_error = 'its destination is no longer "
+                f"configured (RELAY_DESTINATIONS)', updated_at = {self.mark} WHERE state = 'pending' "
+                f"AND NOT {self._in('destination', destinations)} RETURNING destination",
+                (now, *destinations))
+
     def prune_webhooks(self, received_before: float) -> Query:
         """The webhooks a prune left owed to no one (their bodies go with them)."""
         return (f"DELETE FROM webhooks WHERE received_at < {self.mark} AND NOT EXISTS "
@@ -332,6 +338,13 @@ class SQLBackend(Backend):
             deleted = conn.execute(*self.SQL.prune(received_before, states)).rowcount
             conn.execute(*self.SQL.prune_webhooks(received_before))
         return deleted
+
+    def fail_unconfigured(self, destinations: Sequence[str], now: float) -> dict[str, int]:
+        with self._write() as conn:
+            failed: dict[str, int] = {}
+            for (destination,) in conn.execute(*self.SQL.fail_unconfigured(destinations, now)).fetchall():
+                failed[destination] = failed.get(destination, 0) + 1
+        return failed
 
     def attempts(self, delivery_id: int) -> list[Attempt]:
         with self._read() as conn:

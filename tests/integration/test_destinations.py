@@ -206,3 +206,18 @@ def test_the_status_page_shows_a_stopped_destination_and_resumes_it(relay_env, f
         assert resumed.status_code == 303 and resumed.headers["location"] == "/status?resumed=crm"
         after = client.get(resumed.headers["location"]).text
     assert "Resumed crm" in after and 'id="stopped-crm"' not in after
+
+
+def test_deliveries_to_a_destination_taken_out_of_the_configuration_fail_at_start(relay_env, fake_roark, crm):
+    crm.set_default(Respond(503))
+    with relay(relay_env, destination(crm)) as client:
+        ack = post_vapi(client, sample("vapi/end-of-call-report"))
+        delivered(client, ack["deliveries"]["roark"])
+    with relay(relay_env) as client:  # crm removed
+        orphan = client.get(f"/admin/api/deliveries/{ack['deliveries']['crm']}", headers=BEARER).json()["data"]
+        health = client.get("/health", headers=BEARER).json()["data"]
+        summary = client.get("/admin/api/summary", headers=BEARER).json()["data"]
+    assert orphan["state"] == "failed" and "no longer configured" in orphan["last_error"]
+    assert health["status"] == "healthy" and "crm_delivery" not in health["dependencies"]
+    assert [(d["name"], d["url"], d["counts"]["failed"]) for d in summary["destinations"]] == [
+        ("roark", fake_roark.url, 0), ("crm", None, 1)]
