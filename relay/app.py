@@ -147,8 +147,8 @@ async def health(request: Request) -> JSONResponse:
     stopped: dict[str, Pause] = {}
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-            oldest = await state.outbox.oldest_pending_received_at()
-            stopped = await state.outbox.paused_destinations()
+            oldest, stopped = await asyncio.gather(state.outbox.oldest_pending_received_at(),
+                                                   state.outbox.paused_destinations())
         database = "healthy"
         backlog_age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
     except (StoreUnavailable, TimeoutError):
