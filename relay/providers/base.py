@@ -17,6 +17,7 @@ import msgspec
 
 from relay import jsonbody
 from relay.errors import BadRequest
+from relay.providers.calls import CallSource
 
 #: Longer "ids" are not ids; such payloads dedupe by content hash instead.
 MAX_CALL_ID_LENGTH = 256
@@ -85,6 +86,11 @@ class Provider:
     def configured(self, config: Any) -> bool:
         """True when `config` (an instance of `Settings`) can verify webhooks."""
         raise NotImplementedError
+
+    def call_source(self, config: Any) -> CallSource | None:
+        """Where reconciliation finds this provider's ended calls; None while its API
+        key is not configured (or it has no API to ask)."""
+        return None
 
     def warnings(self, config: Any) -> list[str]:
         """What an operator must hear at start-up about these settings."""
