@@ -10,6 +10,9 @@ from relay.outbox.model import (
     DeliveryFilter,
     Inserted,
     NewDelivery,
+    Progress,
+    Reconciliation,
+    RunOutcome,
     State,
 )
 from relay.outbox.runner import AsyncOutbox
@@ -23,6 +26,9 @@ __all__ = [
     "DeliveryFilter",
     "Inserted",
     "NewDelivery",
+    "Progress",
+    "Reconciliation",
+    "RunOutcome",
     "State",
     "open_backend",
 ]
