@@ -32,6 +32,7 @@ from relay.metrics import Metrics
 from relay.outbox import AsyncOutbox, open_backend
 from relay.outbox.startup import migrate_when_available_async, startup_patience
 from relay.passthrough import PassThrough
+from relay.reconciliation.service import Reconcilers
 from relay.retention import run_retention
 from relay.settings import Settings
 from relay.upstream import RoarkClient
@@ -129,8 +130,9 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 async def health(request: Request) -> JSONResponse:
     """Roark's HealthResponse shape: unhealthy (503) when the outbox is unreachable,
-    degraded when delivery is paused, every attempt of the last minute failed, or the
-    backlog is older than the threshold.
+    degraded when delivery is paused, every attempt of the last minute failed, the
+    backlog is older than the threshold, or a provider's reconciliation has failed for
+    longer than two intervals.
 
     Anyone may ask how the relay is; only the admin token (as a Bearer) is told why,
     since the reasons can name a refused key or carry a redirect's Location."""
@@ -142,9 +144,12 @@ async def health(request: Request) -> JSONResponse:
     forwarder: Forwarder = state.forwarder
     problems = []
     backlog_age = None
+    reconciliations = []
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
             oldest = await state.outbox.oldest_pending_received_at()
+            if state.reconcilers.sources:
+                reconciliations = await state.outbox.reconciliations()
         database = "healthy"
         backlog_age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
     except (StoreUnavailable, TimeoutError):
@@ -158,13 +163,18 @@ async def health(request: Request) -> JSONResponse:
         problems.append(f"oldest undelivered webhook is {backlog_age:.0f} s old "
                         f"(threshold {settings.pending_age_degraded_seconds:g} s)")
     delivery = "degraded" if problems and database == "healthy" else "healthy"
-    status = "unhealthy" if database == "unhealthy" else delivery
+    dependencies = {"database": database, "roark_delivery": delivery}
+    if state.reconcilers.sources:
+        missed = state.reconcilers.problems(reconciliations, time.time())
+        dependencies["reconciliation"] = "degraded" if missed else "healthy"
+        problems += missed
+    status = "unhealthy" if database == "unhealthy" else "degraded" if problems else "healthy"
     data = {
         "status": status,
         "version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
         "uptime_seconds": int(time.monotonic() - state.started_monotonic),
-        "dependencies": {"database": database, "roark_delivery": delivery},
+        "dependencies": dependencies,
     }
     if explain:
         data |= {
@@ -208,6 +218,9 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
         app.state.forwarder = forwarder
         app.state.pass_through = PassThrough(settings.proxy_for)
         forwarder.start()
+        reconcilers = Reconcilers(settings, outbox, app.state.metrics)
+        app.state.reconcilers = reconcilers
+        reconcilers.start()
         stop_retention = asyncio.Event()
         retention = asyncio.create_task(run_retention(outbox, settings, stop_retention),
                                         name="relay-retention")
@@ -218,6 +231,7 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
         finally:
             stop_retention.set()
             await retention
+            await reconcilers.stop()
             await forwarder.stop()
             await client.aclose()
             await app.state.pass_through.aclose()

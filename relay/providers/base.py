@@ -64,6 +64,8 @@ class Provider:
     Settings: ClassVar[type]
     #: Variables that enable verification, named in warnings when none is set.
     secret_variables: ClassVar[str]
+    #: The variable holding the key to its API, which reconciliation uses (None: no API).
+    api_key_variable: ClassVar[str | None] = None
     roark: ClassVar[RoarkEndpoint]
     #: Events this provider is known to send, and those Roark imports.
     events: ClassVar[frozenset[str]]

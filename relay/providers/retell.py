@@ -105,6 +105,7 @@ class Retell(Provider):
     title = "Retell"
     Settings = RetellSettings
     secret_variables = "RETELL_API_KEY"
+    api_key_variable = "RETELL_API_KEY"
     roark = RoarkEndpoint("/v1/retell/call", "retell_call_ended_payload", "retellCallEndedPayload")
     events = frozenset({"call_started", "call_ended", "call_analyzed", "transcript_updated",
                         "transfer_started", "transfer_bridged", "transfer_cancelled",
@@ -118,7 +119,7 @@ class Retell(Provider):
     def call_source(self, config: RetellSettings) -> RetellCalls | None:
         if not config.api_keys:
             return None
-        return RetellCalls(config.api_base_url, config.api_keys[0], "RETELL_API_KEY")
+        return RetellCalls(config.api_base_url, config.api_keys[0], self.api_key_variable)
 
     def check_headers(self, config: RetellSettings, headers: Mapping[str, str],
                       now: float) -> BodyCheck:

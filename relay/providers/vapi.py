@@ -405,6 +405,7 @@ class Vapi(Provider):
     title = "VAPI"
     Settings = VapiSettings
     secret_variables = "VAPI_SECRET or VAPI_HMAC_SECRET"
+    api_key_variable = "VAPI_API_KEY"
     roark = RoarkEndpoint("/v1/vapi/call", "vapi_end_of_call_report_payload",
                           "vapiEndOfCallReportPayload")
     events = frozenset({
@@ -444,7 +445,7 @@ class Vapi(Provider):
     def call_source(self, config: VapiSettings) -> VapiCalls | None:
         if config.api_key is None:
             return None
-        return VapiCalls(config.api_base_url, config.api_key, "VAPI_API_KEY")
+        return VapiCalls(config.api_base_url, config.api_key, self.api_key_variable)
 
     def check_headers(self, config: VapiSettings, headers: Mapping[str, str],
                       now: float) -> BodyCheck | None:
