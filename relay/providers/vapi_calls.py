@@ -131,14 +131,16 @@ def query(window: Window, bound: Bound | None, limit: int = PAGE_LIMIT) -> dict[
     return params
 
 
-def is_short(count: int, asked: int, largest_before: int) -> bool:
-    """Whether a page holds the rest of the window: empty, or fewer calls than asked and
-    than a page this pass already got (a first page below `limit` may be a server's cap)."""
-    return count == 0 or (count < asked and count < largest_before)
+def is_short(count: int, fresh: int, asked: int, largest_before: int) -> bool:
+    """Whether a page of `count` calls, `fresh` of them not in the page before, holds the
+    rest of the window: nothing new, or fewer calls than asked and than a page this pass
+    already got (a first page below `limit` may be a server's cap)."""
+    return fresh == 0 or (count < asked and count < largest_before)
 
 
 def next_bound(calls: Sequence[Mapping[str, Any]], bound: Bound | None) -> Bound:
-    """Where the next page starts after a full page of `calls`."""
+    """Where the next page starts after a page of `calls` that may not be the last: at
+    its oldest call (which comes back, with any other call of that millisecond)."""
     times = [(t, c["createdAt"]) for c in calls if (t := parse_time(c.get("createdAt"))) is not None]
     if not times:
         raise ProviderApiError("VAPI listed calls without a createdAt, so the relay cannot page past them")
@@ -146,13 +148,13 @@ def next_bound(calls: Sequence[Mapping[str, Any]], bound: Bound | None) -> Bound
     if times[0][0] != times[-1][0]:
         newest_first = times[0][0] > times[-1][0]
     edge = min(times) if newest_first else max(times)
-    op = "Le" if newest_first else "Ge"
-    if bound is not None and parse_time(bound.at) == edge[0]:
-        # A whole page at one instant: go past it, or the same page comes back forever.
+    if len(calls) > 1 and min(times)[0] == max(times)[0]:
+        # Every call of the page in one millisecond: starting there again would bring the
+        # same page back, so the next starts after it.
         log.warning("reconcile_instant_overfull", provider="vapi", created_at=edge[1], calls=len(calls),
                     consequence="calls created in that millisecond beyond one page may be missed")
-        op = "Lt" if newest_first else "Gt"
-    return Bound(op, edge[1])
+        return Bound("Lt" if newest_first else "Gt", edge[1])
+    return Bound("Le" if newest_first else "Ge", edge[1])
 
 
 class VapiCalls(CallSource):
@@ -164,11 +166,12 @@ class VapiCalls(CallSource):
             answer = await api.get("/call", query(window, bound))
             if not isinstance(answer, list):
                 raise ProviderApiError(f"VAPI answered GET /call with {type(answer).__name__}, not a list of calls")
-            found = [call for item in answer if (call := listed_call(item)) is not None]
-            if is_short(len(answer), PAGE_LIMIT, largest):
-                yield Page([c for c in found if c.call_id not in repeated], None)
+            fresh = [call for item in answer
+                     if (call := listed_call(item)) is not None and call.call_id not in repeated]
+            if is_short(len(answer), len(fresh), PAGE_LIMIT, largest):
+                yield Page(fresh, None)
                 return
             largest = max(largest, len(answer))
             bound = next_bound(answer, bound)
-            yield Page([c for c in found if c.call_id not in repeated], bound.token)
+            yield Page(fresh, bound.token)
             repeated = {c["id"] for c in answer if isinstance(c, Mapping) and c.get("createdAt") == bound.at}
