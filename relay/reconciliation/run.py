@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from relay.errors import RelayError
-from relay.outbox import AsyncOutbox, NewDelivery, RunOutcome
+from relay.outbox import AsyncOutbox, NewDelivery, Progress, Reconciliation, RunOutcome
 from relay.providers import Provider
 from relay.providers.calls import Api, CallSource, Page, Window
 from relay.reconciliation.schedule import Planned, Timing, next_run, progress
@@ -51,8 +51,9 @@ async def reconcile_window(provider: Provider, source: CallSource, api: Api, out
                            clock: Callable[[], float] = time.time) -> None:
     """Store the window's ended calls the outbox lacks. `saved` is called after each
     page is stored; when it answers False the run stops there."""
-    tally.window = planned.window
-    async for page in source.pages(api, planned.window, planned.token):
+    window = planned.window
+    tally.window = window if tally.window is None else Window(tally.window.start, window.end)
+    async for page in source.pages(api, window, planned.token):
         tally.listed += len(page.calls)
         ended = [call for call in page.calls if call.ended]
         tally.ended += len(ended)
@@ -95,32 +96,43 @@ async def scheduled_run(provider: Provider, source: CallSource, api: Api, outbox
                         timing: Timing, owner: str, tally: Tally, *,
                         clock: Callable[[], float] = time.time) -> bool:
     """The run the schedule calls for, under the provider's lease: it goes on from the
-    stored state, saves its progress page by page and records how it ended. False when
-    another instance holds the lease (nothing was done). Errors are recorded, then
-    raised."""
+    stored state (a window a failed run left part-way first, then the rest), saves its
+    progress page by page and records how it ended. False when another instance holds
+    the lease (nothing was done). Errors are recorded, then raised."""
     state = await outbox.lease_reconciliation(provider.name, owner, LEASE_SECONDS)
     if state is None:
         return False
     reconciled_until = state.reconciled_until
+    planned = next_run(state, clock(), timing)
+    saved_pages = 0
+    lost = False
 
     async def saved(page: Page) -> bool:
-        nonlocal reconciled_until
+        nonlocal reconciled_until, saved_pages, lost
         done = progress(reconciled_until, planned.window, page.token)
-        reconciled_until = done.reconciled_until
-        if await outbox.save_reconciliation(provider.name, owner, done, LEASE_SECONDS):
-            return True
-        log.warning("reconcile_lease_lost", provider=provider.name,
-                    consequence="another instance took the run over; this one stops")
-        return False
+        if not await outbox.save_reconciliation(provider.name, owner, done, LEASE_SECONDS):
+            log.warning("reconcile_lease_lost", provider=provider.name,
+                        consequence="another instance took the run over; this one stops")
+            lost = True
+            return False
+        reconciled_until, saved_pages = done.reconciled_until, saved_pages + 1
+        return True
 
     try:
-        planned = next_run(state, clock(), timing)
-        if planned is not None:
+        while planned is not None:
             await reconcile_window(provider, source, api, outbox, planned, tally, saved=saved, clock=clock)
+            if lost or planned.token is None:
+                break
+            # The window left part-way is done; the time since it comes next.
+            planned = next_run(Reconciliation(provider.name, reconciled_until), clock(), timing)
     except asyncio.CancelledError:  # the relay is stopping: hand the lease back, record nothing
         await outbox.end_reconciliation(provider.name, owner, None)
         raise
     except Exception as error:
+        if planned is not None and planned.token is not None and not saved_pages:
+            # Resuming failed at once (a token the provider no longer takes, say): the
+            # next run lists the window from its start rather than stalling on it.
+            await outbox.save_reconciliation(provider.name, owner, Progress(reconciled_until), LEASE_SECONDS)
         await outbox.end_reconciliation(provider.name, owner, RunOutcome(clock(), tally.queued, describe(error)))
         raise
     await outbox.end_reconciliation(provider.name, owner, RunOutcome(clock(), tally.queued))

@@ -191,11 +191,29 @@ def test_a_retell_run_that_fails_part_way_resumes_from_its_last_complete_page(ba
 
     before = len(retell.requests)
     relay.clock.now += 900
-    assert relay.run("retell").queued == 1
+    retell.add(retell_call("call-later", NOW + 100))
+    tally = relay.run("retell")
+    assert tally.queued_calls == ["call-6", "call-later"]  # the window left part-way, then the time since
     resumed = [r.json for r in retell.requests[before:] if r.path == "/v3/list-calls"]
-    assert resumed[0]["pagination_key"] == "call-5"
-    assert state.pending_end == relay.state("retell").reconciled_until and relay.state("retell").pending_token is None
-    assert len(relay.rows("retell")) == 7
+    assert [body.get("pagination_key") for body in resumed] == ["call-5", None]
+    assert resumed[1]["filter_criteria"]["end_timestamp"]["value"][0] == (state.pending_end - 300) * 1000
+    assert relay.state("retell").reconciled_until == NOW + 300 and relay.state("retell").pending_token is None
+    assert len(relay.rows("retell")) == 8
+
+
+def test_a_resume_the_provider_refuses_starts_the_window_again(backend, retell, database_url):
+    retell.add(*(retell_call(f"call-{n}", NOW - 10 * HOUR + n * HOUR) for n in range(4)))
+    retell.script(*[Accept()] * 4, *[Respond(500)] * 5)
+    relay = Harness(settings(database_url, retell=retell), backend)
+    relay.run("retell")
+    assert relay.state("retell").pending_token == "call-2"
+    retell.script(Respond(400, {"status": "error", "message": "invalid pagination_key"}))
+    relay.run("retell")
+    state = relay.state("retell")
+    assert "HTTP 400" in state.last_error and state.pending_token is None
+    before = len(retell.requests)
+    assert relay.run("retell").queued == 1
+    assert retell.requests[before].json.get("pagination_key") is None
 
 
 def test_a_vapi_run_that_fails_part_way_resumes_past_the_calls_it_stored(backend, vapi, database_url):
