@@ -49,7 +49,7 @@ def attempt_json(a: Attempt) -> dict[str, Any]:
 def reconciliation_json(r: Reconciliation, enabled: bool, now: float) -> dict[str, Any]:
     return {
         "enabled": enabled,
-        "running": r.lease_owner is not None and (r.lease_expires_at or 0) > now,
+        "running": r.running(now),
         "last_run_at": iso(r.last_run_at),
         "last_queued": r.last_queued,
         "last_error": r.last_error,

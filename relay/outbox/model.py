@@ -130,6 +130,10 @@ class Reconciliation:
     #: When the runs began failing (None while the last run succeeded).
     failing_since: float | None = None
 
+    def running(self, now: float) -> bool:
+        """Whether a run holds the provider now, on whichever instance."""
+        return self.lease_owner is not None and self.lease_expires_at is not None and self.lease_expires_at > now
+
 
 @dataclass(frozen=True)
 class Progress:

@@ -33,6 +33,7 @@ def backend(url):
 def test_one_owner_holds_a_providers_lease_until_it_expires(backend):
     first = backend.lease_reconciliation("vapi", "a", NOW, NOW + LEASE)
     assert first is not None and first.reconciled_until is None and first.lease_owner == "a"
+    assert first.running(NOW + LEASE - 1) and not first.running(NOW + LEASE)
     assert backend.lease_reconciliation("vapi", "b", NOW + 1, NOW + 1 + LEASE) is None
     assert backend.lease_reconciliation("retell", "b", NOW + 1, NOW + 1 + LEASE) is not None
     assert backend.lease_reconciliation("vapi", "a", NOW + 2, NOW + 2 + LEASE) is not None  # renewed
@@ -75,7 +76,7 @@ def test_a_stopped_run_releases_its_lease_and_records_nothing(backend):
     backend.lease_reconciliation("vapi", "a", NOW, NOW + LEASE)
     assert backend.end_reconciliation("vapi", "a", None)
     [state] = backend.reconciliations()
-    assert state.lease_owner is None and state.last_run_at is None
+    assert state.lease_owner is None and state.last_run_at is None and not state.running(NOW)
     assert backend.lease_reconciliation("vapi", "b", NOW + 1, NOW + LEASE) is not None
 
 
