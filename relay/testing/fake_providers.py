@@ -21,17 +21,13 @@ import struct
 import threading
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from relay.providers.vapi_calls import iso, parse_time
 from relay.testing.fake_roark import Behaviour, RateLimited, Reset, Respond, Slow, error_body
 from relay.testing.webhooks import sample
-
-
-def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def vapi_call(call_id: str, ended_at: float, *, created_at: float | None = None,
@@ -179,7 +175,7 @@ class FakeRetell(_FakeApi):
 
 def _normal(text: str) -> str:
     """An ISO 8601 time as the fake stores them, so that strings compare as times."""
-    return iso(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    return iso(parse_time(text))
 
 
 _COMPARISONS = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
