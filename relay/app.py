@@ -33,6 +33,7 @@ from relay.metrics import Metrics
 from relay.outbox import ROARK, AsyncOutbox, Pause, open_backend
 from relay.outbox.startup import migrate_when_available_async, startup_patience
 from relay.passthrough import PassThrough
+from relay.reconciliation.service import Reconcilers
 from relay.retention import run_retention
 from relay.settings import Settings
 from relay.upstream import RoarkClient
@@ -131,8 +132,9 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
 async def health(request: Request) -> JSONResponse:
     """Roark's HealthResponse shape: unhealthy (503) when the outbox is unreachable,
     degraded when delivery to Roark or a destination is paused or stopped, every attempt
-    of the last minute to one of them failed, or the backlog is older than the threshold.
-    Each destination is a dependency of its own (`<name>_delivery`).
+    of the last minute to one of them failed, the backlog is older than the threshold,
+    or a provider's reconciliation has failed for longer than two intervals. Each
+    destination is a dependency of its own (`<name>_delivery`).
 
     Anyone may ask how the relay is; only the admin token (as a Bearer) is told why,
     since the reasons can name a refused key or carry a redirect's Location."""
@@ -145,10 +147,13 @@ async def health(request: Request) -> JSONResponse:
     problems = []
     backlog_age = None
     stopped: dict[str, Pause] = {}
+    reconciliations = []
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
             oldest, stopped = await asyncio.gather(state.outbox.oldest_pending_received_at(),
                                                    state.outbox.paused_destinations())
+            if state.reconcilers.sources:
+                reconciliations = await state.outbox.reconciliations()
         database = "healthy"
         backlog_age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
     except (StoreUnavailable, TimeoutError):
@@ -163,6 +168,10 @@ async def health(request: Request) -> JSONResponse:
                             f"(threshold {settings.pending_age_degraded_seconds:g} s)")
         problems += troubles
         dependencies[f"{name}_delivery"] = "degraded" if troubles and database == "healthy" else "healthy"
+    if state.reconcilers.sources:
+        missed = state.reconcilers.problems(reconciliations, time.time())
+        dependencies["reconciliation"] = "degraded" if missed else "healthy"
+        problems += missed
     status = ("unhealthy" if database == "unhealthy" else
               "degraded" if "degraded" in dependencies.values() else "healthy")
     data = {
@@ -238,6 +247,9 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
         app.state.forwarders = forwarders
         app.state.pass_through = PassThrough(settings.proxy_for)
         forwarders.start()
+        reconcilers = Reconcilers(settings, outbox, app.state.metrics)
+        app.state.reconcilers = reconcilers
+        reconcilers.start()
         stop_retention = asyncio.Event()
         retention = asyncio.create_task(run_retention(outbox, settings, stop_retention),
                                         name="relay-retention")
@@ -248,6 +260,7 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
         finally:
             stop_retention.set()
             await retention
+            await reconcilers.stop()
             await forwarders.stop()
             await app.state.pass_through.aclose()
             await outbox.close()

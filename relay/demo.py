@@ -89,6 +89,7 @@ def run_demo(port: int, database: str, keep: bool = False) -> None:
         "RELAY_DATABASE_URL": f"sqlite:///{database}",
         "VAPI_SECRET": vapi_secret,
         "RETELL_API_KEY": retell_key,
+        "RELAY_RECONCILE_INTERVAL_SECONDS": "0",  # the demo's Retell key is no real account's
         "RELAY_ADMIN_TOKEN": admin_token,
         "RELAY_RETRY_BASE_SECONDS": "2",
         "RELAY_LOG_LEVEL": "warning",

@@ -5,6 +5,9 @@
     ├── StoreError                the outbox could not do what was asked
     │   └── StoreUnavailable      the store is locked, full, read-only or unreachable;
     │                             the caller may try again later
+    ├── ProviderApiError          a provider's API (reconciliation) failed: unreachable,
+    │   │                         still failing after retries, or an unexpected answer
+    │   └── ProviderKeyRefused    it answered 401/403: the API key is wrong or revoked
     └── HTTPError                 answered to a client as the spec's ErrorResponse
         ├── BadRequest            400 validation      (invalid JSON, not an object...)
         ├── Unauthorized          401 authentication  (missing/invalid signature or token)
@@ -47,6 +50,15 @@ class StoreError(RelayError):
 
 class StoreUnavailable(StoreError):
     """The outbox cannot take the operation right now (locked, full, read-only, down)."""
+
+
+class ProviderApiError(RelayError):
+    """A provider's API did not answer what reconciliation asked. The message says what
+    happened and which variable or service to check."""
+
+
+class ProviderKeyRefused(ProviderApiError):
+    """The provider's API refused the configured API key (401 or 403)."""
 
 
 class HTTPError(RelayError):

@@ -74,6 +74,20 @@ class Metrics:
             "our credentials or URL, or answered 410 Gone and waits for an operator.",
             ["destination"], registry=self.registry,
         )
+        self.reconciled = Counter(
+            "relay_reconciled_calls", "Calls queued by reconciliation (ended calls whose webhook "
+            "never came), by provider.", ["provider"], registry=self.registry,
+        )
+        self.reconcile_runs = Counter(
+            "relay_reconciliation_runs", "Reconciliation runs by provider and outcome (ok, failed, "
+            "skipped: another instance held the provider, stopped: the relay was shutting down).",
+            ["provider", "outcome"], registry=self.registry,
+        )
+        self.reconcile_last_success = Gauge(
+            "relay_reconciliation_last_success_timestamp_seconds",
+            "When a provider's last successful reconciliation run ended (unix time), on any instance.",
+            ["provider"], registry=self.registry,
+        )
 
     async def render(self, outbox: AsyncOutbox, paused: Mapping[str, bool]) -> bytes:
         """`paused`: every destination, and whether its forwarder holds back for now."""
@@ -85,4 +99,7 @@ class Metrics:
                 self.queue_depth.labels(destination, state.value).set(counts.get(destination, {}).get(state, 0))
             self.paused.labels(destination).set(int(held or destination in stopped))
         self.oldest_pending_age.set(0 if oldest is None else max(0.0, time.time() - oldest))
+        for reconciliation in await outbox.reconciliations():
+            if reconciliation.last_success_at is not None:
+                self.reconcile_last_success.labels(reconciliation.provider).set(reconciliation.last_success_at)
         return generate_latest(self.registry)

@@ -259,6 +259,20 @@ class Settings:
     store_retry_after_seconds: int = 5
     retry: RetryPolicy = field(init=False)
 
+    reconcile_interval_seconds: float = setting(
+        "RELAY_RECONCILE_INTERVAL_SECONDS", 900.0, Seconds(0),
+        """How often the relay asks each provider's API which calls ended, and queues those
+        whose webhook never came (a restart, an outage, a mistyped webhook URL). Runs for
+        the providers whose API key is set (VAPI_API_KEY, RETELL_API_KEY). 0 turns it
+        off.""", section="Reconciliation (missed webhooks)")
+    reconcile_grace_seconds: float = setting(
+        "RELAY_RECONCILE_GRACE_SECONDS", 600.0, Seconds(0),
+        "Calls that ended less than this long ago are left alone: their webhook may still be on its way.")
+    reconcile_lookback_seconds: float = setting(
+        "RELAY_RECONCILE_LOOKBACK_SECONDS", 86400.0, Seconds(60),
+        """How far back the first run looks. Later runs continue from where the last
+        complete one ended (kept in the database, per provider), however long ago.""")
+
     def __post_init__(self) -> None:
         # A lease must outlast the slowest send it covers, or a delivery still in flight
         # is claimed and sent a second time.

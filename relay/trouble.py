@@ -76,13 +76,13 @@ class UpstreamTrouble:
         if self._failing_since is None or now - self._last_failure > WINDOW_SECONDS \
                 or now - self._last_success <= WINDOW_SECONDS:
             return None
-        lasting = _duration(now - self._failing_since)
+        lasting = duration(now - self._failing_since)
         if self._status is None:
             return f"{self._receiver} unreachable for {lasting}: {self._failure}"
         return f"{self._receiver} answering {self._status} to every attempt for {lasting}: {self._failure}"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:

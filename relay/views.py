@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from relay.outbox import Attempt, Delivery, State
+from relay.outbox import Attempt, Delivery, Reconciliation, State
 from relay import jsonbody
 from relay.redaction import Redactor
 
@@ -45,6 +45,19 @@ def attempt_json(a: Attempt) -> dict[str, Any]:
         "status_code": a.status_code,
         "outcome": a.outcome,
         "error": a.error,
+    }
+
+
+def reconciliation_json(r: Reconciliation, enabled: bool, now: float) -> dict[str, Any]:
+    return {
+        "enabled": enabled,
+        "running": r.running(now),
+        "last_run_at": iso(r.last_run_at),
+        "last_queued": r.last_queued,
+        "last_error": r.last_error,
+        "last_success_at": iso(r.last_success_at),
+        "failing_since": iso(r.failing_since),
+        "reconciled_until": iso(r.reconciled_until),
     }
 
 

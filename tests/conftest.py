@@ -47,6 +47,9 @@ def relay_env(tmp_path, fake_roark) -> dict[str, str]:
         "RELAY_AUTH_PAUSE_SECONDS": "0.3",
         "ROARK_TIMEOUT_SECONDS": "5",
         "RELAY_LOG_FORMAT": "json",
+        # RETELL_API_KEY alone would send the relay to Retell's real API to reconcile;
+        # the reconciliation tests turn it on against fake provider APIs.
+        "RELAY_RECONCILE_INTERVAL_SECONDS": "0",
     }
 
 

@@ -24,10 +24,10 @@ from relay import jsonbody
 from relay.admin.auth import AdminAuth
 from relay.errors import BadRequest, HTTPError, NotFound, UnsupportedMediaType
 from relay.ingest import read_body
-from relay.outbox import ROARK, Delivery, DeliveryFilter, State
+from relay.outbox import ROARK, Delivery, DeliveryFilter, Reconciliation, State
 from relay.providers import PROVIDER_NAMES
 from relay.redaction import Redactor
-from relay.views import attempt_json, delivery_json, iso, masked_payload
+from relay.views import attempt_json, delivery_json, iso, masked_payload, reconciliation_json
 
 log = structlog.get_logger("relay.admin")
 
@@ -148,6 +148,15 @@ async def list_page(request: Request, listing: Listing) -> tuple[list[Delivery],
     return page, (str(page[-1].id) if len(rows) > listing.limit else None)
 
 
+async def reconciliations(request: Request) -> dict[str, tuple[Reconciliation, bool]]:
+    """Each provider this relay reconciles or the database has a run of: its state, and
+    whether this relay reconciles it."""
+    sources = request.app.state.reconcilers.sources
+    states = {r.provider: r for r in await request.app.state.outbox.reconciliations()}
+    return {name: (states.get(name) or Reconciliation(name), name in sources)
+            for name in (*PROVIDER_NAMES, *states) if name in sources or name in states}
+
+
 async def summary(request: Request) -> dict[str, Any]:
     outbox, forwarders = request.app.state.outbox, request.app.state.forwarders
     forwarder = forwarders.roark
@@ -170,6 +179,8 @@ async def summary(request: Request) -> dict[str, Any]:
         "rate_limited_until": iso(forwarder.rate_limited_until) if forwarder.rate_limited_until > now else None,
         "trouble": forwarder.trouble.describe(now),
         "destinations": await destinations_summary(request, now),
+        "reconciliation": {name: reconciliation_json(state, enabled, now)
+                           for name, (state, enabled) in (await reconciliations(request)).items()},
     }
 
 

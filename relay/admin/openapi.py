@@ -59,7 +59,8 @@ SCHEMAS: dict[str, Any] = {
     "Summary": {
         "type": "object",
         "required": ["counts", "providers", "oldest_pending_received_at", "oldest_pending_age_seconds",
-                     "paused", "pause_reason", "rate_limited_until", "trouble", "destinations"],
+                     "paused", "pause_reason", "rate_limited_until", "trouble", "destinations",
+                     "reconciliation"],
         "properties": {
             "counts": _ref("StateCounts"),
             "providers": {"type": "object", "additionalProperties": _ref("StateCounts"),
@@ -75,6 +76,25 @@ SCHEMAS: dict[str, Any] = {
             "destinations": {"type": "array", "items": _ref("DestinationSummary"),
                              "description": "roark first, then RELAY_DESTINATIONS in order, then any no "
                                             "longer configured that still has deliveries"},
+            "reconciliation": {"type": "object", "additionalProperties": _ref("Reconciliation"),
+                               "description": "per provider this relay reconciles or that has been "
+                                              "reconciled: its runs against the provider's API"},
+        },
+    },
+    "Reconciliation": {
+        "type": "object",
+        "required": ["enabled", "running", "last_run_at", "last_queued", "last_error", "last_success_at",
+                     "failing_since", "reconciled_until"],
+        "properties": {
+            "enabled": {"type": "boolean", "description": "this relay has the provider's API key"},
+            "running": {"type": "boolean", "description": "a run holds the provider now (on any instance)"},
+            "last_run_at": {**TIME, "description": "when the last run ended"},
+            "last_queued": _nullable("integer", minimum=0,
+                                     description="calls the last run queued (their webhook never came)"),
+            "last_error": _nullable("string", description="why the last run failed; null when it succeeded"),
+            "last_success_at": TIME,
+            "failing_since": {**TIME, "description": "when the runs began failing"},
+            "reconciled_until": {**TIME, "description": "every call that ended before this was checked"},
         },
     },
     "DestinationSummary": {

@@ -136,6 +136,7 @@ class StatusPages:
                    "destination": listing.where.destination or "", "call_id": listing.where.call_id_prefix or ""}
         return self.render(request, "status.html", {
             "summary": await api.summary(request),
+            "reconciliation": await api.reconciliations(request),
             "rows": page,
             "filters": filters,
             "older_url": _status_url(**filters, cursor=next_cursor) if next_cursor else None,

@@ -13,6 +13,9 @@ from relay.outbox.model import (
     NewDelivery,
     Pause,
     ROARK,
+    Progress,
+    Reconciliation,
+    RunOutcome,
     State,
 )
 from relay.outbox.runner import AsyncOutbox
@@ -28,6 +31,9 @@ __all__ = [
     "NewDelivery",
     "Pause",
     "ROARK",
+    "Progress",
+    "Reconciliation",
+    "RunOutcome",
     "State",
     "open_backend",
 ]

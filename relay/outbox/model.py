@@ -140,6 +140,51 @@ class Completion:
     attempt: Attempt | None = None
 
 
+@dataclass(frozen=True)
+class Reconciliation:
+    """One provider's reconciliation as the database keeps it (see relay.reconciliation)."""
+
+    provider: str
+    #: Every call that ended before this (epoch seconds) has been reconciled.
+    reconciled_until: float | None = None
+    #: A window a run left part-way, and the provider's token for where to go on.
+    pending_start: float | None = None
+    pending_end: float | None = None
+    pending_token: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    last_run_at: float | None = None
+    last_success_at: float | None = None
+    last_queued: int | None = None
+    last_error: str | None = None
+    #: When the runs began failing (None while the last run succeeded).
+    failing_since: float | None = None
+
+    def running(self, now: float) -> bool:
+        """Whether a run holds the provider now, on whichever instance."""
+        return self.lease_owner is not None and self.lease_expires_at is not None and self.lease_expires_at > now
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a provider's reconciliation stands once a page of calls is stored."""
+
+    reconciled_until: float | None
+    pending_start: float | None = None
+    pending_end: float | None = None
+    pending_token: str | None = None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a reconciliation run ended: when, how many calls it queued, and why it
+    failed (None: it succeeded)."""
+
+    at: float
+    queued: int
+    error: str | None = None
+
+
 class Backend(abc.ABC):
     """A durable outbox store. Methods block; `relay.outbox.runner` calls them off the loop.
 
@@ -264,3 +309,31 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    # --- reconciliation (relay.reconciliation) ----------------------------------------
+
+    @abc.abstractmethod
+    def reconciliations(self) -> list[Reconciliation]:
+        """Every provider's reconciliation state (a provider never reconciled is absent)."""
+
+    @abc.abstractmethod
+    def lease_reconciliation(self, provider: str, owner: str, now: float,
+                             expires_at: float) -> Reconciliation | None:
+        """Take the provider's reconciliation lease for `owner` until `expires_at`,
+        unless someone else holds a live one: then None, otherwise the state as it stands.
+        This is what makes instances sharing a database reconcile one at a time."""
+
+    @abc.abstractmethod
+    def save_reconciliation(self, provider: str, owner: str, progress: Progress,
+                            expires_at: float) -> bool:
+        """Record `progress` and extend the lease, if `owner` still holds it; False when
+        the lease was lost (someone else has taken over the provider's run)."""
+
+    @abc.abstractmethod
+    def end_reconciliation(self, provider: str, owner: str, outcome: RunOutcome | None) -> bool:
+        """Release the lease and record how the run went (None: it was stopped before it
+        ended, so nothing is recorded); False when `owner` no longer held the lease."""
+
+    @abc.abstractmethod
+    def held(self, provider: str, dedupe_keys: Sequence[str]) -> set[str]:
+        """Which of `dedupe_keys` the outbox already holds for `provider`."""

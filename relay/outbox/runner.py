@@ -32,6 +32,9 @@ from relay.outbox.model import (
     NewDelivery,
     Pause,
     ROARK,
+    Progress,
+    Reconciliation,
+    RunOutcome,
     State,
 )
 
@@ -179,6 +182,25 @@ class AsyncOutbox:
         await loop.run_in_executor(None, readers.shutdown)
         await loop.run_in_executor(writer, self.backend.close)
         await loop.run_in_executor(None, writer.shutdown)
+
+    # --- reconciliation (relay.reconciliation) ----------------------------------------
+
+    async def reconciliations(self) -> list[Reconciliation]:
+        return await self._read(self.backend.reconciliations)
+
+    async def lease_reconciliation(self, provider: str, owner: str, seconds: float) -> Reconciliation | None:
+        now = self._clock()
+        return await self._write(self.backend.lease_reconciliation, provider, owner, now, now + seconds)
+
+    async def save_reconciliation(self, provider: str, owner: str, progress: Progress, seconds: float) -> bool:
+        return await self._write(self.backend.save_reconciliation, provider, owner, progress,
+                                 self._clock() + seconds)
+
+    async def end_reconciliation(self, provider: str, owner: str, outcome: RunOutcome | None) -> bool:
+        return await self._write(self.backend.end_reconciliation, provider, owner, outcome)
+
+    async def held(self, provider: str, dedupe_keys: Sequence[str]) -> set[str]:
+        return await self._read(self.backend.held, provider, dedupe_keys)
 
 
 def _executors() -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:

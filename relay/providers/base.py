@@ -17,6 +17,7 @@ import msgspec
 
 from relay import jsonbody
 from relay.errors import BadRequest
+from relay.providers.calls import CallSource
 
 #: Longer "ids" are not ids; such payloads dedupe by content hash instead.
 MAX_CALL_ID_LENGTH = 256
@@ -63,6 +64,8 @@ class Provider:
     Settings: ClassVar[type]
     #: Variables that enable verification, named in warnings when none is set.
     secret_variables: ClassVar[str]
+    #: The variable holding the key to its API, which reconciliation uses (None: no API).
+    api_key_variable: ClassVar[str | None] = None
     roark: ClassVar[RoarkEndpoint]
     #: Events this provider is known to send, and those Roark imports.
     events: ClassVar[frozenset[str]]
@@ -85,6 +88,11 @@ class Provider:
     def configured(self, config: Any) -> bool:
         """True when `config` (an instance of `Settings`) can verify webhooks."""
         raise NotImplementedError
+
+    def call_source(self, config: Any) -> CallSource | None:
+        """Where reconciliation finds this provider's ended calls; None while its API
+        key is not configured (or it has no API to ask)."""
+        return None
 
     def warnings(self, config: Any) -> list[str]:
         """What an operator must hear at start-up about these settings."""

@@ -19,9 +19,10 @@ from typing import Any
 import msgspec
 
 from relay import jsonbody
-from relay.envvars import Secret, Secrets, setting
+from relay.envvars import Secret, Secrets, Url, setting
 from relay.errors import Unauthorized
 from relay.providers.base import NO_OBJECT, BodyCheck, Provider, RoarkEndpoint, nested_id
+from relay.providers.retell_calls import RetellCalls
 from relay.providers.signing import TOLERANCE_SECONDS, MacCheck, check_window, require_header
 
 # Leading zeros are refused so the digits Retell signed are exactly str(int(digits)).
@@ -34,8 +35,12 @@ class RetellSettings:
     api_keys: tuple[Secret, ...] = setting(
         "RETELL_API_KEY", (), Secrets(),
         """Your Retell API key (the one with the webhook badge); verifies
-        x-retell-signature. Without it every Retell webhook is refused with 401.""",
+        x-retell-signature. Without it every Retell webhook is refused with 401. The first
+        key also lets the relay list the calls that ended and queue those whose
+        call_ended never came (see RELAY_RECONCILE_INTERVAL_SECONDS).""",
         example="", section="Retell")
+    api_base_url: str = setting(
+        "RETELL_API_BASE_URL", "https://api.retellai.com", Url(), "Retell's API, for reconciliation.")
 
 
 def digest(api_key: str, raw_body: bytes, timestamp_ms: int) -> str:
@@ -100,6 +105,7 @@ class Retell(Provider):
     title = "Retell"
     Settings = RetellSettings
     secret_variables = "RETELL_API_KEY"
+    api_key_variable = "RETELL_API_KEY"
     roark = RoarkEndpoint("/v1/retell/call", "retell_call_ended_payload", "retellCallEndedPayload")
     events = frozenset({"call_started", "call_ended", "call_analyzed", "transcript_updated",
                         "transfer_started", "transfer_bridged", "transfer_cancelled",
@@ -109,6 +115,11 @@ class Retell(Provider):
 
     def configured(self, config: RetellSettings) -> bool:
         return bool(config.api_keys)
+
+    def call_source(self, config: RetellSettings) -> RetellCalls | None:
+        if not config.api_keys:
+            return None
+        return RetellCalls(config.api_base_url, config.api_keys[0], self.api_key_variable)
 
     def check_headers(self, config: RetellSettings, headers: Mapping[str, str],
                       now: float) -> BodyCheck:

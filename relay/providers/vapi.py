@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from relay import jsonbody
-from relay.envvars import Choice, Flag, Secret, Secrets, Seconds, Text, Url, setting
+from relay.envvars import Choice, Flag, Secret, Secrets, SecretValue, Seconds, Text, Url, setting
 from relay.errors import BadRequest, ConfigError, Unauthorized
 from relay.providers.base import NO_OBJECT, BodyCheck, Provider, RoarkEndpoint, nested_id
 from relay.providers.signing import (
@@ -35,6 +35,7 @@ from relay.providers.signing import (
     header,
     require_header,
 )
+from relay.providers.vapi_calls import VapiCalls
 
 _TIMESTAMP = re.compile(r"[0-9]{1,20}")
 # bytes.fromhex alone would also accept whitespace between the digits.
@@ -351,6 +352,14 @@ class VapiSettings:
         "VAPI_SERVER_TIMEOUT_SECONDS", 19.0, Seconds(0.1, 60),
         """How long your server may take to answer, within VAPI's own timeout (20 s unless
         changed in VAPI); assistant-request gets at most 7 s (VAPI allows 7.5 in all).""")
+    api_key: Secret | None = setting(
+        "VAPI_API_KEY", None, SecretValue(),
+        """Your VAPI private API key (not a webhook secret). With it the relay lists the
+        calls that ended and queues those whose end-of-call-report never came (see
+        RELAY_RECONCILE_INTERVAL_SECONDS). Unset: VAPI calls are not reconciled.""",
+        example="")
+    api_base_url: str = setting(
+        "VAPI_API_BASE_URL", "https://api.vapi.ai", Url(), "VAPI's API, for reconciliation.")
     # The schemes the settings above describe, checked once here.
     token: TokenScheme | None = field(default=None, init=False, repr=False)
     hmac: HmacScheme | None = field(default=None, init=False, repr=False)
@@ -396,6 +405,7 @@ class Vapi(Provider):
     title = "VAPI"
     Settings = VapiSettings
     secret_variables = "VAPI_SECRET or VAPI_HMAC_SECRET"
+    api_key_variable = "VAPI_API_KEY"
     roark = RoarkEndpoint("/v1/vapi/call", "vapi_end_of_call_report_payload",
                           "vapiEndOfCallReportPayload")
     events = frozenset({
@@ -431,6 +441,11 @@ class Vapi(Provider):
 
     def configured(self, config: VapiSettings) -> bool:
         return config.token is not None or config.hmac is not None
+
+    def call_source(self, config: VapiSettings) -> VapiCalls | None:
+        if config.api_key is None:
+            return None
+        return VapiCalls(config.api_base_url, config.api_key, self.api_key_variable)
 
     def check_headers(self, config: VapiSettings, headers: Mapping[str, str],
                       now: float) -> BodyCheck | None:

@@ -1,0 +1,177 @@
+"""VAPI's ended calls, for reconciliation: `GET /call` and the end-of-call-report each
+ended call's webhook would have carried.
+
+The listing is a plain JSON array with no cursor and no status filter. The window is on
+`updatedAt` (a call that was still going during one run is updated when it ends, so a
+later run sees it), and paging narrows the `createdAt` side of it past the calls a page
+held, until a page comes back short. "Short" is judged against the largest page seen,
+not only against `limit`, since a server may cap `limit` lower than asked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from relay import jsonbody
+from relay.errors import ProviderApiError
+from relay.providers.calls import Api, CallSource, ListedCall, Page, Window
+
+log = structlog.get_logger("relay.reconciliation")
+
+#: Calls asked for per page (VAPI's default is 100): a page holds whole calls, with
+#: transcripts and messages, which reach hundreds of KB each.
+PAGE_LIMIT = 50
+#: What the SDK documents as "can also be found at call.X": the report's own fields.
+REPORT_FIELDS = ("endedReason", "cost", "costs", "destination", "artifact", "analysis",
+                 "startedAt", "endedAt", "compliance")
+#: Sent beside the call when the call has them whole (not only their ids).
+PARTIES = ("assistant", "customer", "phoneNumber")
+
+
+def parse_time(value: object) -> float | None:
+    """Epoch seconds of a VAPI ISO 8601 timestamp; None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- the report ------------------------------------------------------------------------
+
+
+def recording_urls(artifact: Mapping[str, Any]) -> dict[str, Any]:
+    """The artifact with the recording URLs where a webhook has them: from
+    `recording.*` when present, else the deprecated `recordingUrl` it already holds."""
+    found = dict(artifact)
+    recording = artifact.get("recording")
+    if isinstance(recording, Mapping):
+        mono = recording.get("mono")
+        combined = mono.get("combinedUrl") if isinstance(mono, Mapping) else None
+        if combined:
+            found["recordingUrl"] = combined
+        if recording.get("stereoUrl"):
+            found["stereoRecordingUrl"] = recording["stereoUrl"]
+    return found
+
+
+def end_of_call_report(call: Mapping[str, Any]) -> dict[str, Any]:
+    """The end-of-call-report message VAPI would have sent for this call object (as
+    `GET /call` gives it). The call goes under `call` without the report's own fields,
+    which the report carries at its top level, as a webhook does."""
+    report: dict[str, Any] = {"type": "end-of-call-report"}
+    ended = parse_time(call.get("endedAt")) or parse_time(call.get("updatedAt"))
+    if ended is not None:
+        report["timestamp"] = round(ended * 1000)
+    for name in REPORT_FIELDS:
+        if call.get(name) is not None:
+            report[name] = call[name]
+    if isinstance(call.get("artifact"), Mapping):
+        report["artifact"] = recording_urls(call["artifact"])
+    for name in PARTIES:
+        if isinstance(call.get(name), Mapping):
+            report[name] = call[name]
+    report["call"] = {name: value for name, value in call.items() if name not in REPORT_FIELDS}
+    return report
+
+
+def listed_call(call: object) -> ListedCall | None:
+    """A call object from the listing, with the webhook it would have sent; None when
+    it has no id to name it by."""
+    if not isinstance(call, Mapping) or not isinstance(call.get("id"), str) or not call["id"]:
+        return None
+    body = jsonbody.dumps({"message": end_of_call_report(call)})
+    return ListedCall(call["id"], call.get("status") == "ended", body)
+
+
+# --- paging ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The `createdAt` side of the window still to list. VAPI lists newest first, so
+    the rest lies at or before the oldest call a page held (`op` "Le"); a server listing
+    oldest first is followed the other way ("Ge"). "Lt"/"Gt" step past an instant that
+    holds more calls than a page."""
+
+    op: str  # Le, Lt, Ge or Gt
+    at: str  # as VAPI wrote it
+
+    @property
+    def token(self) -> str:
+        return f"{self.op}:{self.at}"
+
+    @classmethod
+    def parse(cls, token: str) -> Bound:
+        op, _, at = token.partition(":")
+        if op not in ("Le", "Lt", "Ge", "Gt") or parse_time(at) is None:
+            raise ValueError(f"not a VAPI paging token: {token!r}")
+        return cls(op, at)
+
+
+def query(window: Window, bound: Bound | None, limit: int = PAGE_LIMIT) -> dict[str, Any]:
+    """`GET /call`'s parameters for one page. The window widens to whole milliseconds:
+    a call listed twice costs nothing, one left out is the whole point."""
+    params: dict[str, Any] = {"limit": limit, "updatedAtGe": iso(math.floor(window.start * 1000) / 1000),
+                              "updatedAtLt": iso(math.ceil(window.end * 1000) / 1000)}
+    if bound is not None:
+        params[f"createdAt{bound.op}"] = bound.at
+    return params
+
+
+def is_short(count: int, fresh: int, asked: int, largest_before: int) -> bool:
+    """Whether a page of `count` calls, `fresh` of them not in the page before, holds the
+    rest of the window: nothing new, or fewer calls than asked and than a page this pass
+    already got (a first page below `limit` may be a server's cap)."""
+    return fresh == 0 or (count < asked and count < largest_before)
+
+
+def next_bound(calls: Sequence[Mapping[str, Any]], bound: Bound | None) -> Bound:
+    """Where the next page starts after a page of `calls` that may not be the last: at
+    its oldest call (which comes back, with any other call of that millisecond)."""
+    times = [(t, c["createdAt"]) for c in calls if (t := parse_time(c.get("createdAt"))) is not None]
+    if not times:
+        raise ProviderApiError("VAPI listed calls without a createdAt, so the relay cannot page past them")
+    newest_first = bound is None or bound.op in ("Le", "Lt")
+    if times[0][0] != times[-1][0]:
+        newest_first = times[0][0] > times[-1][0]
+    edge = min(times) if newest_first else max(times)
+    if len(calls) > 1 and min(times)[0] == max(times)[0]:
+        # Every call of the page in one millisecond: starting there again would bring the
+        # same page back, so the next starts after it.
+        log.warning("reconcile_instant_overfull", provider="vapi", created_at=edge[1], calls=len(calls),
+                    consequence="calls created in that millisecond beyond one page may be missed")
+        return Bound("Lt" if newest_first else "Gt", edge[1])
+    return Bound("Le" if newest_first else "Ge", edge[1])
+
+
+class VapiCalls(CallSource):
+    async def pages(self, api: Api, window: Window, token: str | None) -> AsyncIterator[Page]:
+        bound = Bound.parse(token) if token else None
+        largest = 0
+        repeated: set[str] = set()  # calls at the edge of the last page come back in the next
+        while True:
+            answer = await api.get("/call", query(window, bound))
+            if not isinstance(answer, list):
+                raise ProviderApiError(f"VAPI answered GET /call with {type(answer).__name__}, not a list of calls")
+            fresh = [call for item in answer
+                     if (call := listed_call(item)) is not None and call.call_id not in repeated]
+            if is_short(len(answer), len(fresh), PAGE_LIMIT, largest):
+                yield Page(fresh, None)
+                return
+            largest = max(largest, len(answer))
+            bound = next_bound(answer, bound)
+            yield Page(fresh, bound.token)
+            repeated = {c["id"] for c in answer if isinstance(c, Mapping) and c.get("createdAt") == bound.at}

@@ -1,0 +1,11 @@
+"""Reconciliation: ask each provider's API which calls ended, and queue those whose
+webhook never came (README "Missed webhooks").
+
+    schedule.py  which window a run covers, what it leaves for the next (pure)
+    api.py       requests to a provider's API: Bearer key, retries, errors
+    run.py       one run: list, look up, store; progress and outcome under a lease
+    service.py   the background task per provider, its logs, metrics and health
+    command.py   `relay reconcile`: one run now, printed
+
+What each provider's API looks like is in its own module (relay/providers/*_calls.py).
+"""
