@@ -2,14 +2,17 @@
 came reach the fake Roark once each, and the summary, status page, /metrics and
 /health say how the runs went."""
 
+import json
 import time
 
 import pytest
 from starlette.testclient import TestClient
 
 from relay.app import create_app
+from relay.destinations import new_secret
 from relay.outbox import RunOutcome, open_backend
 from relay.settings import Settings
+from relay.testing.fake_endpoint import FakeEndpoint
 from relay.testing.fake_providers import FakeRetell, FakeVapi, retell_call, vapi_call
 from tests.helpers import RETELL_KEY, eventually, retell_headers, vapi_headers, with_call_id
 from tests.integration.test_admin_api import BEARER, TOKEN, conforms
@@ -97,3 +100,14 @@ def test_health_degrades_once_runs_have_failed_for_two_intervals(env, relay_env,
 
     with TestClient(create_app(Settings.from_env(relay_env))) as client:  # reconciliation off
         assert "reconciliation" not in client.get("/health").json()["data"]["dependencies"]
+
+
+def test_a_reconciled_call_goes_to_the_destinations_that_ask_for_its_event(env, vapi, retell, fake_roark):
+    secret = new_secret()
+    vapi.add(vapi_call("vapi-missed", time.time() - HOUR))
+    with FakeEndpoint(secret) as crm:
+        destinations = [{"name": "crm", "url": crm.url, "secret": secret, "events": ["vapi:end-of-call-report"]}]
+        with TestClient(create_app(Settings.from_env({**env, "RELAY_DESTINATIONS": json.dumps(destinations)}))):
+            [request] = crm.wait_for(lambda requests: len(requests) == 1, timeout=15)
+            fake_roark.wait_for(lambda requests: len(requests) == 1, timeout=15)
+    assert request.status == 200 and request.headers["x-relay-call-id"] == "vapi-missed"
