@@ -99,7 +99,7 @@ SELECT {COLUMNS} FROM {JOINED.replace("deliveries", "claimed AS deliveries", 1)}
 """
 
 
-SQL = Statements(mark="%s")
+SQL = Statements(mark="%s", binary_mark="%b")
 
 
 class PostgresBackend(SQLBackend):

@@ -60,6 +60,9 @@ def delivery_from_row(row: Sequence[object]) -> Delivery:
 @dataclass(frozen=True)
 class Statements(ReconciliationStatements):
     mark: str  # a positional parameter
+    #: A parameter sent as bytes: psycopg otherwise escapes a body as text, which cost a
+    #: 5 MB report 55 ms more and another copy of twice its size.
+    binary_mark: str
 
     def _marks(self, count: int) -> str:
         return ", ".join([self.mark] * count)
@@ -70,7 +73,8 @@ class Statements(ReconciliationStatements):
     def insert_webhooks(self, items: Sequence[NewDelivery]) -> Query:
         """One statement for the whole batch: it returns the webhooks it stored, and skips
         those already stored (provider retries)."""
-        rows = ", ".join([f"({self._marks(10)})"] * len(items))
+        row = f"({self._marks(4)}, {self.binary_mark}, {self._marks(5)})"
+        rows = ", ".join([row] * len(items))
         params: list[object] = []
         for item in items:
             params += (item.provider, item.event, item.call_id, item.dedupe_key, item.body,

@@ -30,7 +30,7 @@ from relay.outbox import migrations
 from relay.outbox.model import ROARK, Delivery
 from relay.outbox.sql import COLUMNS, JOINED, SQLBackend, Statements, delivery_from_row
 
-SQL = Statements(mark="?")
+SQL = Statements(mark="?", binary_mark="?")
 
 #: The WAL is reused from its start once checkpointed, but never shrinks by itself: a
 #: group commit of twenty 21 MB reports left it at hundreds of MB for good, a large part
