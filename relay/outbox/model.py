@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.outbox.traffic import Bucket
+
 
 #: The built-in destination: Roark's import endpoints.
 ROARK = "roark"
@@ -337,3 +339,8 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def held(self, provider: str, dedupe_keys: Sequence[str]) -> set[str]:
         """Which of `dedupe_keys` the outbox already holds for `provider`."""
+
+    @abc.abstractmethod
+    def traffic(self, now: float, step: float, count: int) -> list[Bucket]:
+        """What came in and went out in `count` buckets of `step` seconds, oldest first,
+        the last one holding `now` (see relay.outbox.traffic)."""

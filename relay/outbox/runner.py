@@ -37,6 +37,7 @@ from relay.outbox.model import (
     RunOutcome,
     State,
 )
+from relay.outbox.traffic import Bucket
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -166,6 +167,9 @@ class AsyncOutbox:
 
     async def oldest_pending_received_at(self) -> float | None:
         return await self._read(self.backend.oldest_pending_received_at)
+
+    async def traffic(self, step: float, count: int) -> list[Bucket]:
+        return await self._read(self.backend.traffic, self._clock(), step, count)
 
     async def ping(self) -> None:
         await self._read(self.backend.ping)

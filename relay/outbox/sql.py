@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
 
+from relay.outbox import traffic
 from relay.outbox.model import (
     Attempt,
     Backend,
@@ -399,6 +400,10 @@ class SQLBackend(ReconciliationStore, Backend):
         with self._read() as conn:
             (oldest,) = conn.execute(OLDEST_PENDING).fetchone()
         return oldest
+
+    def traffic(self, now: float, step: float, count: int) -> list[traffic.Bucket]:
+        with self._read() as conn:
+            return traffic.buckets(conn, self.SQL.mark, now, step, count)
 
 
 #: Rows per INSERT statement, well within every supported SQLite's (32,766) and

@@ -1,29 +1,14 @@
 """The outbox contract. Every backend must pass this file unchanged."""
 
-import contextlib
 import threading
 
 import pytest
 
 from relay.errors import StoreUnavailable
 from relay.outbox import Attempt, Completion, DeliveryFilter, NewDelivery, State, open_backend
-from tests.helpers import fresh_schema
 
 NOW = 1_700_000_000.0
 LEASE = 60.0
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request, tmp_path):
-    with contextlib.ExitStack() as cleanup:
-        if request.param == "sqlite":
-            url = f"sqlite:///{tmp_path / 'outbox.db'}"
-        else:  # a fresh schema per test on the server .ci/run starts; skipped without one
-            url = cleanup.enter_context(fresh_schema(request.getfixturevalue("postgres_url")))
-        store = open_backend(url)
-        cleanup.callback(store.close)
-        store.migrate()
-        yield store
 
 
 def new(call_id="call-1", provider="vapi", body=b'{"message": {}}', event="end-of-call-report"):
