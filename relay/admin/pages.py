@@ -7,6 +7,7 @@ the Content-Security-Policy forbids them anyway.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -22,7 +23,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from relay.admin import api
+from relay.admin import api, charts
 from relay.admin.auth import BEARER_CHALLENGE, Access, AdminAuth, safe_next
 from relay.admin.throttle import LoginThrottle
 from relay.errors import BadRequest, HTTPError, NotFound, TooManyRequests, Unauthorized
@@ -144,6 +145,7 @@ class StatusPages:
             "replayed": _flash(request),
             "nothing_selected": request.query_params.get("nothing_selected") == "1",
             "resumed": api.parse_destination(request.query_params.get("resumed")),
+            "traffic": await _traffic(request),
         }, access=access)
 
     async def detail(self, request: Request) -> Response:
@@ -264,6 +266,13 @@ class StatusPages:
         be built from the request's Host header, which the client chooses."""
         return RedirectResponse("/status" + (f"?{request.url.query}" if request.url.query else ""),
                                 status_code=307)
+
+
+async def _traffic(request: Request) -> list[charts.Panel]:
+    outbox = request.app.state.outbox
+    minutes, hours = await outbox.traffic(*charts.MINUTES), await outbox.traffic(*charts.HOURS)
+    # Drawing takes a good tenth of a second: off the loop that receives webhooks.
+    return await asyncio.to_thread(charts.panels, minutes, hours)
 
 
 async def _form(request: Request, *, max_fields: int) -> FormData:

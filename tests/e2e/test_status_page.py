@@ -7,12 +7,18 @@ are refused, from inside the same browser.
 """
 
 import json
+import math
+import os
+import random
+import time
+from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Dialog, sync_playwright
 
 from relay.admin.auth import SESSION_COOKIE
+from relay.outbox import Attempt, Completion, NewDelivery, State, open_backend
 from relay.testing.fake_roark import Accept, Respond
 from tests.helpers import eventually, retell_headers, vapi_headers, with_call_id
 
@@ -145,12 +151,43 @@ def test_operator_logs_in_sees_a_failure_opens_it_and_replays_it(
 LONG_CALL_ID = "call-" + "7f3a9c" * 40
 
 
+def seed_a_week(database_url: str, now: float) -> int:
+    """A week of traffic as the forwarder leaves it, busier by day: most webhooks delivered
+    at once, some after a retry, a few given up. Returns how many webhooks."""
+    rng = random.Random(15)
+    received = [now - hour * 3600 - rng.uniform(0, 3600) for hour in range(167)
+                for _ in range(round(40 + 30 * math.sin(hour / 24 * 2 * math.pi)))]
+    store = open_backend(database_url)
+    store.migrate()
+    items = [NewDelivery("vapi", "end-of-call-report", f"seeded-{n}", f"seeded-{n}", b"{}", at)
+             for n, at in enumerate(sorted(received))]
+    store.insert_many(items, now)
+    fates = {}
+    for round_ in (1, 2):
+        results = []
+        for d in store.claim("seed", now, 60, len(items)):
+            fate = fates.setdefault(d.id, rng.choices(["delivered", "retryat", "giveup"], [90, 8, 2])[0])
+            outcome = "delivered" if fate == "retryat" and round_ == 2 else fate
+            started = d.received_at + rng.uniform(0.1, 0.6) + (rng.uniform(5, 40) if round_ == 2 else 0)
+            done = started + rng.uniform(0.1, 0.9)
+            state = {"delivered": State.DELIVERED, "retryat": State.PENDING, "giveup": State.FAILED}[outcome]
+            status = {"delivered": 201, "retryat": 503, "giveup": 400}[outcome]
+            results.append((d.id, "seed", Completion(state, now=done, next_attempt_at=now, status_code=status, attempt=Attempt(
+                round_, started, (done - started) * 1000, status, None if status == 201 else f"HTTP {status}", outcome))))
+        store.complete_many(results)
+    store.close()
+    return len(items)
+
+
 @pytest.mark.parametrize("width, height", [(1280, 800), (390, 844)])
 def test_the_page_fits_a_laptop_and_a_phone_without_scrolling_sideways(
     start_relay, relay_env, fake_roark, chromium_path, width, height
 ):
+    """With a week of traffic behind it. RELAY_SCREENSHOTS=docs keeps the page at each
+    width as docs/status-WIDTH.png, the README's pictures."""
     fake_roark.set_default(Respond(400, {"error_type": "validation", "error_code": "invalid_parameter",
                                          "message": "Invalid VAPI payload: " + "assistantOverrides " * 30}))
+    seeded = seed_a_week(relay_env["RELAY_DATABASE_URL"], time.time())
     relay = start_relay({**relay_env, "RELAY_ADMIN_TOKEN": TOKEN})
     ids = [send(relay, "vapi", LONG_CALL_ID), send(relay, "retell", "retell-narrow-1"),
            send(relay, "vapi", "vapi-narrow-2")]
@@ -169,4 +206,18 @@ def test_the_page_fits_a_laptop_and_a_phone_without_scrolling_sideways(
         link = page.locator(f'a.callid[title="{LONG_CALL_ID}"]')
         box = link.bounding_box()
         assert box is not None and box["height"] < 30 and box["width"] < width
+
+        # Four charts, each drawn for this width and inside the window; no script came with them.
+        shown = "narrow" if width < 700 else "wide"
+        charts = page.locator(f"#traffic .{shown} svg")
+        assert charts.count() == 4 and page.locator("#traffic svg:visible").count() == 4
+        for n in range(4):
+            box = charts.nth(n).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width and box["width"] > 0.75 * min(width, 600)
+        assert page.locator("script").count() == 0
+        week = page.locator("#traffic .panel").nth(1).locator("figcaption").first.inner_text()
+        assert f"received {seeded + 3}" in week and "failed" in week and "retrying" in week
+        if os.environ.get("RELAY_SCREENSHOTS"):  # the top of the page: the table's rows go on and on
+            page.screenshot(path=str(Path(os.environ["RELAY_SCREENSHOTS"]) / f"status-{width}.png"), full_page=True,
+                            clip={"x": 0, "y": 0, "width": width, "height": 1100 if width > 700 else 2000})
         browser.close()
