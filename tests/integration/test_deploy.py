@@ -2,14 +2,17 @@
 
 import json
 import os
+import pwd
 import re
 import shlex
 import signal
 import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
 
 import httpx
+import pytest
 
 from relay.settings import Settings
 from tests.helpers import eventually, free_port
@@ -69,21 +72,61 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
-def test_dockerfile_is_well_formed_non_root_and_uses_the_locked_set():
-    known = {"FROM", "ENV", "WORKDIR", "COPY", "RUN", "USER", "EXPOSE", "CMD", "ARG", "LABEL", "HEALTHCHECK"}
+def entrypoint() -> list[str]:
+    [line] = [rest for keyword, rest in dockerfile_instructions() if keyword == "ENTRYPOINT"]
+    return json.loads(line)
+
+
+def test_dockerfile_is_well_formed_runs_the_relay_as_its_user_and_uses_the_locked_set():
+    known = {"FROM", "ENV", "WORKDIR", "COPY", "RUN", "EXPOSE", "ENTRYPOINT", "CMD", "ARG", "LABEL", "HEALTHCHECK"}
     instructions = dockerfile_instructions()
     assert instructions[0][0] == "FROM" and "python:3.11" in instructions[0][1]
     assert {k for k, _ in instructions} <= known
+    copied = {}
     for keyword, rest in instructions:
         if keyword == "COPY":
-            *sources, _ = shlex.split(rest)
+            *sources, destination = shlex.split(rest)
             for source in sources:
                 assert (ROOT / source).exists(), f"COPY {source}: no such file in the build context"
-    users = [rest for keyword, rest in instructions if keyword == "USER"]
-    assert users and users[-1] not in ("root", "0")
+                copied[destination] = source
     runs = " ".join(rest for keyword, rest in instructions if keyword == "RUN")
     assert "pip install -r requirements.lock" in runs and "pip install --no-deps ." in runs
+    # No USER (it would start the entrypoint as that user, unable to take the volume): the
+    # entrypoint starts as root and runs the command as the user the image creates.
+    script, user, _ = entrypoint()
+    assert copied[f"/usr/local/bin/{script}"] == "deploy/entrypoint.sh"
+    assert os.access(ROOT / "deploy" / "entrypoint.sh", os.X_OK)
+    assert re.search(rf"useradd [^&]*\b{user}\b", runs) and user != "root"
     assert json.loads(instructions[-1][1]) == ["relay", "serve"] and instructions[-1][0] == "CMD"
+
+
+def run(*command: str) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    return process, out
+
+
+def test_the_entrypoint_gives_the_volume_to_the_user_then_runs_the_command_as_that_user():
+    if os.geteuid() != 0:
+        pytest.skip("the entrypoint's work needs root, as a container starts: run the tests as root (CI does)")
+    nobody = pwd.getpwnam("nobody")  # stands in for the image's user, which this machine lacks
+    with tempfile.TemporaryDirectory() as volume:  # in /tmp, which nobody may cross
+        os.chown(volume, 0, 0)  # as Fly mounts it
+        Path(volume, "relay.db-wal").touch()  # left by a root shell
+        script = str(ROOT / "deploy" / "entrypoint.sh")
+        process, out = run(script, "nobody", volume, "sh", "-c", f"echo $$; id -u; id -G; touch {volume}/relay.db")
+        pid, uid, groups = out.split()
+        # exec'd in place, so the platform's SIGTERM reaches the relay itself
+        assert int(pid) == process.pid
+        assert (int(uid), groups) == (nobody.pw_uid, str(nobody.pw_gid))  # root's groups dropped too
+        assert {os.stat(Path(volume, name)).st_uid for name in (".", "relay.db-wal", "relay.db")} == {nobody.pw_uid}
+
+        # Started as another user already, it just runs the command (and touches nothing).
+        os.chown(volume, 0, 0)
+        _, out = run("setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+                     script, "relay", volume, "id", "-u")
+        assert out.strip() == str(nobody.pw_uid) and os.stat(volume).st_uid == 0
 
 
 def test_heroku_and_docker_install_the_same_pinned_set():
@@ -106,6 +149,7 @@ def test_fly_config_points_at_real_paths_and_a_valid_configuration():
     assert settings.host == "0.0.0.0"
     [mount] = config["mounts"]
     assert settings.database_url.removeprefix("sqlite:///").startswith(mount["destination"] + "/")
+    assert entrypoint()[2] == mount["destination"]  # the directory the entrypoint gives the relay user
     [check] = service["checks"]
     assert check["path"] == "/health"
     assert service["auto_stop_machines"] == "off" and service["min_machines_running"] >= 1
