@@ -15,6 +15,17 @@ from relay.testing.fake_roark import FakeRoark
 from tests.helpers import RETELL_KEY, ROARK_KEY, SHARED, VAPI_SECRET, fresh_schema
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The figures the attack suites measure (`record_property`), after the run: printed
+    as they come, they would break pytest's line of progress dots."""
+    measured = [report for outcome in ("passed", "failed") for report in terminalreporter.stats.get(outcome, [])
+                if report.when == "call" and report.user_properties]
+    if measured:
+        terminalreporter.section("figures")
+        for report in measured:
+            terminalreporter.write_line(f"{report.nodeid}: {json.dumps(dict(report.user_properties), default=str)}")
+
+
 @pytest.fixture(scope="session")
 def roark_spec() -> dict:
     """The authoritative upstream spec: RELAY_TEST_SPEC, else ../shared/roark-openapi.json

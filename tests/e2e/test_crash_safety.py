@@ -18,7 +18,6 @@ RELAY_CRASH_CYCLES raises the number of kills (a soak: see README, "Attack suite
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import random
@@ -123,7 +122,7 @@ def forwarded_call(request) -> tuple[str, str] | None:
 
 @pytest.mark.timeout(240)
 def test_sigkill_under_load_loses_nothing_acknowledged(start_relay, relay_env, fake_roark, tmp_path,
-                                                      secret_scan, record_property, capsys):
+                                                      secret_scan, record_property):
     started = time.monotonic()
     env = {
         **relay_env,
@@ -211,5 +210,3 @@ def test_sigkill_under_load_loses_nothing_acknowledged(start_relay, relay_env, f
     }
     for name, value in figures.items():
         record_property(name, value)
-    with capsys.disabled():
-        print(f"\ncrash safety: {json.dumps(figures)}")
