@@ -17,9 +17,10 @@ from typing import Any
 @dataclass(frozen=True)
 class Bucket:
     start: float  # epoch seconds; the bucket runs until the next one starts
-    #: Webhooks stored (a provider's duplicate sends are not).
+    #: Webhooks stored, once for each destination they are owed to (a provider's
+    #: duplicate sends not at all).
     received: int = 0
-    #: Deliveries Roark accepted.
+    #: Deliveries their destination accepted.
     delivered: int = 0
     #: Attempts after which the relay gave up on a delivery (failed until replayed).
     failed: int = 0
