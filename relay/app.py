@@ -150,8 +150,9 @@ async def health(request: Request) -> JSONResponse:
     reconciliations = []
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-            oldest, stopped = await asyncio.gather(state.outbox.oldest_pending_received_at(),
-                                                   state.outbox.paused_destinations())
+            oldest = await state.outbox.oldest_pending_received_at()
+            if settings.destinations:  # only a destination can be stopped, never Roark
+                stopped = await state.outbox.paused_destinations()
             if state.reconcilers.sources:
                 reconciliations = await state.outbox.reconciliations()
         database = "healthy"
