@@ -145,7 +145,7 @@ class StatusPages:
             "replayed": _flash(request),
             "nothing_selected": request.query_params.get("nothing_selected") == "1",
             "resumed": api.parse_destination(request.query_params.get("resumed")),
-            "traffic": await _traffic(request),
+            "traffic": await _traffic(request, listing.where.destination),
         }, access=access)
 
     async def detail(self, request: Request) -> Response:
@@ -268,9 +268,10 @@ class StatusPages:
                                 status_code=307)
 
 
-async def _traffic(request: Request) -> list[charts.Panel]:
+async def _traffic(request: Request, destination: str | None) -> list[charts.Panel]:
     outbox = request.app.state.outbox
-    minutes, hours = await outbox.traffic(*charts.MINUTES), await outbox.traffic(*charts.HOURS)
+    minutes = await outbox.traffic(*charts.MINUTES, destination)
+    hours = await outbox.traffic(*charts.HOURS, destination)
     # Drawing takes a good tenth of a second: off the loop that receives webhooks.
     return await asyncio.to_thread(charts.panels, minutes, hours)
 

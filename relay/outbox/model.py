@@ -341,6 +341,7 @@ class Backend(abc.ABC):
         """Which of `dedupe_keys` the outbox already holds for `provider`."""
 
     @abc.abstractmethod
-    def traffic(self, now: float, step: float, count: int) -> list[Bucket]:
+    def traffic(self, now: float, step: float, count: int, destination: str | None = None) -> list[Bucket]:
         """What came in and went out in `count` buckets of `step` seconds, oldest first,
-        the last one holding `now` (see relay.outbox.traffic)."""
+        the last one holding `now`, to every destination or to `destination` alone (see
+        relay.outbox.traffic)."""

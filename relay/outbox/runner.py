@@ -168,8 +168,8 @@ class AsyncOutbox:
     async def oldest_pending_received_at(self) -> float | None:
         return await self._read(self.backend.oldest_pending_received_at)
 
-    async def traffic(self, step: float, count: int) -> list[Bucket]:
-        return await self._read(self.backend.traffic, self._clock(), step, count)
+    async def traffic(self, step: float, count: int, destination: str | None = None) -> list[Bucket]:
+        return await self._read(self.backend.traffic, self._clock(), step, count, destination)
 
     async def ping(self) -> None:
         await self._read(self.backend.ping)

@@ -401,9 +401,9 @@ class SQLBackend(ReconciliationStore, Backend):
             (oldest,) = conn.execute(OLDEST_PENDING).fetchone()
         return oldest
 
-    def traffic(self, now: float, step: float, count: int) -> list[traffic.Bucket]:
+    def traffic(self, now: float, step: float, count: int, destination: str | None = None) -> list[traffic.Bucket]:
         with self._read() as conn:
-            return traffic.buckets(conn, self.SQL.mark, now, step, count)
+            return traffic.buckets(conn, self.SQL.mark, now, step, count, destination)
 
 
 #: Rows per INSERT statement, well within every supported SQLite's (32,766) and

@@ -40,12 +40,21 @@ _KINDS = {"received": "received", "delivered": "delivered", "giveup": "failed", 
 _FLOOR = "CAST(x AS INTEGER) - CASE WHEN CAST(x AS INTEGER) > x THEN 1 ELSE 0 END"
 
 
-def query(mark: str, now: float, step: float, count: int) -> tuple[str, tuple[float, ...]]:
+def query(mark: str, now: float, step: float, count: int,
+          destination: str | None = None) -> tuple[str, tuple[object, ...]]:
     """The statement counting events per bucket and kind, with its parameters; `mark` is
-    the driver's positional parameter (sqlite3's `?`, psycopg's `%s`)."""
+    the driver's positional parameter (sqlite3's `?`, psycopg's `%s`). With a
+    `destination`, only the deliveries to it (and their attempts) count."""
     start = window(now, step, count)
+    params: list[object] = []
 
     def events(table: str, at: str, kind: str, latency: str = "NULL", where: str = "") -> str:
+        params.extend((start, step, start, start + count * step))
+        if destination is not None:
+            where += (" AND destination = " + mark if table == "deliveries" else
+                      " AND EXISTS (SELECT 1 FROM deliveries WHERE deliveries.id = delivery_attempts.delivery_id "
+                      f"AND deliveries.destination = {mark})")
+            params.append(destination)
         return (f"SELECT ({at} - {mark}) / {mark} AS x, {kind} AS kind, {latency} AS latency "
                 f"FROM {table} WHERE {at} >= {mark} AND {at} < {mark}{where}")
 
@@ -57,8 +66,7 @@ def query(mark: str, now: float, step: float, count: int) -> tuple[str, tuple[fl
         events("delivery_attempts", "started_at", "outcome", where=" AND outcome IN ('giveup', 'retryat')"),
     ])
     return (f"SELECT {_FLOOR} AS bucket, kind, count(*), avg(latency), max(latency) "
-            f"FROM ({sql}) AS events GROUP BY bucket, kind",
-            (start, step, start, start + count * step) * 3)
+            f"FROM ({sql}) AS events GROUP BY bucket, kind", tuple(params))
 
 
 def window(now: float, step: float, count: int) -> float:
@@ -67,12 +75,14 @@ def window(now: float, step: float, count: int) -> float:
     return float((math.floor(now / step) - count + 1) * step)
 
 
-def buckets(conn: Any, mark: str, now: float, step: float, count: int) -> list[Bucket]:
-    """`count` buckets of `step` seconds, oldest first, the last one holding `now`.
-    `conn` runs a statement whose positional parameters are written `mark`."""
+def buckets(conn: Any, mark: str, now: float, step: float, count: int,
+            destination: str | None = None) -> list[Bucket]:
+    """`count` buckets of `step` seconds, oldest first, the last one holding `now` (only
+    `destination`'s deliveries when given). `conn` runs a statement whose positional
+    parameters are written `mark`."""
     start = window(now, step, count)
     found = [Bucket(start + n * step) for n in range(count)]
-    for n, kind, events, latency_mean, latency_max in conn.execute(*query(mark, now, step, count)).fetchall():
+    for n, kind, events, latency_mean, latency_max in conn.execute(*query(mark, now, step, count, destination)).fetchall():
         n = min(n, count - 1)  # an event a hair before the end, rounded up by the division
         found[n] = replace(found[n], **{_KINDS[kind]: events})
         if kind == "delivered":

@@ -197,6 +197,7 @@ def test_the_status_page_shows_a_stopped_destination_and_resumes_it(relay_env, f
         assert login(client, TOKEN).status_code == 303
         page = client.get("/status?destination=crm&state=failed").text
         assert 'id="stopped-crm"' in page and "Resume crm" in page and 'id="destinations"' in page
+        assert "Traffic to crm" in page  # the charts follow the destination filter
         assert f'id="delivery-{ack["deliveries"]["crm"]}"' in page  # the failed copy, listed per destination
         assert "k3y" not in page  # the URL's query may be a credential: never shown
         forged = client.post("/status/destinations/crm/resume", data={"csrf_token": "wrong"}, follow_redirects=False)

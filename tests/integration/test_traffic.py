@@ -76,6 +76,24 @@ def test_hours_of_the_last_week_start_on_the_hour(traffic):
     assert all(bucket == Bucket(bucket.start) for bucket in hours[:-2])
 
 
+def test_one_destinations_traffic_counts_its_deliveries_and_their_attempts_alone(traffic):
+    # A webhook owed to Roark and crm: crm's copy fails once, then gets through.
+    traffic.insert_many([NewDelivery("vapi", "end-of-call-report", "f", "f", b"{}", T0 + 180,
+                                     destinations=("roark", "crm"))], T0 + 180)
+    [to_crm] = traffic.claim("token", T0 + 181, 60.0, 1, destination="crm")
+    traffic.complete(to_crm.id, "token", Completion(State.PENDING, now=T0 + 182, next_attempt_at=T0 + 182,
+                                                    attempt=Attempt(1, T0 + 181, 1000, 503, "HTTP 503", "retryat")))
+    [to_crm] = traffic.claim("token", T0 + 200, 60.0, 1, destination="crm")
+    traffic.complete(to_crm.id, "token", Completion(State.DELIVERED, now=T0 + 201,
+                                                    attempt=Attempt(2, T0 + 200, 1000, 200, None, "delivered")))
+    crm = traffic.traffic(NOW, MINUTE, 60, "crm")
+    assert crm[3] == Bucket(T0 + 3 * MINUTE, received=1, delivered=1, retrying=1, latency_mean=21.0,
+                            latency_max=21.0)
+    assert all(bucket == Bucket(bucket.start) for n, bucket in enumerate(crm) if n != 3)
+    everyone = traffic.traffic(NOW, MINUTE, 60)
+    assert everyone[3].received == 2 and everyone[3].retrying == 1  # roark's copy is still due
+
+
 def test_window_starts_on_whole_steps_and_ends_with_the_one_holding_now():
     assert window(NOW, MINUTE, 60) == 1_699_996_440.0 and (NOW - T0) // MINUTE == 59
     assert window(7200.0, 3600.0, 2) == 3600.0  # an instant on the hour starts that hour
