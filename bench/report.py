@@ -59,6 +59,8 @@ ROWS = (
         ("≥", 2000)),
     Row("3. drain, 200 ms upstream (deliveries/s)", _get("drain_slow", "rate"), "{:,.0f}",
         ("≥", 500)),
+    Row("3. drain, instant, Roark + one destination (deliveries/s)", _get("drain_destination", "rate"),
+        "{:,.0f}", ("≥", 2000)),
     Row("4. peak RSS, large reports, forwarding (MB)", _get("memory", "peak_rss_mb"), "{:.0f}",
         ("≤", 200)),
     Row("4. same, forwarder held back (MB)", _get("memory", "ingest_only", "peak_rss_mb"), "{:.0f}"),

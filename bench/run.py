@@ -47,6 +47,7 @@ def run_backend(bench: scenarios.Bench, only: set[str]) -> dict:
         "latency": lambda: scenarios.latency(bench),
         "drain_instant": lambda: scenarios.drain(bench, sizes.drain_rows, 0.0),
         "drain_slow": lambda: scenarios.drain(bench, sizes.slow_drain_rows, sizes.upstream_delay),
+        "drain_destination": lambda: scenarios.drain(bench, sizes.drain_rows, 0.0, destination=True),
         "memory": lambda: scenarios.memory(bench),
         "scale": lambda: scenarios.drain(bench, sizes.drain_rows, 0.0, history=sizes.history_rows),
     }

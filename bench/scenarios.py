@@ -6,6 +6,7 @@ load) and returns plain figures for the report.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -18,6 +19,13 @@ from bench import servers, wrk
 from bench.payloads import INGEST_BYTES, LARGE_BYTES
 from bench.servers import Server
 from bench.stores import Store
+from relay.destinations import new_secret
+from relay.settings import Settings
+
+#: The one destination beside Roark in the drain that measures fan-out.
+DESTINATION = "crm"
+#: The relay's default RELAY_FORWARD_CONCURRENCY.
+ROARK_CONCURRENCY = next(f.default for f in dataclasses.fields(Settings) if f.name == "forward_concurrency")
 
 
 @dataclass(frozen=True)
@@ -62,11 +70,18 @@ class Bench:
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
 
-    def relay(self, store: Store, upstream: Server, name: str, held: bool = False) -> Server:
+    def relay(self, store: Store, upstream: Server, name: str, held: bool = False,
+              destination: bool = False) -> Server:
         """The relay on `store`, forwarding to `upstream`; `held`: the upstream holds the
-        forwarder back, which then claims one delivery before it stops."""
+        forwarder back, which then claims one delivery before it stops. `destination`:
+        one destination beside Roark (RELAY_DESTINATIONS), served by `upstream` too."""
         concurrency = 1 if held else self.sizes.forward_concurrency
         env = servers.relay_env(store.url, upstream.url, concurrency)
+        if destination:
+            # As many in flight as Roark's forwarder, so the two compare like for like.
+            env["RELAY_DESTINATIONS"] = json.dumps([{
+                "name": DESTINATION, "url": f"{upstream.url}/hooks", "secret": new_secret(),
+                "concurrency": int(env.get("RELAY_FORWARD_CONCURRENCY", ROARK_CONCURRENCY))}])
         profile = self.profiles and self.profiles / f"{store.backend}-{name}.svg"
         return servers.relay(env, self.log(f"relay-{name}"), profile)
 
@@ -174,17 +189,18 @@ def latency(bench: Bench) -> dict:
             "durable": all(run["durable"] for run in runs.values())}
 
 
-def drain(bench: Bench, rows: int, delay: float, *, history: int = 0) -> dict:
-    """3 and 5. Seed `rows` pending deliveries (after `history` delivered ones), start the
-    relay, and time it from ready until nothing is pending or in flight."""
+def drain(bench: Bench, rows: int, delay: float, *, history: int = 0, destination: bool = False) -> dict:
+    """3 and 5. Seed `rows` pending webhooks (after `history` delivered ones), owed to Roark
+    (and to one destination as well, with `destination`), start the relay, and time it
+    from ready until no delivery is pending or in flight."""
     store = bench.new_store()
     try:
         seeded = store.seed(history, bench.sizes.history_bytes, delivered=True) if history else 0.0
-        seeded += store.seed(rows, INGEST_BYTES)
-        name = f"drain-{delay:g}s-history{history}"
+        seeded += store.seed(rows, INGEST_BYTES, destinations=("roark", DESTINATION) if destination else ("roark",))
+        name = f"drain-{delay:g}s-history{history}" + ("-destination" if destination else "")
         with (servers.running(lambda: servers.upstream(bench.log(f"upstream-{delay:g}s"),
                                                        delay=delay)) as up,
-              servers.running(lambda: bench.relay(store, up, name)) as relay):
+              servers.running(lambda: bench.relay(store, up, name, destination=destination)) as relay):
             cpu = _cpu_seconds(relay), _cpu_seconds(up)
             initial, seconds = _wait_drained(store, timeout=60 + rows / 50)
             relay_cpu, upstream_cpu = _cpu_seconds(relay) - cpu[0], _cpu_seconds(up) - cpu[1]
@@ -192,7 +208,7 @@ def drain(bench: Bench, rows: int, delay: float, *, history: int = 0) -> dict:
         delivered = store.rows() - store.undelivered() - history
     finally:
         store.drop()
-    return {"rows": rows, "history": history, "measured_rows": initial, "seconds": round(seconds, 2),
+    return {"rows": rows, "history": history, "destinations": 2 if destination else 1, "measured_rows": initial, "seconds": round(seconds, 2),
             "rate": initial / seconds, "delivered": delivered, "seed_seconds": round(seeded, 1),
             "relay_cpu_seconds": round(relay_cpu, 2), "upstream_cpu_seconds": round(upstream_cpu, 2),
             "relay_peak_rss_mb": memory["VmHWM"] / 1024}

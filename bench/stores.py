@@ -34,19 +34,19 @@ SELECT 'vapi', 'end-of-call-report', {call_id}, 'end-of-call-report:' || {call_i
     {received_at}
 FROM {series}
 """
-#: Roark's delivery of each webhook just seeded (those newer than any owed before).
+#: A destination's delivery of each webhook just seeded (those after `before`).
 _OWE = """
 INSERT INTO deliveries (webhook_id, destination, provider, received_at, state, attempts,
     next_attempt_at, updated_at, delivered_at, last_status, roark_call_id)
-SELECT id, 'roark', provider, received_at, {state}, {attempts}, received_at, {now},
+SELECT id, {destination}, provider, received_at, {state}, {attempts}, received_at, {now},
     {delivered_at}, {status}, {roark}
-FROM webhooks WHERE id > (SELECT coalesce(max(webhook_id), 0) FROM deliveries)
+FROM webhooks WHERE id > {before}
 """
 #: How far before now seeded history ends: more than any seeded backlog spans (0.5 s apart).
 HISTORY_BEFORE_SECONDS = 7 * 86400
 
 
-def _seed_sql(dialect: str, delivered: bool) -> tuple[str, str]:
+def _seed_sql(dialect: str, delivered: bool, destinations: tuple[str, ...]) -> list[str]:
     p = (lambda name: f":{name}") if dialect == "sqlite" else (lambda name: f"%({name})s")
     call_id = f"({p('tag')} || i)"
     body = (f"CAST({p('prefix')} || {call_id} || {p('suffix')} AS BLOB)" if dialect == "sqlite"
@@ -56,12 +56,13 @@ def _seed_sql(dialect: str, delivered: bool) -> tuple[str, str]:
               else f"generate_series(1, {p('count')}) AS i")
     received_at = f"{p('now')} - {HISTORY_BEFORE_SECONDS if delivered else 0} - i * 0.5"
     webhooks = _SEED.format(call_id=call_id, body=body, series=series, received_at=received_at)
-    deliveries = _OWE.format(
-        now=p("now"), state="'delivered'" if delivered else "'pending'", attempts=int(delivered),
+    owed = [_OWE.format(
+        destination=p(f"destination{n}"), before=p("before"), now=p("now"),
+        state="'delivered'" if delivered else "'pending'", attempts=int(delivered),
         delivered_at="received_at + 3600" if delivered else "NULL",
         status="201" if delivered else "NULL",
-        roark="'rk-' || call_id" if delivered else "NULL")
-    return webhooks, deliveries
+        roark="'rk-' || call_id" if delivered else "NULL") for n in range(len(destinations))]
+    return [webhooks, *owed]
 
 
 class Store(abc.ABC):
@@ -75,16 +76,20 @@ class Store(abc.ABC):
         finally:
             store.close()
 
-    def seed(self, count: int, size: int, *, delivered: bool = False, batch: int = 50_000) -> float:
-        """Store `count` pending (or delivered) reports of `size` bytes; returns seconds."""
+    def seed(self, count: int, size: int, *, delivered: bool = False, batch: int = 50_000,
+             destinations: tuple[str, ...] = ("roark",)) -> float:
+        """Store `count` pending (or delivered) reports of `size` bytes, each owed to
+        `destinations`; returns seconds."""
         prefix, suffix = (part.decode() for part in template(size))
         started = time.perf_counter()
         tag = f"seed-{secrets.token_hex(4)}-"
         for offset in range(0, count, batch):
-            for statement in _seed_sql(self.backend, delivered):
-                self._execute(statement, {
-                    "tag": f"{tag}{offset}-", "prefix": prefix, "suffix": suffix,
-                    "count": min(batch, count - offset), "now": time.time()})
+            params = {"tag": f"{tag}{offset}-", "prefix": prefix, "suffix": suffix,
+                      "count": min(batch, count - offset), "now": time.time(),
+                      "before": self._scalar("SELECT coalesce(max(id), 0) FROM webhooks"),
+                      **{f"destination{n}": name for n, name in enumerate(destinations)}}
+            for statement in _seed_sql(self.backend, delivered, destinations):
+                self._execute(statement, params)
         self._analyze()
         return time.perf_counter() - started
 

@@ -26,10 +26,12 @@ def test_bench_runs_every_measurement_and_reports_it(backend, tmp_path, request)
     assert run.returncode == 0, run.stdout + run.stderr
     record = json.loads((tmp_path / "results.json").read_text())
     results = record["results"][backend]
-    assert set(results) == {"ingest", "latency", "drain_instant", "drain_slow", "memory", "scale"}
+    assert set(results) == {"ingest", "latency", "drain_instant", "drain_slow", "drain_destination", "memory", "scale"}
     assert not [name for name, result in results.items() if "error" in result], results
     assert results["ingest"]["durable"] and results["latency"]["durable"]
     assert results["drain_instant"]["delivered"] == results["drain_instant"]["rows"]
+    # With a destination beside Roark, every webhook is delivered twice.
+    assert results["drain_destination"]["delivered"] == 2 * results["drain_destination"]["rows"]
     # Every row of the table is printed, with a figure for this backend.
     for row in ROWS:
         line = next(line for line in run.stdout.splitlines() if line.startswith(row.label))
