@@ -15,7 +15,7 @@ from relay.testing.fake_endpoint import FakeEndpoint
 from relay.testing.fake_roark import Respond, Slow
 from tests.integration.test_admin_api import conforms
 from tests.integration.test_admin_auth import csrf_of, login
-from tests.helpers import VAPI_SECRET, eventually, fresh_schema, retell_headers, sample, vapi_headers, with_call_id
+from tests.helpers import VAPI_SECRET, eventually, retell_headers, sample, vapi_headers, with_call_id
 
 WAIT = 15
 TOKEN = "admin-token-for-destinations-8c2e"
@@ -27,15 +27,6 @@ CRM_SECRET = new_secret()
 def crm():
     with FakeEndpoint(CRM_SECRET) as endpoint:
         yield endpoint
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'relay.db'}"
-        return
-    with fresh_schema(request.getfixturevalue("postgres_url")) as url:
-        yield url
 
 
 def relay(env: dict, *destinations: dict, **extra: str) -> TestClient:
@@ -62,9 +53,9 @@ def delivered(client, delivery_id: int) -> dict:
     return eventually(state, WAIT, message=f"delivery {delivery_id} was not delivered")
 
 
-def test_one_webhook_reaches_roark_and_the_destination_each_once(relay_env, fake_roark, crm, database_url):
+def test_one_webhook_reaches_roark_and_the_destination_each_once(relay_env, fake_roark, crm, outbox_url):
     body = with_call_id("vapi/end-of-call-report", "call-fan-out")
-    with relay({**relay_env, "RELAY_DATABASE_URL": database_url}, destination(crm)) as client:
+    with relay({**relay_env, "RELAY_DATABASE_URL": outbox_url}, destination(crm)) as client:
         ack = post_vapi(client, body)
         again = post_vapi(client, body)  # VAPI retrying: the same webhook, owed to no one again
         assert set(ack["deliveries"]) == {"roark", "crm"} and again == {**ack, "status": "duplicate"}

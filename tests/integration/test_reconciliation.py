@@ -10,7 +10,7 @@ import json
 import pytest
 
 from relay.metrics import Metrics
-from relay.outbox import AsyncOutbox, DeliveryFilter, NewDelivery, open_backend
+from relay.outbox import AsyncOutbox, DeliveryFilter, NewDelivery
 from relay.providers import PROVIDERS
 from relay.reconciliation.command import reconcile_now
 from relay.reconciliation.run import LEASE_SECONDS, Tally
@@ -18,7 +18,7 @@ from relay.reconciliation.service import Reconcilers
 from relay.settings import Settings
 from relay.testing.fake_providers import FakeRetell, FakeVapi, retell_call, vapi_call
 from relay.testing.fake_roark import Accept, RateLimited, Reset, Respond
-from tests.helpers import ROARK_KEY, fresh_schema, free_port, with_call_id
+from tests.helpers import ROARK_KEY, free_port, with_call_id
 
 NOW = 1_750_000_000.0
 HOUR = 3600.0
@@ -39,21 +39,9 @@ class Sleeps(list):
         self.append(seconds)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'relay.db'}"
-    else:
-        with fresh_schema(request.getfixturevalue("postgres_url")) as url:
-            yield url
-
-
 @pytest.fixture
-def backend(database_url):
-    store = open_backend(database_url)
-    store.migrate()
-    yield store
-    store.close()
+def database_url(outbox_url):  # the backend's, named as the settings call it
+    return outbox_url
 
 
 @pytest.fixture

@@ -4,30 +4,11 @@ run, and which calls it already holds. Every backend must pass this file unchang
 import contextlib
 import threading
 
-import pytest
 
 from relay.outbox import NewDelivery, Progress, RunOutcome, open_backend
-from tests.helpers import fresh_schema
 
 NOW = 1_700_000_000.0
 LEASE = 600.0
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'outbox.db'}"
-    else:
-        with fresh_schema(request.getfixturevalue("postgres_url")) as schema_url:
-            yield schema_url
-
-
-@pytest.fixture
-def backend(url):
-    store = open_backend(url)
-    store.migrate()
-    yield store
-    store.close()
 
 
 def test_one_owner_holds_a_providers_lease_until_it_expires(backend):
@@ -87,8 +68,8 @@ def test_held_names_the_dedupe_keys_stored_for_that_provider(backend):
     assert backend.held("retell", []) == set()
 
 
-def test_instances_racing_for_the_lease_let_exactly_one_through(url):
-    stores = [open_backend(url) for _ in range(6)]
+def test_instances_racing_for_the_lease_let_exactly_one_through(outbox_url):
+    stores = [open_backend(outbox_url) for _ in range(6)]
     stores[0].migrate()
     winners: list[int] = []
     start = threading.Barrier(len(stores))
