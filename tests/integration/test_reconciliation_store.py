@@ -4,7 +4,6 @@ run, and which calls it already holds. Every backend must pass this file unchang
 import contextlib
 import threading
 
-
 from relay.outbox import NewDelivery, Progress, RunOutcome, open_backend
 
 NOW = 1_700_000_000.0
