@@ -165,18 +165,10 @@ class SQLiteBackend(SQLBackend):
             if conn.execute("SELECT 1 FROM paused_destinations WHERE destination = ?",
                             (destination,)).fetchone():
                 return []
-            # INDEXED BY: without statistics SQLite preferred (state, received_at) and
-            # sorted every pending row on each claim, so draining a backlog took time
-            # quadratic in its size. length() of a blob reads no more than its header.
-            due = conn.execute(
-                f"SELECT deliveries.id, length(webhooks.body) FROM {JOINED.replace('deliveries', 'deliveries INDEXED BY deliveries_due', 1)} "
-                "WHERE deliveries.destination = ? AND deliveries.state = 'pending' AND deliveries.next_attempt_at <= ? "
-                "ORDER BY deliveries.next_attempt_at LIMIT ?", (destination, now, limit)).fetchall()
+            due = _claimable(conn, "deliveries_due", "pending", "next_attempt_at", destination, now, limit)
             if len(due) < limit:
-                due += conn.execute(
-                    f"SELECT deliveries.id, length(webhooks.body) FROM {JOINED.replace('deliveries', 'deliveries INDEXED BY deliveries_leased', 1)} "
-                    "WHERE deliveries.destination = ? AND deliveries.state = 'delivering' AND deliveries.lease_expires_at <= ? "
-                    "ORDER BY deliveries.lease_expires_at LIMIT ?", (destination, now, limit - len(due))).fetchall()
+                due += _claimable(conn, "deliveries_leased", "delivering", "lease_expires_at", destination,
+                                  now, limit - len(due))
             ids = _within(due, max_bytes)
             if not ids:
                 return []
@@ -198,6 +190,22 @@ class SQLiteBackend(SQLBackend):
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
+
+
+def _claimable(conn: sqlite3.Connection, index: str, state: str, due_column: str, destination: str,
+               now: float, limit: int) -> list[tuple[int, int]]:
+    """(id, body size) of up to `limit` deliveries to `destination` in `state` whose
+    `due_column` has passed, earliest first, read through the partial `index` on it.
+
+    INDEXED BY: without statistics SQLite preferred (state, received_at) and sorted every
+    pending row on each claim, so draining a backlog took time quadratic in its size. The
+    state is written into the statement, as the partial index's own condition must be
+    for SQLite to use it. length() of a blob reads no more than its header."""
+    return conn.execute(
+        f"SELECT deliveries.id, length(webhooks.body) FROM deliveries INDEXED BY {index} "
+        "JOIN webhooks ON webhooks.id = deliveries.webhook_id "
+        f"WHERE deliveries.destination = ? AND deliveries.state = '{state}' AND deliveries.{due_column} <= ? "
+        f"ORDER BY deliveries.{due_column} LIMIT ?", (destination, now, limit)).fetchall()
 
 
 def _within(sized: list[tuple[int, int]], max_bytes: int | None) -> list[int]:
