@@ -20,7 +20,7 @@ import httpx
 from relay import __version__, checks
 from relay.errors import ConfigError, StoreUnavailable
 from relay.destinations import new_secret
-from relay.outbox import ROARK, Backend, DeliveryFilter, State, open_backend
+from relay.outbox import Backend, DeliveryFilter, State, open_backend
 from relay.outbox.startup import migrate_when_available, startup_patience
 from relay.providers import PROVIDER_NAMES, PROVIDERS
 from relay.redaction import Redactor
@@ -271,9 +271,8 @@ def list_destinations() -> None:
     with outbox(settings) as backend:
         counts = backend.counts_by_destination()
         stopped = backend.paused_destinations()
-    names = [ROARK, *(d.name for d in settings.destinations)]
-    urls = {ROARK: settings.roark_base_url, **{d.name: d.shown_url for d in settings.destinations}}
-    for name in [*names, *sorted(set(counts) - set(names))]:
+    urls = settings.destination_urls()
+    for name in [*urls, *sorted(set(counts) - set(urls))]:
         per_state = counts.get(name, {})
         line = f"{name:12}  {urls.get(name, '(no longer configured)')}  " + "  ".join(
             f"{state.value}={per_state.get(state, 0)}" for state in State)

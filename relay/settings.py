@@ -39,6 +39,7 @@ from relay.envvars import (
     setting,
 )
 from relay.errors import ConfigError
+from relay.outbox import ROARK
 from relay.providers import PROVIDER_NAMES, PROVIDERS
 from relay.retry import RetryPolicy
 
@@ -317,6 +318,11 @@ class Settings:
         providers = {name: envvars.read(p.Settings, environ) for name, p in PROVIDERS.items()}
         optional = frozenset() if forwarding else frozenset({"ROARK_API_KEY"})
         return envvars.read(cls, environ, optional, providers=providers)
+
+    def destination_urls(self) -> dict[str, str]:
+        """Roark, then every configured destination, by name: where each is, as operators
+        are shown it (a destination's user info and query left out)."""
+        return {ROARK: self.roark_base_url, **{d.name: d.shown_url for d in self.destinations}}
 
     @property
     def roark_proxy(self) -> str | None:

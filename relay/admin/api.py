@@ -24,7 +24,7 @@ from relay import jsonbody
 from relay.admin.auth import AdminAuth
 from relay.errors import BadRequest, HTTPError, NotFound, UnsupportedMediaType
 from relay.ingest import read_body
-from relay.outbox import ROARK, Delivery, DeliveryFilter, Reconciliation, State
+from relay.outbox import Delivery, DeliveryFilter, Reconciliation, State
 from relay.providers import PROVIDER_NAMES
 from relay.redaction import Redactor
 from relay.views import attempt_json, delivery_json, iso, masked_payload, reconciliation_json
@@ -191,7 +191,7 @@ async def destinations_summary(request: Request, now: float) -> list[dict[str, A
     settings = state.settings
     per_destination = await state.outbox.counts_by_destination()
     stopped = await state.outbox.paused_destinations()
-    urls = {ROARK: settings.roark_base_url, **{d.name: d.shown_url for d in settings.destinations}}
+    urls = settings.destination_urls()
     forwarders = state.forwarders.by_destination
     rows = []
     for name in [*urls, *sorted(set(per_destination) - set(urls))]:
