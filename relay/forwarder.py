@@ -23,7 +23,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import structlog
@@ -320,7 +320,7 @@ class Forwarders:
     def roark(self) -> Forwarder:
         return self.by_destination[ROARK]
 
-    def __iter__(self):  # noqa: ANN204 - an iterator of Forwarder
+    def __iter__(self) -> Iterator[Forwarder]:
         return iter(self.by_destination.values())
 
     def start(self) -> None:

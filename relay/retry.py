@@ -56,7 +56,7 @@ class Receiver:
     gone_stops: bool = False
 
 
-ROARK = Receiver()
+ROARK_RECEIVER = Receiver()
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def decide(
     result: AttemptResult,
     now: float,
     rand: Callable[[], float] = random.random,
-    receiver: Receiver = ROARK,
+    receiver: Receiver = ROARK_RECEIVER,
 ) -> Decision:
     """What to do after the `attempt`-th attempt (1-based) ended with `result`."""
     status = result.status_code

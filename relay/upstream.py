@@ -20,8 +20,7 @@ from relay import __version__, jsonbody
 from relay.outbox import Delivery
 from relay.providers import PROVIDERS, Provider
 from relay.redaction import Redactor
-from relay.retry import ROARK as ROARK_RECEIVER
-from relay.retry import AttemptResult
+from relay.retry import ROARK_RECEIVER, AttemptResult
 from relay.settings import Settings
 from relay.transport import Transport, describe_error
 

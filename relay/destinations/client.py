@@ -23,10 +23,10 @@ from relay.transport import Transport
 from relay.upstream import OFF_LOOP_BYTES, Outcome, send
 
 
-def message_id(delivery: Delivery) -> str:
+def message_id(provider: str, dedupe_key: str) -> str:
     """Named after what the relay deduplicates on, so a webhook keeps its id however
     often the provider sent it, on every attempt, replay and relay instance."""
-    digest = hashlib.sha256(f"{delivery.provider}\n{delivery.dedupe_key}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{provider}\n{dedupe_key}".encode()).hexdigest()
     return f"msg_{digest[:32]}"
 
 
@@ -43,7 +43,7 @@ class DestinationClient:
         self._timeouts = {"timeout": httpx.Timeout(destination.timeout_seconds, connect=5.0).as_dict()}
 
     async def deliver(self, delivery: Delivery, now: float) -> Outcome:
-        msg_id, timestamp = message_id(delivery), int(now)
+        msg_id, timestamp = message_id(delivery.provider, delivery.dedupe_key), int(now)
         if len(delivery.body) < OFF_LOOP_BYTES:
             signature = self.destination.sign(msg_id, timestamp, delivery.body)
         else:  # a body of many MB: hashed on a worker thread, the loop keeps answering

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -347,10 +348,7 @@ class SQLBackend(ReconciliationStore, Backend):
 
     def fail_unconfigured(self, destinations: Sequence[str], now: float) -> dict[str, int]:
         with self._write() as conn:
-            failed: dict[str, int] = {}
-            for (destination,) in conn.execute(*self.SQL.fail_unconfigured(destinations, now)).fetchall():
-                failed[destination] = failed.get(destination, 0) + 1
-        return failed
+            return dict(Counter(d for (d,) in conn.execute(*self.SQL.fail_unconfigured(destinations, now))))
 
     def attempts(self, delivery_id: int) -> list[Attempt]:
         with self._read() as conn:
