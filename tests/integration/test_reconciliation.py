@@ -40,11 +40,6 @@ class Sleeps(list):
 
 
 @pytest.fixture
-def database_url(outbox_url):  # the backend's, named as the settings call it
-    return outbox_url
-
-
-@pytest.fixture
 def vapi():
     with FakeVapi("vapi-private-key", cap=4) as fake:
         yield fake
@@ -56,8 +51,8 @@ def retell():
         yield fake
 
 
-def settings(database_url, vapi=None, retell=None, **extra) -> Settings:
-    env = {"ROARK_API_KEY": ROARK_KEY, "RELAY_DATABASE_URL": database_url}
+def settings(outbox_url, vapi=None, retell=None, **extra) -> Settings:
+    env = {"ROARK_API_KEY": ROARK_KEY, "RELAY_DATABASE_URL": outbox_url}
     if vapi is not None:
         env |= {"VAPI_API_KEY": vapi.api_key, "VAPI_API_BASE_URL": vapi.url}
     if retell is not None:
@@ -102,13 +97,13 @@ def webhook_came(backend, provider: str, call_id: str) -> None:
                                      NOW - HOUR)], NOW - HOUR)
 
 
-def test_vapi_calls_whose_webhook_never_came_are_queued_once(backend, vapi, database_url):
+def test_vapi_calls_whose_webhook_never_came_are_queued_once(backend, vapi, outbox_url):
     vapi.add(*(vapi_call(f"call-{n:02}", NOW - 20 * HOUR + n * HOUR) for n in range(11)))
     vapi.add(vapi_call("long-call", NOW - HOUR, created_at=NOW - 2 * HOUR, status="in-progress"),
              vapi_call("just-ended", NOW - 100))
     webhook_came(backend, "vapi", "call-03")
     webhook_came(backend, "vapi", "call-07")
-    relay = Harness(settings(database_url, vapi), backend)
+    relay = Harness(settings(outbox_url, vapi), backend)
 
     tally = relay.run("vapi")
     assert (tally.ended, tally.held, tally.queued) == (11, 2, 9)
@@ -129,12 +124,12 @@ def test_vapi_calls_whose_webhook_never_came_are_queued_once(backend, vapi, data
     assert len(relay.rows("vapi")) == 13
 
 
-def test_retell_fetches_only_the_calls_the_outbox_lacks(backend, retell, database_url):
+def test_retell_fetches_only_the_calls_the_outbox_lacks(backend, retell, outbox_url):
     retell.add(*(retell_call(f"call-{n}", NOW - 10 * HOUR + n * HOUR) for n in range(8)))
     retell.add(retell_call("ongoing", NOW - 2 * HOUR, status="ongoing"))
     for call_id in ("call-1", "call-4", "call-6"):
         webhook_came(backend, "retell", call_id)
-    relay = Harness(settings(database_url, retell=retell), backend)
+    relay = Harness(settings(outbox_url, retell=retell), backend)
 
     tally = relay.run("retell")
     assert (tally.listed, tally.held, tally.queued) == (8, 3, 5)
@@ -147,20 +142,20 @@ def test_retell_fetches_only_the_calls_the_outbox_lacks(backend, retell, databas
     assert stored["call-0"]["call"]["transcript_object"]  # fetched whole, not the listing's cut
 
 
-def test_rate_limits_server_errors_and_dropped_connections_are_ridden_out(backend, vapi, database_url):
+def test_rate_limits_server_errors_and_dropped_connections_are_ridden_out(backend, vapi, outbox_url):
     vapi.add(vapi_call("call-1", NOW - HOUR))
     # aiohttp sends again by itself once when a kept-alive connection drops; twice is an error
     vapi.script(RateLimited("7"), Respond(503), Reset(), Reset())
-    relay = Harness(settings(database_url, vapi), backend)
+    relay = Harness(settings(outbox_url, vapi), backend)
     assert relay.run("vapi").queued == 1
     assert relay.sleeps == [7, 2, 4]  # Retry-After honoured, then exponential backoff
     assert relay.state("vapi").last_error is None
 
 
-def test_a_retry_after_beyond_a_minute_ends_the_run_for_the_next_to_try(backend, vapi, database_url):
+def test_a_retry_after_beyond_a_minute_ends_the_run_for_the_next_to_try(backend, vapi, outbox_url):
     vapi.add(vapi_call("call-1", NOW - HOUR))
     vapi.script(RateLimited("3600"))
-    relay = Harness(settings(database_url, vapi), backend)
+    relay = Harness(settings(outbox_url, vapi), backend)
     assert relay.run("vapi").queued == 0 and relay.sleeps == []
     state = relay.state("vapi")
     assert "asked the relay to wait 3600 s" in state.last_error and state.failing_since == NOW
@@ -168,11 +163,11 @@ def test_a_retry_after_beyond_a_minute_ends_the_run_for_the_next_to_try(backend,
     assert relay.run("vapi").queued == 1 and relay.state("vapi").failing_since is None
 
 
-def test_a_retell_run_that_fails_part_way_resumes_from_its_last_complete_page(backend, retell, database_url):
+def test_a_retell_run_that_fails_part_way_resumes_from_its_last_complete_page(backend, retell, outbox_url):
     retell.add(*(retell_call(f"call-{n}", NOW - 10 * HOUR + n * HOUR) for n in range(7)))
     # list, 3 fetches, list, 3 fetches, then the third page keeps failing
     retell.script(*[Accept()] * 8, *[Respond(500)] * 5)
-    relay = Harness(settings(database_url, retell=retell), backend)
+    relay = Harness(settings(outbox_url, retell=retell), backend)
     assert relay.run("retell").queued == 6
     state = relay.state("retell")
     assert state.pending_token == "call-5" and "failed 5 times, last: HTTP 500" in state.last_error
@@ -189,10 +184,10 @@ def test_a_retell_run_that_fails_part_way_resumes_from_its_last_complete_page(ba
     assert len(relay.rows("retell")) == 8
 
 
-def test_a_resume_the_provider_refuses_starts_the_window_again(backend, retell, database_url):
+def test_a_resume_the_provider_refuses_starts_the_window_again(backend, retell, outbox_url):
     retell.add(*(retell_call(f"call-{n}", NOW - 10 * HOUR + n * HOUR) for n in range(4)))
     retell.script(*[Accept()] * 4, *[Respond(500)] * 5)
-    relay = Harness(settings(database_url, retell=retell), backend)
+    relay = Harness(settings(outbox_url, retell=retell), backend)
     relay.run("retell")
     assert relay.state("retell").pending_token == "call-2"
     retell.script(Respond(400, {"status": "error", "message": "invalid pagination_key"}))
@@ -204,10 +199,10 @@ def test_a_resume_the_provider_refuses_starts_the_window_again(backend, retell, 
     assert retell.requests[before].json.get("pagination_key") is None
 
 
-def test_a_vapi_run_that_fails_part_way_resumes_past_the_calls_it_stored(backend, vapi, database_url):
+def test_a_vapi_run_that_fails_part_way_resumes_past_the_calls_it_stored(backend, vapi, outbox_url):
     vapi.add(*(vapi_call(f"call-{n}", NOW - 10 * HOUR + n * HOUR) for n in range(10)))
     vapi.script(Accept(), Accept(), *[Respond(502)] * 5)
-    relay = Harness(settings(database_url, vapi), backend)
+    relay = Harness(settings(outbox_url, vapi), backend)
     assert relay.run("vapi").queued == 7  # two pages of four, the oldest of the first listed again
     token = relay.state("vapi").pending_token
     assert token.startswith("Le:")
@@ -217,15 +212,15 @@ def test_a_vapi_run_that_fails_part_way_resumes_past_the_calls_it_stored(backend
     assert len(relay.rows("vapi")) == 10
 
 
-def test_a_refused_key_fails_at_once_naming_the_variable(backend, vapi, database_url):
-    relay = Harness(settings(database_url, vapi, VAPI_API_KEY="not-the-key"), backend)
+def test_a_refused_key_fails_at_once_naming_the_variable(backend, vapi, outbox_url):
+    relay = Harness(settings(outbox_url, vapi, VAPI_API_KEY="not-the-key"), backend)
     relay.run("vapi")
     assert relay.sleeps == [] and len(vapi.requests) == 1
     assert "VAPI refused VAPI_API_KEY (HTTP 401" in relay.state("vapi").last_error
     assert relay.metrics.reconcile_runs.labels("vapi", "failed")._value.get() == 1
 
 
-def test_a_call_gone_between_listing_and_fetching_is_skipped(backend, retell, database_url):
+def test_a_call_gone_between_listing_and_fetching_is_skipped(backend, retell, outbox_url):
     retell.add(retell_call("call-1", NOW - HOUR), retell_call("call-2", NOW - HOUR))
     real_answer = retell.answer
 
@@ -235,25 +230,25 @@ def test_a_call_gone_between_listing_and_fetching_is_skipped(backend, retell, da
         return real_answer(method, path, query, body)
 
     retell.answer = vanishing
-    tally = Harness(settings(database_url, retell=retell), backend).run("retell")
+    tally = Harness(settings(outbox_url, retell=retell), backend).run("retell")
     assert (tally.queued, tally.gone, tally.queued_calls) == (1, 1, ["call-2"])
 
 
-def test_instances_take_turns_and_a_lease_left_by_a_crash_runs_out(backend, vapi, database_url):
+def test_instances_take_turns_and_a_lease_left_by_a_crash_runs_out(backend, vapi, outbox_url):
     vapi.add(vapi_call("call-1", NOW - HOUR))
     backend.lease_reconciliation("vapi", "crashed-instance", NOW - 60, NOW - 60 + LEASE_SECONDS)
-    relay = Harness(settings(database_url, vapi), backend)
+    relay = Harness(settings(outbox_url, vapi), backend)
     assert relay.run("vapi").window is None and vapi.requests == []
     assert relay.metrics.reconcile_runs.labels("vapi", "skipped")._value.get() == 1
     relay.clock.now = NOW + LEASE_SECONDS
     assert relay.run("vapi").queued == 1
 
 
-def test_relay_reconcile_says_what_it_found_and_fails_on_an_unreachable_api(backend, vapi, retell, database_url):
+def test_relay_reconcile_says_what_it_found_and_fails_on_an_unreachable_api(backend, vapi, retell, outbox_url):
     vapi.add(vapi_call("call-1", NOW - HOUR), vapi_call("call-2", NOW - 2 * HOUR))
     webhook_came(backend, "vapi", "call-2")
     unreachable = f"http://127.0.0.1:{free_port()}"
-    config = settings(database_url, vapi, retell, RETELL_API_BASE_URL=unreachable)
+    config = settings(outbox_url, vapi, retell, RETELL_API_BASE_URL=unreachable)
     lines: list[tuple[str, bool]] = []
     sleeps = Sleeps()
     ok = asyncio.run(reconcile_now(config, backend, ["vapi", "retell"], None, False,
