@@ -120,6 +120,15 @@ async def handle_starlette_error(request: Request, exc: Exception) -> JSONRespon
     return error_response(request, NotFound(f"no route for {request.url.path}"))
 
 
+async def handle_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """An outbox the admin API or a page needs is down: 503 to try again, not a 500.
+    (Webhooks answer their own 503 in relay.ingest, with the wait bounded.)"""
+    log.error("store_unavailable", request_id=_request_id(request), path=request.url.path, error=str(exc))
+    return error_response(request, ServiceUnavailable(
+        f"the relay's database is unavailable; retry later ({exc})", error_code="store_unavailable",
+        retry_after_seconds=request.app.state.settings.store_retry_after_seconds))
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled_error", request_id=_request_id(request), path=request.url.path)
     error = HTTPError("internal error; the request id identifies it in the relay's logs")
@@ -277,6 +286,7 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
         exception_handlers={
             HTTPError: handle_http_error,
             HTTPException: handle_starlette_error,
+            StoreUnavailable: handle_store_unavailable,
             Exception: handle_unexpected,
         },
         lifespan=lifespan,

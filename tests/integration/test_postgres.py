@@ -424,3 +424,20 @@ def test_outage_answers_503_then_recovers_without_a_restart(pg_url, relay_env, f
         assert stored == ["after", "before"]  # what was answered 503 was not stored
     finally:
         reader.close()
+
+
+def test_the_admin_api_answers_503_when_the_store_fails_under_it(pg_url, relay_env):
+    token = "admin-token-for-store-faults-4d1a"
+    bearer = {"authorization": f"Bearer {token}"}
+    destinations = json.dumps([{"name": "crm", "url": "http://127.0.0.1:9/hooks",
+                                "secret": "whsec_" + "QUJD" * 8}])
+    with start({**relay_env, "RELAY_DATABASE_URL": pg_url, "RELAY_ADMIN_TOKEN": token,
+                "RELAY_DESTINATIONS": destinations}) as client:
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # a fault the store reports, not a bug
+            conn.execute("DROP TABLE paused_destinations")
+        for method, path in (("POST", "/admin/api/destinations/crm/resume"), ("GET", "/admin/api/summary")):
+            answer = client.request(method, path, headers=bearer)
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "5", answer.text
+            body = answer.json()
+            assert body["error_code"] == "store_unavailable" and body["request_id"]
+            assert pg_url.split("@")[0] not in answer.text  # the database password stays out
