@@ -3,7 +3,8 @@
 An operator logs in, sees a delivery Roark refused, opens it (secrets masked, a
 `<script>` in the payload shown as text and never run), replays it once Roark is
 fixed and watches it become delivered. Requests without the token or the CSRF token
-are refused, from inside the same browser.
+are refused, from inside the same browser. A destination stopped by a 410 is resumed from
+its banner.
 """
 
 import json
@@ -18,7 +19,9 @@ import pytest
 from playwright.sync_api import Dialog, sync_playwright
 
 from relay.admin.auth import SESSION_COOKIE
+from relay.destinations import new_secret
 from relay.outbox import Attempt, Completion, NewDelivery, State, open_backend
+from relay.testing.fake_endpoint import FakeEndpoint
 from relay.testing.fake_roark import Accept, Respond
 from tests.helpers import eventually, retell_headers, vapi_headers, with_call_id
 
@@ -221,3 +224,43 @@ def test_the_page_fits_a_laptop_and_a_phone_without_scrolling_sideways(
             page.screenshot(path=str(Path(os.environ["RELAY_SCREENSHOTS"]) / f"status-{width}.png"), full_page=True,
                             clip={"x": 0, "y": 0, "width": width, "height": 1100 if width > 700 else 2000})
         browser.close()
+
+
+def test_operator_sees_a_stopped_destination_and_resumes_it_from_the_page(
+    start_relay, relay_env, fake_roark, chromium_path
+):
+    secret = new_secret()
+    with FakeEndpoint(secret) as crm:
+        crm.script(Respond(410))  # taken down, then back
+        relay = start_relay({**relay_env, "RELAY_ADMIN_TOKEN": TOKEN, "RELAY_DESTINATIONS": json.dumps(
+            [{"name": "crm", "url": f"{crm.url}/hooks?key=s3cr3t-in-url", "secret": secret}])})
+        body = with_call_id("vapi/end-of-call-report", "call-for-crm")
+        deliveries = relay.post("/webhooks/vapi", body, vapi_headers()).json()["data"]["deliveries"]
+        eventually(lambda: state_of(relay, deliveries["crm"]) == "failed", WAIT)
+        later = relay.post("/webhooks/vapi", with_call_id("vapi/end-of-call-report", "call-while-stopped"),
+                           vapi_headers()).json()["data"]["deliveries"]
+        eventually(lambda: state_of(relay, later["roark"]) == "delivered", WAIT)
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+                page.set_default_timeout(WAIT * 1000)
+                page.goto(f"{relay.url}/login?next=/status")
+                page.fill("input[name=token]", TOKEN)
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{relay.url}/status")
+                banner = page.locator("#stopped-crm")
+                assert "410 Gone" in banner.inner_text()
+                assert "stopped" in page.inner_text("#destinations")
+                assert "s3cr3t-in-url" not in page.content()
+
+                banner.locator("button").click()
+                page.wait_for_url(f"{relay.url}/status?resumed=crm")
+                assert "Resumed crm" in page.inner_text("#flash")
+                assert page.locator("#stopped-crm").count() == 0
+            finally:
+                browser.close()
+        # Resumed: the copy that waited goes out; the one that failed waits for a replay.
+        eventually(lambda: state_of(relay, later["crm"]) == "delivered", WAIT)
+        assert state_of(relay, deliveries["crm"]) == "failed"
