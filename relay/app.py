@@ -10,13 +10,14 @@ import random
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
+from typing import Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,6 +35,7 @@ from relay.outbox import ROARK, AsyncOutbox, Pause, open_backend
 from relay.outbox.startup import migrate_when_available_async, startup_patience
 from relay.passthrough import PassThrough
 from relay.reconciliation.service import Reconcilers
+from relay.responses import JSONResponse
 from relay.retention import run_retention
 from relay.settings import Settings
 from relay.upstream import RoarkClient
@@ -129,13 +131,61 @@ async def handle_store_unavailable(request: Request, exc: Exception) -> JSONResp
         retry_after_seconds=request.app.state.settings.store_retry_after_seconds))
 
 
-async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+def unexpected_error_response(request: Request) -> JSONResponse:
+    """A 500 for an exception no handler expected, logged with its traceback (call it
+    from the `except` block)."""
     log.exception("unhandled_error", request_id=_request_id(request), path=request.url.path)
-    error = HTTPError("internal error; the request id identifies it in the relay's logs")
-    response = error_response(request, error)
+    return error_response(request, HTTPError("internal error; the request id identifies it in the relay's logs"))
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    response = unexpected_error_response(request)
+    # Starlette answers this from outside RequestMiddleware, which adds the id to the others.
     if request_id := _request_id(request):
         response.headers[REQUEST_ID_HEADER] = request_id
     return response
+
+
+async def webhook_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    """`relay.ingest.receive_webhook` as a bare ASGI app, rendering its own errors (see Relay)."""
+    request = Request(scope, receive)
+    try:
+        response = await receive_webhook(request)
+    except HTTPError as error:
+        response = error_response(request, error)
+    except Exception:
+        response = unexpected_error_response(request)
+    await response(scope, receive, send)
+
+
+#: A provider's webhook endpoint, with an optional source (relay.sources).
+WEBHOOK_PATH = re.compile(r"/webhooks/([^/]+)(?:/([^/]+))?")
+
+
+class Relay(Starlette):
+    """Starlette, except that a webhook (POST /webhooks/...) goes to its endpoint ahead of
+    the middleware stack and router, through RequestMiddleware alone.
+
+    The webhook endpoint is the one path where the relay's CPU per request bounds its
+    throughput, and each layer Starlette puts before a route (error middleware, exception
+    middleware, router, route, request-response wrapper, each wrapping `send` again) is
+    paid on every webhook; the endpoint renders its own errors, so it needs none of them.
+    Everything else (other methods on these paths included) takes the usual way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._webhooks = RequestMiddleware(webhook_endpoint)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" \
+                and (match := WEBHOOK_PATH.fullmatch(scope["path"])):
+            provider, source = match.groups()
+            scope["app"] = self
+            scope["path_params"] = {"provider": provider} if source is None else \
+                {"provider": provider, "source": source}
+            await self._webhooks(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 async def health(request: Request) -> JSONResponse:
@@ -223,7 +273,7 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = None) -> Starlette:
+def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = None) -> Relay:
     """The relay; `login_throttle` replaces the default one (tests give it a clock)."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -275,8 +325,9 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
             await app.state.pass_through.aclose()
             await outbox.close()
 
-    app = Starlette(
+    app = Relay(
         routes=[
+            # Only for their other methods (a 405 with Allow); Relay serves each POST.
             Route("/webhooks/{provider:str}", receive_webhook, methods=["POST"]),
             Route("/webhooks/{provider:str}/{source:str}", receive_webhook, methods=["POST"]),
             Route("/health", health, methods=["GET"]),

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from relay.budget import BodyHold
 from relay.destinations import owed
@@ -37,6 +37,7 @@ from relay.errors import (
 )
 from relay.outbox import NewDelivery
 from relay.providers import PROVIDERS, Provider
+from relay.responses import JSONResponse
 from relay.settings import Settings
 from relay.sources import source_properties
 
@@ -203,22 +204,20 @@ async def _receive(
     try:
         # Bounded: while the store is locked, the commit queues behind the forwarder's
         # writes, each waiting out SQLite's busy timeout, and the storage-fault suite saw
-        # 503s take 12 s, past providers' timeouts. The commit itself goes on (shielded
-        # in the outbox); if it lands after this 503, the provider's retry is answered as
-        # a duplicate.
-        async with asyncio.timeout(STORE_WAIT_SECONDS):
-            inserted = await state.outbox.insert(NewDelivery(
-                provider=provider.name,
-                event=envelope.event,
-                call_id=envelope.call_id,
-                dedupe_key=envelope.dedupe_key,
-                body=raw_body,
-                received_at=time.time(),
-                request_id=request.state.request_id,
-                properties=properties or None,
-                destinations=destinations,
-                credentials=credentials,
-            ))
+        # 503s take 12 s, past providers' timeouts. The commit itself goes on; if it lands
+        # after this 503, the provider's retry is answered as a duplicate.
+        inserted = await state.outbox.insert(NewDelivery(
+            provider=provider.name,
+            event=envelope.event,
+            call_id=envelope.call_id,
+            dedupe_key=envelope.dedupe_key,
+            body=raw_body,
+            received_at=time.time(),
+            request_id=request.state.request_id,
+            properties=properties or None,
+            destinations=destinations,
+            credentials=credentials,
+        ), timeout=STORE_WAIT_SECONDS)
     except (StoreUnavailable, TimeoutError) as error:
         reason = str(error) or f"no commit within {STORE_WAIT_SECONDS:g} s"
         log.error("store_unavailable", error=reason, **fields)

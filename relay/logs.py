@@ -47,7 +47,6 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     logging.getLogger("psycopg.pool").setLevel(max(logging.ERROR, root.level))
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             *shared,
             structlog.processors.format_exc_info,
             renderer,

@@ -19,7 +19,7 @@ Without RELAY_ADMIN_TOKEN all of these answer 404: disabled, never open.
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from relay.responses import JSONResponse
 from starlette.routing import BaseRoute, Route, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from relay.responses import JSONResponse
 from starlette.routing import Route
 
 from relay import jsonbody

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from relay.outbox.model import (
     Attempt,
@@ -60,14 +60,23 @@ class GroupCommit(Generic[Item, Result]):
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def submit(self, item: Item) -> Result:
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+    async def submit(self, item: Item, timeout: float | None = None) -> Result:
+        """`item`'s result; TimeoutError after `timeout` seconds, while its write goes on."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
         self._pending.append((item, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        # A caller going away (a client hanging up) cancels its own future only; the
-        # commit others wait on runs in the flusher's task.
-        return await future
+        # A caller going away (a client hanging up, a timeout) ends its own wait only; the
+        # commit others wait on runs in the flusher's task. A bare timer, not
+        # asyncio.timeout, whose bookkeeping (the current task, rescheduling, uncancelling)
+        # cost more than the rest of the wait, on every webhook.
+        expiry = None if timeout is None else loop.call_later(timeout, _expire, future)
+        try:
+            return await future
+        finally:
+            if expiry is not None:
+                expiry.cancel()
 
     async def _flush(self) -> None:
         while self._pending:
@@ -86,6 +95,11 @@ class GroupCommit(Generic[Item, Result]):
     async def drain(self) -> None:
         if self._flusher is not None:
             await self._flusher
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class AsyncOutbox:
@@ -107,9 +121,10 @@ class AsyncOutbox:
     async def _read(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
 
-    async def insert(self, item: NewDelivery) -> Inserted:
-        """Store one delivery durably; returns once its transaction has committed."""
-        return await self._inserts.submit(item)
+    async def insert(self, item: NewDelivery, timeout: float | None = None) -> Inserted:
+        """Store one webhook durably; returns once its transaction has committed, or raises
+        TimeoutError after `timeout` seconds (the commit goes on, and may still land)."""
+        return await self._inserts.submit(item, timeout)
 
     async def migrate(self) -> int:
         return await self._write(self.backend.migrate)

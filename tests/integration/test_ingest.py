@@ -178,6 +178,34 @@ def test_unknown_routes_and_methods_are_error_responses(client):
     assert_error(client.get("/webhooks/vapi"), 405)
 
 
+def test_webhook_paths_route_like_the_router(client):
+    """POSTs to /webhooks/* skip Starlette's router (relay.app.Relay): the paths it takes
+    and leaves must answer as the declared routes would."""
+    assert_error(client.post("/webhooks/vapi/", content=b"{}", headers=vapi_headers()), 404)
+    assert_error(client.post("/webhooks/vapi/a/b", content=b"{}", headers=vapi_headers()), 404)
+    assert_error(client.post("/webhooks", content=b"{}", headers=vapi_headers()), 404)
+    refused = client.put("/webhooks/vapi/web", content=b"{}")
+    assert_error(refused, 405)
+    assert refused.headers["allow"] == "POST"
+    # Reaching the endpoint itself: its source is looked up (and, here, not configured).
+    unknown = assert_error(client.post("/webhooks/vapi/web", content=b"{}", headers=vapi_headers()), 404)
+    assert "web" in unknown["message"]
+    body = with_call_id("vapi/end-of-call-report", "call-with-query")
+    assert client.post("/webhooks/vapi?team=a", content=body, headers=vapi_headers()).status_code == 200
+
+
+def test_unexpected_error_in_a_webhook_is_a_500_with_one_request_id(client, monkeypatch):
+    from relay.providers.vapi import VAPI
+
+    def broken(raw_body):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(VAPI, "envelope", broken)
+    response = client.post("/webhooks/vapi", content=sample("vapi/end-of-call-report"), headers=vapi_headers())
+    assert_error(response, 500, "internal_error")
+    assert len(response.headers.get_list("x-request-id")) == 1
+
+
 def test_request_id_is_echoed_only_when_safe(client):
     ok = client.get("/health", headers={"x-request-id": "abc-123"})
     assert ok.headers["x-request-id"] == "abc-123"
