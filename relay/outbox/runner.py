@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from relay.outbox.model import (
@@ -52,25 +53,37 @@ SWITCH_INTERVAL = 0.001
 
 
 class GroupCommit(Generic[Item, Result]):
-    """Hands `write` everything submitted while its previous call ran; each submitter
-    gets its own item's result (or the batch's exception) once that call returns."""
+    """Hands `write` (on the writer thread) everything submitted since its previous call
+    began; each submitter gets its own item's result (or the batch's exception) once
+    that call returns.
 
-    def __init__(self, write: Callable[[list[Item]], Awaitable[Sequence[Result]]]) -> None:
+    The writer thread queues the next call itself, behind whatever other writes (claims,
+    replays) were queued meanwhile, instead of waiting for the event loop to ask: the
+    loop is often busy for milliseconds at a stretch (thirty webhooks arriving at once),
+    and writes that waited for it ran in lockstep with it, never beside it."""
+
+    def __init__(self, executor: Callable[[], Executor],
+                 write: Callable[[list[Item]], Sequence[Result]]) -> None:
+        self._executor = executor
         self._write = write
+        self._lock = threading.Lock()
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._queued = False  # a call of _flush is queued or running
+        self._drained: list[asyncio.Future[None]] = []  # drain()s waiting for it to end
 
     async def submit(self, item: Item, timeout: float | None = None) -> Result:
         """`item`'s result; TimeoutError after `timeout` seconds, while its write goes on."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
-        self._pending.append((item, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+        with self._lock:
+            self._pending.append((item, future))
+            queue, self._queued = not self._queued, True
+        if queue:
+            self._executor().submit(self._flush, loop)
         # A caller going away (a client hanging up, a timeout) ends its own wait only; the
-        # commit others wait on runs in the flusher's task. A bare timer, not
-        # asyncio.timeout, whose bookkeeping (the current task, rescheduling, uncancelling)
-        # cost more than the rest of the wait, on every webhook.
+        # commit others wait on goes on. A bare timer, not asyncio.timeout, whose
+        # bookkeeping (the current task, rescheduling, uncancelling) cost more than the
+        # rest of the wait, on every webhook.
         expiry = None if timeout is None else loop.call_later(timeout, _expire, future)
         try:
             return await future
@@ -78,23 +91,45 @@ class GroupCommit(Generic[Item, Result]):
             if expiry is not None:
                 expiry.cancel()
 
-    async def _flush(self) -> None:
-        while self._pending:
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the writer thread: one write, then the next queued if more was submitted."""
+        with self._lock:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            try:
-                results = await self._write([item for item, _ in batch])
-            except Exception as error:  # every waiter learns its item was not written
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
+        outcome: Sequence[Result] | BaseException
+        try:
+            outcome = self._write([item for item, _ in batch])
+        except Exception as error:  # every waiter learns its item was not written
+            outcome = error
+        with self._lock:
+            more = self._queued = bool(self._pending)
+        try:
+            loop.call_soon_threadsafe(self._settle, batch, outcome, not more)
+            if more:
+                self._executor().submit(self._flush, loop)
+        except RuntimeError:  # the loop or the executor closed under us: nobody waits
+            pass
+
+    def _settle(self, batch: list[tuple[Item, asyncio.Future[Result]]],
+                outcome: Sequence[Result] | BaseException, idle: bool) -> None:
+        for i, (_, future) in enumerate(batch):
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
             else:
-                for (_, future), result in zip(batch, results):
-                    if not future.done():
-                        future.set_result(result)
+                future.set_result(outcome[i])
+        if idle:
+            drained, self._drained = self._drained, []
+            for future in drained:
+                if not future.done():
+                    future.set_result(None)
 
     async def drain(self) -> None:
-        if self._flusher is not None:
-            await self._flusher
+        """Return once every write submitted so far has been settled."""
+        if self._queued:
+            future = asyncio.get_running_loop().create_future()
+            self._drained.append(future)
+            await future
 
 
 def _expire(future: asyncio.Future[Any]) -> None:
@@ -111,9 +146,9 @@ class AsyncOutbox:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._writer, self._readers = _executors()
         self._inserts: GroupCommit[NewDelivery, Inserted] = GroupCommit(
-            lambda items: self._write(self.backend.insert_many, items, self._clock()))
+            lambda: self._writer, lambda items: self.backend.insert_many(items, self._clock()))
         self._completions: GroupCommit[tuple[int, str, Completion], bool] = GroupCommit(
-            lambda items: self._write(self.backend.complete_many, items))
+            lambda: self._writer, self.backend.complete_many)
 
     async def _write(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
