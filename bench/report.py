@@ -67,6 +67,12 @@ ROWS = (
     Row("4. bare peak RSS, same load (MB)", _get("memory", "bare_peak_rss_mb"), "{:.0f}"),
     Row("5. drain with delivered history (deliveries/s)", _get("scale", "rate")),
     Row("5. with history / empty table", _scale_ratio, "{:.2f}", ("≥", 0.90)),
+    # The issue asks how far ingest grows with processes, and names no figure: no targets.
+    Row("6. scale-out ingest, 1 process (req/s)", _get("scaleout", "runs", "1", "rate")),
+    Row("6. scale-out ingest, 2 processes (req/s)", _get("scaleout", "runs", "2", "rate")),
+    Row("6. scale-out ingest, 4 processes (req/s)", _get("scaleout", "runs", "4", "rate")),
+    Row("6. most processes (4; tiny: 2) / 1", _get("scaleout", "ratio"), "{:.2f}"),
+    Row("6. rows stored >= acknowledged, every run (1 = yes)", _get("scaleout", "durable"), "{:.0f}"),
 )
 
 

@@ -16,6 +16,9 @@ from bench import report, scenarios, wrk
 from bench.stores import PostgresStore, SQLiteStore
 
 DEFAULT_POSTGRES_URL = "postgresql://relay:relay@127.0.0.1:5432/relay_test"
+MEASUREMENTS = ("ingest", "latency", "drain", "memory", "scale", "scaleout")
+#: Several relay processes on one SQLite file is not a deployment: measured on PostgreSQL only.
+POSTGRES_ONLY = {"scaleout"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -32,8 +35,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="a server where the bench may create (and drop) a database")
     parser.add_argument("--driver", choices=("auto", "wrk", "python"), default="auto",
                         help="closed-loop load generator (auto: wrk when installed)")
-    parser.add_argument("--only", nargs="+", choices=("ingest", "latency", "drain", "memory", "scale"),
-                        help="run these measurements only")
+    parser.add_argument("--only", nargs="+", choices=MEASUREMENTS, help="run these measurements only")
     parser.add_argument("--output", type=Path, help="JSON file (default: bench/results/...)")
     parser.add_argument("--profile", action="store_true",
                         help="record a py-spy flame graph of each relay into bench/results/")
@@ -50,6 +52,7 @@ def run_backend(bench: scenarios.Bench, only: set[str]) -> dict:
         "drain_destination": lambda: scenarios.drain(bench, sizes.drain_rows, 0.0, destination=True),
         "memory": lambda: scenarios.memory(bench),
         "scale": lambda: scenarios.drain(bench, sizes.drain_rows, 0.0, history=sizes.history_rows),
+        "scaleout": lambda: scenarios.scaleout(bench),
     }
     for name, step in steps.items():
         if name.split("_")[0] not in only:
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     elif driver == "wrk" and not wrk.available():
         sys.exit(wrk.INSTALL_HINT)
     sizes = scenarios.SIZES[args.mode]
-    only = set(args.only or ("ingest", "latency", "drain", "memory", "scale"))
+    only = set(args.only or MEASUREMENTS)
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     record = {"mode": args.mode, "driver": driver, "machine": report.machine(),
               "sizes": vars(sizes), "results": {}, "store_settings": {}}
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
             if profiles:
                 profiles.mkdir(parents=True)
             bench = scenarios.Bench(sizes, logs, new_store, driver, run_id, profiles)
-            record["results"][backend] = run_backend(bench, only)
+            record["results"][backend] = run_backend(
+                bench, only if backend == "postgres" else only - POSTGRES_ONLY)
     record["seconds"] = round(time.monotonic() - started)
     path = report.save(record, args.output)
     print()

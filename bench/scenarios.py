@@ -1,4 +1,4 @@
-"""The five measurements, each on a fresh store with fresh processes.
+"""The six measurements, each on a fresh store with fresh processes.
 
 Every function takes a `Bench` (sizes, where logs go, how to make a store and offer
 load) and returns plain figures for the report.
@@ -6,12 +6,15 @@ load) and returns plain figures for the report.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +48,8 @@ class Sizes:
     #: Delivered history rows carry small bodies: claims read their index entries only,
     #: and 1M full-size bodies would take minutes to seed.
     history_bytes: int = 1024
+    #: Scale-out: how many relay processes share one PostgreSQL database, in turn.
+    scaleout_processes: tuple[int, ...] = (1, 2, 4)
 
 
 SIZES = {
@@ -54,7 +59,7 @@ SIZES = {
                    slow_drain_rows=5_000, history_rows=100_000),
     "tiny": Sizes(ingest_seconds=1, latency_seconds=1, drain_rows=300, slow_drain_rows=300,
                   history_rows=2_000, large_reports=4, large_bytes=256 * 1024, latency_rate=100,
-                  ingest_connections=8),
+                  ingest_connections=8, scaleout_processes=(1, 2)),
 }
 
 
@@ -242,3 +247,53 @@ def memory(bench: Bench) -> dict:
     return {"reports": sizes.large_reports, "report_bytes": sizes.large_bytes, **peaks["forwarding"],
             "ingest_only": peaks["ingest_only"],
             "bare_idle_rss_mb": bare_idle / 1024, "bare_peak_rss_mb": bare_peak / 1024}
+
+
+def _split(total: int, parts: int) -> list[int]:
+    """`total` connections shared as evenly as they go among `parts` load generators,
+    at least one each."""
+    return [max(1, total // parts + (i < total % parts)) for i in range(parts)]
+
+
+def _ingest_together(bench: Bench, relays: list[Server], tag: str) -> dict:
+    """Closed-loop load at every relay at once (each with its own share of the connections
+    and its own tag, so no two requests carry one call id), for the ingest duration."""
+    sizes = bench.sizes
+    shares = _split(sizes.ingest_connections, len(relays))
+    cpu = [_cpu_seconds(relay) for relay in relays]
+
+    def offer(n: int) -> dict:
+        return bench.closed_loop(relays[n].url, f"{tag}-{n}", connections=shares[n],
+                                 seconds=sizes.ingest_seconds)
+
+    with ThreadPoolExecutor(max_workers=len(relays)) as pool:  # each load is a process of its own
+        loads = list(pool.map(offer, range(len(relays))))
+    return {"processes": len(relays), "rate": sum(load["requests"] / load["seconds"] for load in loads),
+            "accepted": sum(load["accepted"] for load in loads),
+            "relay_cpu_seconds": round(sum(_cpu_seconds(r) - c for r, c in zip(relays, cpu)), 2),
+            "loads": loads}
+
+
+def scaleout(bench: Bench) -> dict:
+    """6. Durable ingest with 1, 2 and 4 `relay serve` processes on one PostgreSQL database,
+    each forwarder held back as in 1, the same total of connections shared among them:
+    how far ingest grows with the processes (and cores) given to it."""
+    runs = {}
+    for count in bench.sizes.scaleout_processes:
+        store = bench.new_store()
+        try:
+            with contextlib.ExitStack() as stack:
+                up = stack.enter_context(servers.running(
+                    lambda: servers.upstream(bench.log(f"upstream-scaleout-{count}"), hold=True)))
+                relays = [stack.enter_context(servers.running(
+                    lambda i=i: bench.relay(store, up, f"scaleout-{count}-{i}", held=True)))
+                          for i in range(count)]
+                result = _ingest_together(bench, relays, f"scaleout-{count}")
+            stored = store.rows()
+        finally:
+            store.drop()
+        runs[str(count)] = {**result, "rows_stored": stored, "durable": stored >= result["accepted"]}
+    most = max(bench.sizes.scaleout_processes)
+    return {"cpus": os.cpu_count(), "runs": runs, "most_processes": most,
+            "ratio": runs[str(most)]["rate"] / runs["1"]["rate"],
+            "durable": all(run["durable"] for run in runs.values())}
