@@ -145,7 +145,9 @@ async def _receive(
     state = request.app.state
     settings: Settings = state.settings
     properties = source_properties(
-        settings.sources, request.path_params.get("source"), request.query_params.multi_items(),
+        settings.sources, request.path_params.get("source"),
+        # Parsed only when there is one: most webhook URLs carry none.
+        request.query_params.multi_items() if request.scope["query_string"] else [],
         settings.query_properties,
     )
     check_content_type(request)
