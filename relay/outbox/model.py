@@ -129,6 +129,26 @@ class Pause:
 
 
 @dataclass(frozen=True)
+class ForwarderReport:
+    """What a forwarder (in whichever process) last said about its destination.
+
+    Its pause, rate limit and run of failures live in that forwarder's memory; reported
+    to the store, they reach /health and the status page of every process, including a
+    web process that forwards nothing itself (`relay forward` runs apart from it)."""
+
+    destination: str
+    reported_at: float
+    paused_reason: str | None = None      # its receiver refused our credentials or URL
+    paused_until: float = 0.0
+    rate_limited_until: float = 0.0
+    failing_since: float | None = None    # relay.trouble: the run of retryable failures
+    last_failure_at: float | None = None
+    last_success_at: float | None = None
+    failure: str | None = None            # the last failure, as logged
+    failure_status: int | None = None     # its HTTP status; None for no answer
+
+
+@dataclass(frozen=True)
 class Completion:
     """How a claimed delivery ends; applied only while the claimer's lease is alive."""
 
@@ -290,6 +310,19 @@ class Backend(abc.ABC):
     def paused_destinations(self) -> dict[str, Pause]: ...
 
     @abc.abstractmethod
+    def report_forwarders(self, reports: Sequence[ForwarderReport]) -> None:
+        """Record each destination's report, one row per destination: the last report
+        wins, whichever process sent it.
+
+        Not synced, like a claim: a report lost to a crash is replaced by the next one."""
+
+    @abc.abstractmethod
+    def forwarder_reports(self) -> dict[str, ForwarderReport]:
+        """Every destination's last report, by destination; destinations never reported
+        are absent. Reports are kept, even of destinations since taken out of the
+        configuration: readers look up the destinations they know."""
+
+    @abc.abstractmethod
     def revoke_session(self, nonce: str, expires_at: float, now: float) -> None:
         """Remember that the admin session `nonce` was logged out, until `expires_at`
         (when its cookie is refused anyway); forgets sessions expired by `now`."""
@@ -303,10 +336,15 @@ class Backend(abc.ABC):
         """Raise StoreUnavailable unless the store answers."""
 
     def listen(self, callback: Callable[[], None]) -> Callable[[], None] | None:
-        """Call `callback` (from any thread) whenever any process stores new work.
+        """Call `callback` (from any thread) whenever any process stores new work, and
+        once when listening starts (work stored while nobody listened announced itself
+        to no one). It may also be called when nothing new is due: a wake-up costs a
+        claim that finds nothing.
 
         Returns a function that stops listening, or None when the store cannot push
-        (then the forwarder relies on polling, which is fine within one process)."""
+        (then the forwarder relies on polling, which is fine within one process).
+        PostgreSQL pushes with NOTIFY; SQLite watches its file for commits by any other
+        connection, so a `relay forward` process hears of webhooks the web process stored."""
         return None
 
     @abc.abstractmethod

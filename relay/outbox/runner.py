@@ -29,6 +29,7 @@ from relay.outbox.model import (
     Completion,
     Delivery,
     DeliveryFilter,
+    ForwarderReport,
     Inserted,
     NewDelivery,
     Pause,
@@ -214,6 +215,13 @@ class AsyncOutbox:
 
     async def paused_destinations(self) -> dict[str, Pause]:
         return await self._read(self.backend.paused_destinations)
+
+    async def report_forwarders(self, reports: Sequence[ForwarderReport]) -> None:
+        """Record what the forwarders say about their destinations (Backend.report_forwarders)."""
+        await self._write(self.backend.report_forwarders, reports)
+
+    async def forwarder_reports(self) -> dict[str, ForwarderReport]:
+        return await self._read(self.backend.forwarder_reports)
 
     async def oldest_pending_received_at(self) -> float | None:
         return await self._read(self.backend.oldest_pending_received_at)

@@ -14,7 +14,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from relay.outbox import traffic
@@ -24,6 +24,7 @@ from relay.outbox.model import (
     Completion,
     Delivery,
     DeliveryFilter,
+    ForwarderReport,
     Inserted,
     NewDelivery,
     Pause,
@@ -225,6 +226,15 @@ class Statements(ReconciliationStatements):
         return ("SELECT row_number() OVER (ORDER BY id), started_at, duration_ms, status_code, error, "
                 f"outcome FROM delivery_attempts WHERE delivery_id = {self.mark} ORDER BY id", (delivery_id,))
 
+    def report_forwarders(self, reports: Sequence[ForwarderReport]) -> Query:
+        """One upsert for a batch of reports, each destination at most once (PostgreSQL
+        refuses to update a row twice in one statement)."""
+        rows = ", ".join([f"({self._marks(len(REPORT_FIELDS))})"] * len(reports))
+        params = [getattr(report, name) for report in reports for name in REPORT_FIELDS]
+        updates = ", ".join(f"{name} = excluded.{name}" for name in REPORT_FIELDS[1:])
+        return (f"INSERT INTO forwarder_reports ({', '.join(REPORT_FIELDS)}) VALUES {rows} "
+                f"ON CONFLICT (destination) DO UPDATE SET {updates}", params)
+
     def revoke_session(self, nonce: str, expires_at: float) -> Query:
         return (f"INSERT INTO revoked_sessions (nonce, expires_at) VALUES ({self._marks(2)}) "
                 "ON CONFLICT (nonce) DO NOTHING", (nonce, expires_at))
@@ -237,6 +247,9 @@ class Statements(ReconciliationStatements):
                 (nonce, now))
 
 
+#: The columns of `forwarder_reports`, named and ordered as ForwarderReport's fields.
+REPORT_FIELDS = tuple(f.name for f in fields(ForwarderReport))
+FORWARDER_REPORTS = f"SELECT {', '.join(REPORT_FIELDS)} FROM forwarder_reports"
 COUNTS_BY = "SELECT {column}, state, count(*) FROM deliveries GROUP BY {column}, state"
 PAUSED = "SELECT destination, reason, paused_at FROM paused_destinations"
 OLDEST_PENDING = "SELECT min(received_at) FROM deliveries WHERE state IN ('pending', 'delivering')"
@@ -393,6 +406,20 @@ class SQLBackend(ReconciliationStore, Backend):
     def paused_destinations(self) -> dict[str, Pause]:
         with self._read() as conn:
             return {name: Pause(reason, since) for name, reason, since in conn.execute(PAUSED)}
+
+    def report_forwarders(self, reports: Sequence[ForwarderReport]) -> None:
+        # The last of a destination's reports wins; one order for every process, so two
+        # writing several rows at once cannot deadlock (PostgreSQL).
+        latest = {report.destination: report for report in reports}
+        if not latest:
+            return
+        # Not synced, like a claim: a report lost to a crash is replaced by the next one.
+        with self._write(durable=False) as conn:
+            conn.execute(*self.SQL.report_forwarders([latest[d] for d in sorted(latest)]))
+
+    def forwarder_reports(self) -> dict[str, ForwarderReport]:
+        with self._read() as conn:
+            return {row[0]: ForwarderReport(*row) for row in conn.execute(FORWARDER_REPORTS).fetchall()}
 
     def oldest_pending_received_at(self) -> float | None:
         with self._read() as conn:

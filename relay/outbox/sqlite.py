@@ -4,6 +4,11 @@ Durability: WAL journal with `synchronous=FULL`, so every commit that stores web
 (or changes them for an operator) is fsync'd before it returns; claims and completions
 commit with `synchronous=NORMAL`, unsynced (see `Backend.claim`, `complete_many`).
 
+Wake-ups across processes: `listen` watches the file's `PRAGMA data_version`, which
+changes whenever another connection (another process, or another thread of this one)
+commits a change, so a `relay forward` process hears of webhooks the web process stored
+within LISTEN_INTERVAL_SECONDS instead of at its next poll.
+
 Each thread has its own connection; writes take `BEGIN IMMEDIATE` so two writers (say
 the server and the CLI) queue on SQLite's lock instead of failing halfway through a
 transaction. Any SQLite error (locked past the busy timeout, disk
@@ -22,8 +27,9 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from urllib.parse import quote
 
 from relay.errors import StoreUnavailable
 from relay.outbox import migrations
@@ -38,6 +44,11 @@ SQL = Statements(mark="?", binary_mark="?")
 #: SQLite trims it to this size whenever it starts over.
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
+#: How often a listener reads `PRAGMA data_version` (seconds): a wake-up comes this much
+#: after another process's commit at worst, and an idle relay reads it 20 times a second,
+#: each a few microseconds that touch only the shared-memory WAL index.
+LISTEN_INTERVAL_SECONDS = 0.05
+
 # Primary result codes after which a connection is not worth keeping.
 _REOPEN_AFTER = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN})
 
@@ -51,6 +62,7 @@ class SQLiteBackend(SQLBackend):
         self._local = threading.local()
         self._connections: dict[threading.Thread, sqlite3.Connection] = {}
         self._connections_lock = threading.Lock()
+        self._listeners: set[Callable[[], None]] = set()
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -184,11 +196,85 @@ class SQLiteBackend(SQLBackend):
         with self._read() as conn:
             conn.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
 
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback`, from a thread of its own, whenever another connection (any
+        process's) has committed a change to the file since it last looked, every
+        LISTEN_INTERVAL_SECONDS; and whenever listening (re)starts, since work stored
+        meanwhile announced itself to no one.
+
+        Any change wakes it, not only new work (a completion, this process's own writes):
+        the forwarders then claim and find nothing, as at a poll. A poll that fails (the
+        file locked, missing, unreadable) is tried again at the next interval, quietly:
+        the forwarders still poll, and the store's own errors are reported where it is used."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self._listen, args=(callback, stop),
+                                  name="relay-outbox-listen", daemon=True)
+
+        def unlisten() -> None:
+            stop.set()
+            with self._connections_lock:
+                self._listeners.discard(unlisten)
+            if thread is not threading.current_thread():
+                thread.join()
+
+        with self._connections_lock:
+            self._listeners.add(unlisten)
+        thread.start()
+        return unlisten
+
+    def _listen(self, callback: Callable[[], None], stop: threading.Event) -> None:
+        conn: sqlite3.Connection | None = None
+        seen: int | None = None  # data_version as `conn` last read it
+        started = False
+        try:
+            while True:
+                try:
+                    if conn is None:
+                        conn = self._listen_connection()
+                        seen = None  # each connection counts on its own
+                    # fetchall: the statement runs to its end, leaving no read open that
+                    # would hold checkpoints back.
+                    [(version,)] = conn.execute("PRAGMA data_version").fetchall()
+                except sqlite3.Error as error:
+                    code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+                    if conn is not None and code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                        conn.close()  # reopened at the next try (the file may be back)
+                        conn = None
+                    version = None
+                if version is not None and version != seen:
+                    # A first read (listening has (re)started) or others' commits since the last.
+                    seen = version
+                    started = True
+                    callback()
+                elif not started:  # the first poll failed: wake once all the same
+                    started = True
+                    callback()
+                if stop.wait(LISTEN_INTERVAL_SECONDS):
+                    return
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _listen_connection(self) -> sqlite3.Connection:
+        """A connection that only reads `data_version`: opened without creating the file
+        (mode=rw), and with a short busy timeout, so a stop waits for no lock."""
+        uri = f"file:{quote(os.path.abspath(self.path))}?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(LISTEN_INTERVAL_SECONDS * 1000)}")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
     def close(self) -> None:
         with self._connections_lock:
             for conn in self._connections.values():
                 conn.close()
             self._connections.clear()
+            listeners = list(self._listeners)
+        for unlisten in listeners:
+            unlisten()
         self._local = threading.local()
 
 
