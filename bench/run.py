@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     sizes = scenarios.SIZES[args.mode]
     only = set(args.only or MEASUREMENTS)
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
-    record = {"mode": args.mode, "driver": driver, "machine": report.machine(),
+    # The relays inherit this environment: RELAY_FORWARD=inline compares forwarding in the
+    # server's process with the default, a process of its own.
+    forwarding = os.environ.get("RELAY_FORWARD", "process")
+    record = {"mode": args.mode, "driver": driver, "forwarding": forwarding, "machine": report.machine(),
               "sizes": vars(sizes), "results": {}, "store_settings": {}}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as folder:
@@ -104,5 +107,6 @@ def main(argv: list[str] | None = None) -> None:
     path = report.save(record, args.output)
     print()
     print(report.table(record["results"]))
-    print(f"\n{args.mode} run, {driver} driver, {record['seconds']} s; results in {path}")
+    print(f"\n{args.mode} run, {driver} driver, forwarding {forwarding}, {record['seconds']} s; "
+          f"results in {path}")
 

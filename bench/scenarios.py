@@ -119,12 +119,6 @@ def _load(mode: str, url: str, tag: str, size: int, *args: str) -> dict:
     return json.loads(run.stdout)
 
 
-def _cpu_seconds(server: Server) -> float:
-    """User + system CPU time the process has used (all threads)."""
-    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in clock ticks (100 Hz)
-
-
 def _wait_drained(store: Store, timeout: float) -> tuple[int, float]:
     """Wait until no delivery is pending or in flight: (undelivered at the start, seconds)."""
     started, initial = time.perf_counter(), store.undelivered()
@@ -146,9 +140,9 @@ def ingest(bench: Bench) -> dict:
     try:
         with (servers.running(lambda: servers.upstream(bench.log("upstream-hold"), hold=True)) as up,
               servers.running(lambda: bench.relay(store, up, "ingest", held=True)) as relay):
-            cpu = _cpu_seconds(relay)
+            cpu = relay.cpu_seconds()
             result = bench.closed_loop(relay.url, "ingest", **load)
-            result["cpu_seconds"] = round(_cpu_seconds(relay) - cpu, 2)
+            result["cpu_seconds"] = round(relay.cpu_seconds() - cpu, 2)
         stored = store.rows()
     finally:
         store.drop()
@@ -206,9 +200,9 @@ def drain(bench: Bench, rows: int, delay: float, *, history: int = 0, destinatio
         with (servers.running(lambda: servers.upstream(bench.log(f"upstream-{delay:g}s"),
                                                        delay=delay)) as up,
               servers.running(lambda: bench.relay(store, up, name, destination=destination)) as relay):
-            cpu = _cpu_seconds(relay), _cpu_seconds(up)
+            cpu = relay.cpu_seconds(), up.cpu_seconds()
             initial, seconds = _wait_drained(store, timeout=60 + rows / 50)
-            relay_cpu, upstream_cpu = _cpu_seconds(relay) - cpu[0], _cpu_seconds(up) - cpu[1]
+            relay_cpu, upstream_cpu = relay.cpu_seconds() - cpu[0], up.cpu_seconds() - cpu[1]
             memory = relay.memory_kb()
         delivered = store.rows() - store.undelivered() - history
     finally:
@@ -260,7 +254,7 @@ def _ingest_together(bench: Bench, relays: list[Server], tag: str) -> dict:
     and its own tag, so no two requests carry one call id), for the ingest duration."""
     sizes = bench.sizes
     shares = _split(sizes.ingest_connections, len(relays))
-    cpu = [_cpu_seconds(relay) for relay in relays]
+    cpu = [relay.cpu_seconds() for relay in relays]
 
     def offer(n: int) -> dict:
         return bench.closed_loop(relays[n].url, f"{tag}-{n}", connections=shares[n],
@@ -270,7 +264,7 @@ def _ingest_together(bench: Bench, relays: list[Server], tag: str) -> dict:
         loads = list(pool.map(offer, range(len(relays))))
     return {"processes": len(relays), "rate": sum(load["requests"] / load["seconds"] for load in loads),
             "accepted": sum(load["accepted"] for load in loads),
-            "relay_cpu_seconds": round(sum(_cpu_seconds(r) - c for r, c in zip(relays, cpu)), 2),
+            "relay_cpu_seconds": round(sum(r.cpu_seconds() - c for r, c in zip(relays, cpu)), 2),
             "loads": loads}
 
 

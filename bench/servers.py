@@ -23,6 +23,11 @@ VAPI_SECRET = "vapi_bench_secret"
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state, ppid, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -57,14 +62,41 @@ class Server:
         self.stop()
         raise RuntimeError(f"{self.name} not ready within {timeout:g} s; see {log}")
 
+    def processes(self) -> list[int]:
+        """The server process and its descendants (the relay's forwarding process)."""
+        parents = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    parents[int(entry.name)] = int(_stat(int(entry.name))[1])
+                except (OSError, ValueError):
+                    continue
+        tree = [self.process.pid]
+        for pid in tree:
+            tree += [child for child, parent in parents.items() if parent == pid]
+        return tree
+
     def memory_kb(self) -> dict[str, int]:
-        """Current and peak resident set size (VmRSS, VmHWM) of the server process."""
-        fields = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0])
+        """Current and peak resident set size (VmRSS, VmHWM), summed over the server's
+        processes: a peak each reached at its own moment, so an upper bound."""
+        fields = {"VmRSS": 0, "VmHWM": 0}
+        for pid in self.processes():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in fields:
+                    fields[key] += int(value.split()[0])
         return fields
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server's processes have used (all threads; ended
+        children included once reaped)."""
+        ticks = 0
+        for pid in self.processes():
+            fields = _stat(pid)
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            if pid == self.process.pid:
+                ticks += int(fields[13]) + int(fields[14])  # cutime, cstime: reaped children
+        return ticks / 100  # clock ticks (100 Hz)
 
     def stop(self, timeout: float = 30.0) -> None:
         if self._profiler is not None:  # py-spy writes its flame graph when interrupted
@@ -108,7 +140,7 @@ def _profile(pid: int, output: Path) -> subprocess.Popen:
     executable = shutil.which("py-spy")
     if executable is None:
         raise RuntimeError("--profile needs py-spy: pip install py-spy")
-    return subprocess.Popen([executable, "record", "--pid", str(pid), "--output", str(output),
+    return subprocess.Popen([executable, "record", "--pid", str(pid), "--output", str(output), "--subprocesses",
                              "--threads", "--nonblocking", "--rate", "200"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
