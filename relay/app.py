@@ -27,8 +27,10 @@ from relay.admin.auth import AdminAuth
 from relay.admin.throttle import LoginThrottle
 from relay.budget import ByteBudget
 from relay.errors import HTTPError, MethodNotAllowed, NotFound, ServiceUnavailable, StoreUnavailable
-from relay.destinations.client import DestinationClient
+from relay.background import Background
 from relay.forwarder import Forwarder, Forwarders
+from relay.forwarding_process import ForwardingProcess
+from relay.remote_forwarders import RemoteForwarder, RemoteForwarders
 from relay.ingest import receive_webhook
 from relay.metrics import Metrics
 from relay.outbox import ROARK, AsyncOutbox, Pause, open_backend
@@ -36,9 +38,7 @@ from relay.outbox.startup import migrate_when_available_async, startup_patience
 from relay.passthrough import PassThrough
 from relay.reconciliation.service import Reconcilers
 from relay.responses import JSONResponse
-from relay.retention import run_retention
 from relay.settings import Settings
-from relay.upstream import RoarkClient
 
 log = structlog.get_logger("relay.app")
 
@@ -202,7 +202,7 @@ async def health(request: Request) -> JSONResponse:
     if explain:
         state.admin_auth.require_bearer(request)
     settings: Settings = state.settings
-    forwarders: Forwarders = state.forwarders
+    forwarders: Forwarders | RemoteForwarders = state.forwarders
     problems = []
     backlog_age = None
     stopped: dict[str, Pause] = {}
@@ -250,7 +250,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"data": data}, status_code=503 if status == "unhealthy" else 200)
 
 
-def delivery_problems(forwarder: Forwarder, stopped: Pause | None) -> list[str]:
+def delivery_problems(forwarder: Forwarder | RemoteForwarder, stopped: Pause | None) -> list[str]:
     """What keeps a forwarder's deliveries from arriving, as an operator should read it."""
     if stopped is not None:
         return [stopped.reason]
@@ -267,14 +267,19 @@ async def metrics(request: Request) -> Response:
         raise NotFound("/metrics is disabled until RELAY_ADMIN_TOKEN is set")
     state.admin_auth.require_bearer(request)
     try:
-        body = await state.metrics.render(state.outbox, {f.destination: f.paused for f in state.forwarders})
+        child = state.forwarding_process
+        body = await state.metrics.render(state.outbox, {f.destination: f.paused for f in state.forwarders},
+                                          None if child is None else child.metrics())
     except StoreUnavailable as error:
         raise ServiceUnavailable(f"metrics need the outbox: {error}", retry_after_seconds=5) from None
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = None) -> Relay:
-    """The relay; `login_throttle` replaces the default one (tests give it a clock)."""
+def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = None,
+               forwarding: str = "inline") -> Relay:
+    """The relay; `login_throttle` replaces the default one (tests give it a clock).
+    `forwarding`: where the forwarders run (RELAY_FORWARD: process, inline or off); in
+    process by default, for apps served in a test's own process."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for provider, warnings in settings.provider_warnings().items():
@@ -287,41 +292,33 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
             log.error("relay_start_failed", error=str(error))
             await outbox.close()
             raise
-        configured = [ROARK, *(d.name for d in settings.destinations)]
-        try:
-            failed = await outbox.fail_unconfigured(configured)
-        except StoreUnavailable as error:  # the next start tries again; nothing is lost
-            log.warning("unconfigured_destinations_not_checked", error=str(error))
-        else:
-            for destination, count in failed.items():
-                log.warning("destination_no_longer_configured", destination=destination, failed=count,
-                            replay=f"add it back to RELAY_DESTINATIONS, then relay replay --all-failed "
-                                   f"--destination {destination}")
-        metrics = app.state.metrics
-        forwarders = Forwarders(outbox, [
-            Forwarder(outbox, RoarkClient(settings), settings, metrics),
-            *(Forwarder(outbox, DestinationClient(d, settings.proxy_for(d.url)), settings, metrics,
-                        destination=d.name, concurrency=d.concurrency) for d in settings.destinations),
-        ])
         app.state.outbox = outbox
-        app.state.forwarders = forwarders
         app.state.pass_through = PassThrough(settings.proxy_for)
-        forwarders.start()
-        reconcilers = Reconcilers(settings, outbox, app.state.metrics)
-        app.state.reconcilers = reconcilers
-        reconcilers.start()
-        stop_retention = asyncio.Event()
-        retention = asyncio.create_task(run_retention(outbox, settings, stop_retention),
-                                        name="relay-retention")
+        background = child = None
+        if forwarding == "inline":
+            background = Background(settings, outbox, app.state.metrics)
+            await background.start()
+            app.state.forwarders, app.state.reconcilers = background.forwarders, background.reconcilers
+        else:
+            app.state.forwarders = RemoteForwarders(outbox, settings)
+            await app.state.forwarders.start()
+            # Not started: it tells /health and the status page what is reconciled.
+            app.state.reconcilers = Reconcilers(settings, outbox, app.state.metrics)
+            if forwarding == "process":
+                child = ForwardingProcess(settings.shutdown_grace_seconds)
+                await child.start()
+        app.state.forwarding_process = child
         log.info("relay_started", version=__version__, schema_version=version,
-                 upstream=settings.roark_base_url)
+                 upstream=settings.roark_base_url, forwarding=forwarding)
         try:
             yield
         finally:
-            stop_retention.set()
-            await retention
-            await reconcilers.stop()
-            await forwarders.stop()
+            if child is not None:
+                await child.stop()
+            if background is not None:
+                await background.stop()
+            else:
+                await app.state.forwarders.stop()
             await app.state.pass_through.aclose()
             await outbox.close()
 

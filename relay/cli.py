@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import click
@@ -77,7 +78,8 @@ def main() -> None:
 @click.option("--host", default=None, help="Interface to bind (default RELAY_HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default PORT or 8000).")
 def serve(host: str | None, port: int | None) -> None:
-    """Run the relay: webhook endpoints, health check and the background forwarder."""
+    """Run the relay: webhook endpoints, health check and status page, with a forwarding
+    process beside it (RELAY_FORWARD: process, inline or off)."""
     from relay.server import run
 
     settings = load_settings()
@@ -86,6 +88,25 @@ def serve(host: str | None, port: int | None) -> None:
     with outbox(settings, patience=startup_patience(settings.database_url)):
         pass
     run(settings, host=host or settings.host, port=settings.port if port is None else port)
+
+
+@main.command()
+@click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True,
+              help="Rewrite this file with the Prometheus exposition of what it counts.")
+@click.option("--parent-pid", type=int, hidden=True, help="End when this process ends.")
+def forward(metrics_file: Path | None, parent_pid: int | None) -> None:
+    """Deliver stored webhooks to Roark and every destination (and reconcile, and prune),
+    without serving HTTP: `relay serve` starts this beside itself unless RELAY_FORWARD
+    says otherwise; run it alone, e.g. as a Heroku worker, with RELAY_FORWARD=off on
+    the web processes. Stops on SIGTERM or SIGINT, handing back what is in flight."""
+    from relay import logs
+    from relay.forwarding_process import forward as run_forwarding
+
+    settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    with outbox(settings, patience=startup_patience(settings.database_url)):
+        pass
+    run_forwarding(settings, metrics_file, parent_pid)
 
 
 @main.command("settings")

@@ -108,6 +108,8 @@ CLI:          RELAY_DATABASE_URL=sqlite:///{database} relay deliveries list
 Replay the failed ones from the page (the fake Roark accepts them now). Ctrl-C stops.""")
 
     try:
-        run(settings, host="127.0.0.1", port=port, on_started=started)
+        # Inline: these settings are the demo's own, not the environment's, which a
+        # forwarding process would read.
+        run(settings, host="127.0.0.1", port=port, on_started=started, forwarding="inline")
     finally:
         fake.stop()

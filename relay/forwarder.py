@@ -1,7 +1,7 @@
 """The background forwarders: one per destination (Roark's first), each claiming only
 its own due deliveries and sending them with its own client.
 
-They run inside the server process, started and stopped by the app's lifespan. Each has
+They run in a forwarding process of their own or in the server's (relay.background). Each has
 its own concurrency, connection pool, pause and rate-limit gate, so a destination that
 is down or slow never holds up another: its deliveries wait in the store, not in a
 shared queue. Nothing here sleeps on a retry schedule: every outcome is written back to
@@ -31,7 +31,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from relay.errors import StoreUnavailable
 from relay.metrics import Metrics, status_class
-from relay.outbox import ROARK, AsyncOutbox, Attempt, Completion, Delivery, State
+from relay.outbox import ROARK, AsyncOutbox, Attempt, Completion, Delivery, ForwarderReport, State
 from relay.retry import (
     Delivered,
     GiveUp,
@@ -113,6 +113,15 @@ class Forwarder:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"relay-forwarder-{self.destination}")
+
+    def report(self, now: float) -> ForwarderReport:
+        """Its state, for a server process that shows it from the store (relay.background)."""
+        trouble = self.trouble.state
+        return ForwarderReport(
+            destination=self.destination, reported_at=now, paused_reason=self.pause_reason,
+            paused_until=self.paused_until, rate_limited_until=self.rate_limited_until,
+            failing_since=trouble.failing_since, last_failure_at=trouble.last_failure,
+            last_success_at=trouble.last_success, failure=trouble.failure, failure_status=trouble.status)
 
     def wake(self) -> None:
         """New work was stored: claim now instead of at the next poll."""

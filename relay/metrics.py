@@ -4,6 +4,9 @@ behind we are.
 Counters and the latency histogram are updated as things happen; queue depth, backlog
 age and the pause flags are read from the outbox and forwarders when /metrics is
 scraped, so they are true across restarts and across instances sharing one database.
+What the background work counts (delivery attempts, reconciliation) has a registry of
+its own, `background`, since that work may run in another process
+(relay.forwarding_process), which hands its exposition over.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Metrics:
     def __init__(self) -> None:
         # One registry per app, so several apps in one process (tests) do not collide.
         self.registry = CollectorRegistry()
+        self.background = CollectorRegistry()
         self.webhooks = Counter(
             "relay_webhooks_received", "Webhooks received, by provider and outcome "
             "(accepted, duplicate, ignored, passed_through, rejected, unanswered, unavailable).",
@@ -43,11 +47,11 @@ class Metrics:
             "relay_delivery_attempts", "Delivery attempts, by provider, destination (roark or "
             "one of RELAY_DESTINATIONS), outcome (delivered, retryat, giveup, pausedelivery, "
             "stopreceiver) and status class.",
-            ["provider", "destination", "outcome", "status_class"], registry=self.registry,
+            ["provider", "destination", "outcome", "status_class"], registry=self.background,
         )
         self.attempt_seconds = Histogram(
             "relay_delivery_attempt_duration_seconds", "Duration of one POST to a destination.",
-            ["provider", "destination"], registry=self.registry,
+            ["provider", "destination"], registry=self.background,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.passed_through = Counter(
@@ -76,12 +80,12 @@ class Metrics:
         )
         self.reconciled = Counter(
             "relay_reconciled_calls", "Calls queued by reconciliation (ended calls whose webhook "
-            "never came), by provider.", ["provider"], registry=self.registry,
+            "never came), by provider.", ["provider"], registry=self.background,
         )
         self.reconcile_runs = Counter(
             "relay_reconciliation_runs", "Reconciliation runs by provider and outcome (ok, failed, "
             "skipped: another instance held the provider, stopped: the relay was shutting down).",
-            ["provider", "outcome"], registry=self.registry,
+            ["provider", "outcome"], registry=self.background,
         )
         self.reconcile_last_success = Gauge(
             "relay_reconciliation_last_success_timestamp_seconds",
@@ -89,8 +93,10 @@ class Metrics:
             ["provider"], registry=self.registry,
         )
 
-    async def render(self, outbox: AsyncOutbox, paused: Mapping[str, bool]) -> bytes:
-        """`paused`: every destination, and whether its forwarder holds back for now."""
+    async def render(self, outbox: AsyncOutbox, paused: Mapping[str, bool], background: bytes | None = None) -> bytes:
+        """`paused`: every destination, and whether its forwarder holds back for now;
+        `background`: the exposition of a forwarding process's `background` registry,
+        to show instead of this process's own."""
         counts = await outbox.counts_by_destination()
         stopped = await outbox.paused_destinations()
         oldest = await outbox.oldest_pending_received_at()
@@ -102,4 +108,4 @@ class Metrics:
         for reconciliation in await outbox.reconciliations():
             if reconciliation.last_success_at is not None:
                 self.reconcile_last_success.labels(reconciliation.provider).set(reconciliation.last_success_at)
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + (background or generate_latest(self.background))

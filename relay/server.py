@@ -352,12 +352,15 @@ def run(
     host: str,
     port: int,
     on_started: Callable[[str], None] | None = None,
+    forwarding: str | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM. `on_started(base_url)` runs on a helper thread once
-    the server accepts connections."""
+    the server accepts connections. `forwarding`: where the forwarders run, if not
+    where RELAY_FORWARD says."""
     logs.configure(settings.log_level, settings.log_format)
     return_large_blocks_to_the_system()
-    server = uvicorn.Server(uvicorn_config(settings, create_app(settings), host, port))
+    app = create_app(settings, forwarding=forwarding or settings.forward)
+    server = uvicorn.Server(uvicorn_config(settings, app, host, port))
     if on_started is not None:
         def notify() -> None:
             while not server.started:

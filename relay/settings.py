@@ -215,11 +215,17 @@ class Settings:
         the payload is forwarded unchanged. false: forward the payload as the provider
         sent it, the customer's Twilio credentials included.""")
 
+    forward: str = setting(
+        "RELAY_FORWARD", "process", Choice(("process", "inline", "off")),
+        """Where `relay serve` forwards. process: in a forwarding process of its own,
+        started (and restarted) with the server, so receiving and delivering do not share
+        one interpreter; inline: in the server process; off: not here (a `relay forward`
+        elsewhere delivers, e.g. a Heroku worker dyno).""",
+        section="Forwarding")
     forward_concurrency: int = setting(
         "RELAY_FORWARD_CONCURRENCY", 128, Integer(1, 512),
         """Deliveries in flight at once. It bounds a drain at this many per Roark latency
-        (128 at 200 ms: 640/s); the bytes in flight are capped at 16 MB however many.""",
-        section="Forwarding")
+        (128 at 200 ms: 640/s); the bytes in flight are capped at 16 MB however many.""")
     lease_seconds: float | None = setting(
         "RELAY_LEASE_SECONDS", None, Seconds(1),
         """A claimed delivery not finished within this long is claimed again (crash

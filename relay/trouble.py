@@ -34,9 +34,32 @@ class Repeated:
     since: float
 
 
+@dataclass(frozen=True)
+class TroubleState:
+    """What the rule needs to know of a receiver's recent attempts (times are unix
+    seconds; None: never)."""
+
+    failing_since: float | None = None
+    last_failure: float | None = None
+    last_success: float | None = None
+    failure: str | None = None
+    status: int | None = None
+
+
+def describe(receiver: str, state: TroubleState, now: float) -> str | None:
+    """What is wrong, when every attempt of the last minute failed; None otherwise."""
+    if state.failing_since is None or state.last_failure is None or now - state.last_failure > WINDOW_SECONDS \
+            or (state.last_success is not None and now - state.last_success <= WINDOW_SECONDS):
+        return None
+    lasting = duration(now - state.failing_since)
+    if state.status is None:
+        return f"{receiver} unreachable for {lasting}: {state.failure}"
+    return f"{receiver} answering {state.status} to every attempt for {lasting}: {state.failure}"
+
+
 class UpstreamTrouble:
     def __init__(self, receiver: str = "Roark") -> None:
-        self._receiver = receiver
+        self.receiver = receiver
         self._last_success = float("-inf")
         self._last_failure = float("-inf")
         self._failing_since: float | None = None
@@ -71,15 +94,16 @@ class UpstreamTrouble:
         self._repeats, self._summarised_at = 0, now
         return summary
 
+    @property
+    def state(self) -> TroubleState:
+        return TroubleState(
+            failing_since=self._failing_since,
+            last_failure=None if self._last_failure == float("-inf") else self._last_failure,
+            last_success=None if self._last_success == float("-inf") else self._last_success,
+            failure=self._failure, status=self._status)
+
     def describe(self, now: float) -> str | None:
-        """What is wrong, when every attempt of the last minute failed; None otherwise."""
-        if self._failing_since is None or now - self._last_failure > WINDOW_SECONDS \
-                or now - self._last_success <= WINDOW_SECONDS:
-            return None
-        lasting = duration(now - self._failing_since)
-        if self._status is None:
-            return f"{self._receiver} unreachable for {lasting}: {self._failure}"
-        return f"{self._receiver} answering {self._status} to every attempt for {lasting}: {self._failure}"
+        return describe(self.receiver, self.state, now)
 
 
 def duration(seconds: float) -> str:

@@ -54,6 +54,20 @@ class RelayProcess:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
 
+    def children(self) -> list[int]:
+        """Its live child processes: the forwarding process (RELAY_FORWARD=process)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                fields = stat.rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.process.pid and fields[0] != "Z":
+                    found.append(int(entry.name))
+        return found
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -119,6 +119,8 @@ def test_acknowledged_webhook_survives_a_kill_and_is_delivered_after_restart(sta
 
 def test_sigterm_stops_cleanly(start_relay, relay_env):
     relay = start_relay(relay_env)
+    # Its forwarding process too (stopped while still starting, it has nothing to hand back).
+    eventually(lambda: "forwarding_started" in relay.logs(), WAIT)
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells why.
     assert relay.terminate() == -signal.SIGTERM
     logs = relay.logs()

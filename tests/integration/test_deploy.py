@@ -39,7 +39,7 @@ def test_every_setting_is_documented_in_the_example_config():
 
 def test_procfile_web_process_serves_on_port(tmp_path):
     processes = procfile()
-    assert set(processes) == {"web", "release"}
+    assert set(processes) == {"web", "worker", "release"}
     port = free_port()
     env = {"PATH": os.environ["PATH"], "PORT": str(port), "ROARK_API_KEY": "rk_test",
            "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
@@ -58,6 +58,22 @@ def test_procfile_web_process_serves_on_port(tmp_path):
     finally:
         web.send_signal(signal.SIGTERM)
         web.wait(timeout=20)
+
+
+def test_procfile_worker_forwards_until_told_to_stop(tmp_path):
+    """The worker Heroku scales apart from web (with RELAY_FORWARD=off on the app)."""
+    env = {"PATH": os.environ["PATH"], "ROARK_API_KEY": "rk_test", "RELAY_FORWARD": "off",
+           "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}", "RELAY_LOG_FORMAT": "json"}
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(["sh", "-c", f"exec {procfile()['worker']}"], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    try:
+        eventually(lambda: "forwarding_started" in log.read_text(), timeout=20, interval=0.1)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+    assert '"forwarder_stopped"' in log.read_text()
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

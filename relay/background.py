@@ -1,0 +1,86 @@
+"""The relay's background work, started and stopped together: a forwarder per
+destination, reconciliation and retention. It runs in the server process
+(RELAY_FORWARD=inline, and apps made in process by tests) or in a forwarding process of
+its own (`relay forward`, which `relay serve` starts by default).
+
+Run in a process of its own, it also reports each forwarder's state to the store every
+REPORT_SECONDS, which is how the server's /health, status page and metrics learn that
+Roark is refusing the key or failing every attempt (relay.remote_forwarders).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+
+from relay.destinations.client import DestinationClient
+from relay.errors import StoreUnavailable
+from relay.forwarder import Forwarder, Forwarders
+from relay.metrics import Metrics
+from relay.outbox import ROARK, AsyncOutbox
+from relay.reconciliation.service import Reconcilers
+from relay.retention import run_retention
+from relay.settings import Settings
+from relay.upstream import RoarkClient
+
+log = structlog.get_logger("relay.background")
+
+#: How often a forwarding process writes its forwarders' state to the store.
+REPORT_SECONDS = 1.0
+
+
+class Background:
+    def __init__(self, settings: Settings, outbox: AsyncOutbox, metrics: Metrics, *, report: bool = False) -> None:
+        self._settings = settings
+        self._outbox = outbox
+        self._report = report
+        self.forwarders = Forwarders(outbox, [
+            Forwarder(outbox, RoarkClient(settings), settings, metrics),
+            *(Forwarder(outbox, DestinationClient(d, settings.proxy_for(d.url)), settings, metrics,
+                        destination=d.name, concurrency=d.concurrency) for d in settings.destinations),
+        ])
+        self.reconcilers = Reconcilers(settings, outbox, metrics)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self._fail_unconfigured()
+        self.forwarders.start()
+        self.reconcilers.start()
+        self._tasks.append(asyncio.create_task(run_retention(self._outbox, self._settings, self._stop),
+                                               name="relay-retention"))
+        if self._report:
+            self._tasks.append(asyncio.create_task(self._report_forwarders(), name="relay-reports"))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        await self.reconcilers.stop()
+        await self.forwarders.stop()
+
+    async def _fail_unconfigured(self) -> None:
+        """Deliveries owed to a destination no longer configured would stay pending (and
+        /health degraded) for ever: they fail, saying how to replay them."""
+        configured = [ROARK, *(d.name for d in self._settings.destinations)]
+        try:
+            failed = await self._outbox.fail_unconfigured(configured)
+        except StoreUnavailable as error:  # the next start tries again; nothing is lost
+            log.warning("unconfigured_destinations_not_checked", error=str(error))
+            return
+        for destination, count in failed.items():
+            log.warning("destination_no_longer_configured", destination=destination, failed=count,
+                        replay=f"add it back to RELAY_DESTINATIONS, then relay replay --all-failed "
+                               f"--destination {destination}")
+
+    async def _report_forwarders(self) -> None:
+        while not self._stop.is_set():
+            now = time.time()
+            try:
+                await self._outbox.report_forwarders([f.report(now) for f in self.forwarders])
+            except StoreUnavailable as error:  # the server says the reports stopped coming
+                log.warning("forwarder_report_failed", error=str(error))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), REPORT_SECONDS)
