@@ -231,7 +231,8 @@ def memory(bench: Bench) -> dict:
                 if not hold:
                     _wait_drained(store, timeout=120)
                 peaks[name] = {"accepted": result["accepted"], "idle_rss_mb": idle / 1024,
-                               "peak_rss_mb": relay.memory_kb()["VmHWM"] / 1024}
+                               "peak_rss_mb": relay.memory_kb()["VmHWM"] / 1024,
+                               "peak_rss_mb_by_process": [p["VmHWM"] / 1024 for p in relay.memory_kb_by_process()]}
         finally:
             store.drop()
     with servers.running(bench.bare) as bare:

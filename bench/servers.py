@@ -79,13 +79,20 @@ class Server:
     def memory_kb(self) -> dict[str, int]:
         """Current and peak resident set size (VmRSS, VmHWM), summed over the server's
         processes: a peak each reached at its own moment, so an upper bound."""
-        fields = {"VmRSS": 0, "VmHWM": 0}
+        each = self.memory_kb_by_process()
+        return {key: sum(fields[key] for fields in each) for key in ("VmRSS", "VmHWM")}
+
+    def memory_kb_by_process(self) -> list[dict[str, int]]:
+        """VmRSS and VmHWM of the server process, then of each of its descendants."""
+        each = []
         for pid in self.processes():
+            fields = {}
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 key, _, value = line.partition(":")
-                if key in fields:
-                    fields[key] += int(value.split()[0])
-        return fields
+                if key in ("VmRSS", "VmHWM"):
+                    fields[key] = int(value.split()[0])
+            each.append(fields)
+        return each
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server's processes have used (all threads; ended
