@@ -144,8 +144,13 @@ class ForwardingProcess:
             if self._stopping:
                 return
             delay = 1.0 if time.monotonic() - started > STEADY_SECONDS else min(delay * 2, MAX_RESTART_DELAY_SECONDS)
-            log.error("forwarding_process_exited", code=code, restart_in_seconds=delay,
-                      consequence="webhooks are stored but not delivered until it is back")
+            if code == 0:
+                # It was told to stop: most often Ctrl-C, which reaches the whole process
+                # group, so this server is about to stop too (and cancels the restart).
+                log.info("forwarding_process_stopped", restart_in_seconds=delay)
+            else:
+                log.error("forwarding_process_exited", code=code, restart_in_seconds=delay,
+                          consequence="webhooks are stored but not delivered until it is back")
             await asyncio.sleep(delay)
             if self._stopping:
                 return

@@ -60,6 +60,16 @@ def test_serve_forwards_from_a_child_process_restarted_when_it_dies(start_relay,
     eventually(lambda: [r["state"] for r in rows(relay_env)] == ["delivered", "delivered"], WAIT)
 
 
+def test_a_forwarding_process_told_to_stop_is_started_again_without_an_error(start_relay, relay_env):
+    relay = start_relay(relay_env)
+    child = forwarding_child(relay)
+    eventually(lambda: "forwarding_started" in relay.logs(), WAIT)
+    os.kill(child, signal.SIGTERM)
+    eventually(lambda: [p for p in relay.children() if p != child], WAIT, message="not started again")
+    assert "forwarding_process_stopped" in relay.logs()
+    assert "forwarding_process_exited" not in relay.logs()
+
+
 def test_a_server_killed_outright_takes_its_forwarding_process_with_it(start_relay, relay_env):
     relay = start_relay(relay_env)
     child = forwarding_child(relay)
