@@ -19,6 +19,7 @@ import structlog
 
 from relay.errors import StoreUnavailable
 from relay.outbox import ROARK, AsyncOutbox, ForwarderReport
+from relay.retry import ROARK_RECEIVER, destination_receiver
 from relay.settings import Settings
 from relay.trouble import TroubleState, describe, duration
 
@@ -52,7 +53,7 @@ class RemoteTrouble:
 class RemoteForwarder:
     def __init__(self, destination: str, watched_since: float) -> None:
         self.destination = destination
-        self.receiver = "Roark" if destination == ROARK else f"destination {destination}"
+        self.receiver = (ROARK_RECEIVER if destination == ROARK else destination_receiver(destination)).name
         self.watched_since = watched_since
         self.report: ForwarderReport | None = None
         self.trouble = RemoteTrouble(self)

@@ -59,6 +59,12 @@ class Receiver:
 ROARK_RECEIVER = Receiver()
 
 
+def destination_receiver(name: str) -> Receiver:
+    """One of RELAY_DESTINATIONS, named `name`, as the decisions name it."""
+    return Receiver(f"destination {name}", f"the secret of destination {name} (RELAY_DESTINATIONS)",
+                    f"the url of destination {name} (RELAY_DESTINATIONS)", gone_stops=True)
+
+
 @dataclass(frozen=True)
 class AttemptResult:
     """What one POST came back with: a status, or a transport error."""

@@ -18,7 +18,7 @@ import httpx
 from relay import __version__
 from relay.destinations.config import Destination
 from relay.outbox import Delivery
-from relay.retry import Receiver
+from relay.retry import destination_receiver
 from relay.transport import Transport
 from relay.upstream import OFF_LOOP_BYTES, Outcome, send
 
@@ -34,10 +34,7 @@ class DestinationClient:
     def __init__(self, destination: Destination, proxy: str | None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.destination = destination
-        name = destination.name
-        self.receiver = Receiver(
-            f"destination {name}", f"the secret of destination {name} (RELAY_DESTINATIONS)",
-            f"the url of destination {name} (RELAY_DESTINATIONS)", gone_stops=True)
+        self.receiver = destination_receiver(destination.name)
         self._transport = transport or Transport(max_connections=destination.concurrency, proxy=proxy)
         self._url = httpx.URL(destination.url)
         self._timeouts = {"timeout": httpx.Timeout(destination.timeout_seconds, connect=5.0).as_dict()}
