@@ -11,7 +11,6 @@ Roark is refusing the key or failing every attempt (relay.remote_forwarders).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import structlog
@@ -21,6 +20,7 @@ from relay.errors import StoreUnavailable
 from relay.forwarder import Forwarder, Forwarders
 from relay.metrics import Metrics
 from relay.outbox import ROARK, AsyncOutbox
+from relay.periodic import every
 from relay.reconciliation.service import Reconcilers
 from relay.retention import run_retention
 from relay.settings import Settings
@@ -53,7 +53,8 @@ class Background:
         self._tasks.append(asyncio.create_task(run_retention(self._outbox, self._settings, self._stop),
                                                name="relay-retention"))
         if self._report:
-            self._tasks.append(asyncio.create_task(self._report_forwarders(), name="relay-reports"))
+            self._tasks.append(asyncio.create_task(every(REPORT_SECONDS, self._stop, self._report_forwarders),
+                                                   name="relay-reports"))
 
     async def stop(self) -> None:
         self._stop.set()
@@ -76,11 +77,8 @@ class Background:
                                f"--destination {destination}")
 
     async def _report_forwarders(self) -> None:
-        while not self._stop.is_set():
-            now = time.time()
-            try:
-                await self._outbox.report_forwarders([f.report(now) for f in self.forwarders])
-            except StoreUnavailable as error:  # the server says the reports stopped coming
-                log.warning("forwarder_report_failed", error=str(error))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), REPORT_SECONDS)
+        now = time.time()
+        try:
+            await self._outbox.report_forwarders([f.report(now) for f in self.forwarders])
+        except StoreUnavailable as error:  # the server says the reports stopped coming
+            log.warning("forwarder_report_failed", error=str(error))

@@ -31,6 +31,7 @@ from relay.background import Background
 from relay.metrics import Metrics
 from relay.outbox import AsyncOutbox, open_backend
 from relay.outbox.startup import migrate_when_available_async, startup_patience
+from relay.periodic import every
 from relay.settings import Settings
 
 log = structlog.get_logger("relay.forwarding_process")
@@ -55,16 +56,16 @@ async def run_forwarding(settings: Settings, stop: asyncio.Event, metrics_file: 
         await background.start()
         log.info("forwarding_started", version=__version__, upstream=settings.roark_base_url,
                  destinations=[d.name for d in settings.destinations])
-        try:
-            while not stop.is_set():
-                if metrics_file is not None:
-                    _write_atomically(metrics_file, generate_latest(metrics.background))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), METRICS_SECONDS)
-        finally:
-            await background.stop()
+
+        async def write_metrics() -> None:
             if metrics_file is not None:
                 _write_atomically(metrics_file, generate_latest(metrics.background))
+
+        try:
+            await every(METRICS_SECONDS, stop, write_metrics)
+        finally:
+            await background.stop()
+            await write_metrics()
     finally:
         await outbox.close()
 

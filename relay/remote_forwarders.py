@@ -11,7 +11,6 @@ running, webhooks are acknowledged and stored but nothing is delivered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterator
 
@@ -19,6 +18,7 @@ import structlog
 
 from relay.errors import StoreUnavailable
 from relay.outbox import ROARK, AsyncOutbox, ForwarderReport
+from relay.periodic import every
 from relay.retry import ROARK_RECEIVER, destination_receiver
 from relay.settings import Settings
 from relay.trouble import TroubleState, describe, duration
@@ -94,9 +94,9 @@ class RemoteForwarders:
 
     async def start(self) -> None:
         """Read the reports once, then every REFRESH_SECONDS."""
-        with contextlib.suppress(StoreUnavailable):
-            await self.refresh()
-        self._task = asyncio.create_task(self._refresh(), name="relay-remote-forwarders")
+        await self._refresh()
+        self._task = asyncio.create_task(every(REFRESH_SECONDS, self._stop, self._refresh, at_once=False),
+                                         name="relay-remote-forwarders")
 
     async def stop(self) -> None:
         self._stop.set()
@@ -109,12 +109,7 @@ class RemoteForwarders:
             forwarder.report = reports.get(name, forwarder.report)
 
     async def _refresh(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), REFRESH_SECONDS)
-            if self._stop.is_set():
-                return
-            try:
-                await self.refresh()
-            except StoreUnavailable as error:  # /health says the store is down
-                log.debug("forwarder_reports_unavailable", error=str(error))
+        try:
+            await self.refresh()
+        except StoreUnavailable as error:  # /health says the store is down
+            log.debug("forwarder_reports_unavailable", error=str(error))

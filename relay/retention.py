@@ -11,6 +11,7 @@ import structlog
 
 from relay.errors import StoreUnavailable
 from relay.outbox import AsyncOutbox, State
+from relay.periodic import every
 from relay.settings import Settings
 
 log = structlog.get_logger("relay.retention")
@@ -29,12 +30,11 @@ async def run_retention(outbox: AsyncOutbox, settings: Settings, stop: asyncio.E
     while its thread still uses the database."""
     if settings.retention_days <= 0:
         return
-    while not stop.is_set():
+
+    async def prune() -> None:
         try:
             await prune_delivered(outbox, settings.retention_days, time.time())
         except StoreUnavailable as error:
             log.warning("retention_failed", error=str(error))
-        try:
-            await asyncio.wait_for(stop.wait(), settings.retention_interval_seconds)
-        except TimeoutError:
-            pass
+
+    await every(settings.retention_interval_seconds, stop, prune)
