@@ -29,7 +29,6 @@ from relay.budget import ByteBudget
 from relay.errors import HTTPError, MethodNotAllowed, NotFound, ServiceUnavailable, StoreUnavailable
 from relay.background import Background
 from relay.forwarder import Forwarder, Forwarders
-from relay.forwarding_process import ForwardingProcess
 from relay.remote_forwarders import RemoteForwarder, RemoteForwarders
 from relay.ingest import receive_webhook
 from relay.metrics import Metrics
@@ -39,6 +38,7 @@ from relay.passthrough import PassThrough
 from relay.reconciliation.service import Reconcilers
 from relay.responses import JSONResponse
 from relay.settings import Settings
+from relay.supervisor import ForwardingProcess
 
 log = structlog.get_logger("relay.app")
 
@@ -276,10 +276,12 @@ async def metrics(request: Request) -> Response:
 
 
 def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = None,
-               forwarding: str = "inline") -> Relay:
+               forwarding: str = "inline", forwarding_process: ForwardingProcess | None = None) -> Relay:
     """The relay; `login_throttle` replaces the default one (tests give it a clock).
     `forwarding`: where the forwarders run (RELAY_FORWARD: process, inline or off); in
-    process by default, for apps served in a test's own process."""
+    process by default, for apps served in a test's own process. `forwarding_process`:
+    the child to supervise with "process", when it was spawned already (`relay serve`
+    spawns it before loading the server, so both start up at once)."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for provider, warnings in settings.provider_warnings().items():
@@ -305,7 +307,7 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
             # Not started: it tells /health and the status page what is reconciled.
             app.state.reconcilers = Reconcilers(settings, outbox, app.state.metrics)
             if forwarding == "process":
-                child = ForwardingProcess(settings.shutdown_grace_seconds)
+                child = forwarding_process or ForwardingProcess(settings.shutdown_grace_seconds)
                 await child.start()
         app.state.forwarding_process = child
         log.info("relay_started", version=__version__, schema_version=version,

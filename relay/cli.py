@@ -80,14 +80,24 @@ def main() -> None:
 def serve(host: str | None, port: int | None) -> None:
     """Run the relay: webhook endpoints, health check and status page, with a forwarding
     process beside it (RELAY_FORWARD: process, inline or off)."""
-    from relay.server import run
+    from relay import logs
+    from relay.supervisor import ForwardingProcess
 
     settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
     # The outbox is opened (and migrated) here first, so a relay that cannot start says
     # why in one line rather than in uvicorn's traceback of its lifespan.
     with outbox(settings, patience=startup_patience(settings.database_url)):
         pass
-    run(settings, host=host or settings.host, port=settings.port if port is None else port)
+    child = None
+    if settings.forward == "process":
+        # Before the server's own imports: the two interpreters then start up side by side.
+        child = ForwardingProcess(settings.shutdown_grace_seconds)
+        child.spawn()
+    from relay.server import run
+
+    run(settings, host=host or settings.host, port=settings.port if port is None else port,
+        forwarding_process=child)
 
 
 @main.command()

@@ -18,6 +18,7 @@ from relay import logs
 from relay.app import create_app, new_request_id
 from relay.errors import BadRequest, HTTPError, RequestTimeout, ServiceUnavailable
 from relay.settings import Settings
+from relay.supervisor import ForwardingProcess
 
 log = structlog.get_logger("relay.server")
 
@@ -353,13 +354,14 @@ def run(
     port: int,
     on_started: Callable[[str], None] | None = None,
     forwarding: str | None = None,
+    forwarding_process: ForwardingProcess | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM. `on_started(base_url)` runs on a helper thread once
     the server accepts connections. `forwarding`: where the forwarders run, if not
-    where RELAY_FORWARD says."""
+    where RELAY_FORWARD says; `forwarding_process`: see create_app."""
     logs.configure(settings.log_level, settings.log_format)
     return_large_blocks_to_the_system()
-    app = create_app(settings, forwarding=forwarding or settings.forward)
+    app = create_app(settings, forwarding=forwarding or settings.forward, forwarding_process=forwarding_process)
     server = uvicorn.Server(uvicorn_config(settings, app, host, port))
     if on_started is not None:
         def notify() -> None:
