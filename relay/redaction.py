@@ -26,8 +26,6 @@ import msgspec
 from relay import jsonbody
 
 MASK = "********"
-#: How deep `strip_json` decodes level by level before it decodes the rest at once.
-LAZY_STRIP_DEPTH = 64
 #: Deeper than any provider's payload; a document nested further is shown as MASK, so
 #: rendering it (recursive json.dumps) stays far from Python's recursion limit.
 MAX_SHOWN_DEPTH = 200
@@ -54,14 +52,21 @@ class Redactor:
         # so such an escape alone is reason enough to look closer.
         self._escape = re.compile(rb"\\u00[2-7]")
 
-    def _found(self, lowered: bytes) -> set[bytes]:
-        """The names to strip (and escapes that could spell one) in lowercased JSON text.
-        Plain substring searches cost a small fraction of a parse; a regular expression
-        that tries every name at every byte costs more than the parse."""
-        found = {name for name in self._names if name in lowered}
+    def _suspects(self, text: bytes) -> list[int]:
+        """Offsets in JSON text of every name to strip (and every escape that could spell
+        one): each lies inside a string, which may be a key. Plain substring searches of
+        the lowercased text cost a small fraction of a parse; a regular expression that
+        tries every name at every byte costs more than the parse."""
+        lowered = text.lower()  # ASCII only: each match sits at the same offset in `text`
+        offsets = []
+        for name in self._names:
+            at = lowered.find(name)
+            while at >= 0:
+                offsets.append(at)
+                at = lowered.find(name, at + len(name))
         if b"\\u00" in lowered:
-            found.update(match.group() for match in self._escape.finditer(lowered))
-        return found
+            offsets += [match.start() for match in self._escape.finditer(lowered)]
+        return sorted(offsets)
 
     def is_secret_key(self, key: str) -> bool:
         """True when the value under `key` must be masked wherever it is shown."""
@@ -75,30 +80,35 @@ class Redactor:
             return MASK
 
     def strip_json(self, raw: bytes | msgspec.Raw) -> msgspec.Raw:
-        """JSON text without the fields `strip` removes, decoding only the objects on the
-        way to one: a 21 MB transcript beside a phone number's credentials is carried over
-        as bytes, never turned into objects, and numbers are kept as written."""
-        found = self._found(bytes(memoryview(raw)).lower())
-        if not found:  # nothing to strip: the text is carried over undecoded
-            return _as_raw(raw)
-        return msgspec.Raw(jsonbody.dumps(self._strip_lazily(raw, found, 0)))
+        """JSON text (valid: stored bodies were parsed at ingest) without the members
+        `strip` removes, cut out of the text as written: nothing is decoded but the keys
+        that hold a name to strip, so a 21 MB transcript beside a phone number's
+        credentials costs a few substring searches, and numbers are kept as written.
 
-    def _strip_lazily(self, raw: bytes | msgspec.Raw, found: set[bytes], depth: int) -> Any:
-        """`raw` with its fields to strip removed, looking inside only the values that hold
-        one of `found` (what the whole text holds: no match spans two values)."""
-        if depth >= LAZY_STRIP_DEPTH:  # an absurd nesting: the plain walk has no depth limit
-            return self.strip(jsonbody.loads_exact(raw))
-        view = memoryview(raw)
-        start = next((i for i, byte in enumerate(view[:64]) if byte not in b" \t\r\n"), 0)
-        opening = view[start:start + 1].tobytes()
-        if opening == b"{":
-            return {key: self._strip_lazily(value, found, depth + 1) if _holds(value, found) else value
-                    for key, value in jsonbody.loads_as(raw, dict[str, msgspec.Raw]).items()
-                    if key.lower() not in self._named}
-        if opening == b"[":
-            return [self._strip_lazily(item, found, depth + 1) if _holds(item, found) else item
-                    for item in jsonbody.loads_as(raw, list[msgspec.Raw])]
-        return _as_raw(raw)  # a string or number holds no field
+        A name is found in the text first; the string around it is a key when a colon
+        follows it (inside a string every quote is escaped, so the nearest unescaped
+        quotes on either side are the string's own)."""
+        text = bytes(memoryview(raw))
+        cuts: list[tuple[int, int]] = []
+        seen = -1  # the last string looked at: a string with several names is looked at once
+        for at in self._suspects(text):
+            if cuts and at < cuts[-1][1] or at < seen:
+                continue  # inside a member already cut, or a string already looked at
+            opening = _quote_before(text, at)
+            seen = closing = _quote_after(text, at)
+            colon = _skip_space(text, closing + 1)
+            if text[colon:colon + 1] != b":":
+                continue  # a string value, not a key
+            if jsonbody.loads_as(text[opening:closing + 1], str).lower() in self._named:
+                cuts.append(_member(text, opening, _value_end(text, _skip_space(text, colon + 1)), cuts))
+        if not cuts:  # nothing to strip: the text is carried over as it is
+            return _as_raw(raw)
+        kept, start = [], 0
+        for cut_start, cut_end in cuts:
+            kept.append(text[start:cut_start])
+            start = cut_end
+        kept.append(text[start:])
+        return msgspec.Raw(b"".join(kept))
 
     def strip(self, document: Any) -> Any:
         """A copy of `document` without the credential fields and the operator's keys (for
@@ -145,14 +155,69 @@ def _as_raw(raw: bytes | msgspec.Raw) -> msgspec.Raw:
     return msgspec.Raw(raw) if isinstance(raw, bytes) else raw
 
 
-def _holds(raw: msgspec.Raw, found: set[bytes]) -> bool:
-    """Whether a value may hold a field to strip: only an object or array can (a value
-    decoded by msgspec starts with its first character, no white space)."""
-    view = memoryview(raw)
-    if view[:1] not in (b"{", b"["):
-        return False
-    lowered = bytes(view).lower()
-    return any(text in lowered for text in found)
+_QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
+_SPACE = re.compile(rb"[ \t\r\n]*")
+_STRUCTURE = re.compile(rb'["{}\[\]]')
+_SCALAR_END = re.compile(rb"[ \t\r\n,}\]]|$")
+
+
+def _escaped(text: bytes, quote: int) -> bool:
+    """Whether the quote at `quote` is escaped: an odd run of backslashes before it."""
+    before = quote - 1
+    while before >= 0 and text[before] == _BACKSLASH:
+        before -= 1
+    return (quote - 1 - before) % 2 == 1
+
+
+def _quote_before(text: bytes, at: int) -> int:
+    quote = text.rfind(b'"', 0, at)
+    while _escaped(text, quote):
+        quote = text.rfind(b'"', 0, quote)
+    return quote
+
+
+def _quote_after(text: bytes, at: int) -> int:
+    quote = text.find(b'"', at)
+    while _escaped(text, quote):
+        quote = text.find(b'"', quote + 1)
+    return quote
+
+
+def _skip_space(text: bytes, at: int) -> int:
+    return _SPACE.match(text, at).end()  # type: ignore[union-attr]
+
+
+def _value_end(text: bytes, start: int) -> int:
+    """Where the value starting at `start` ends (one past its last byte)."""
+    first = text[start]
+    if first == _QUOTE:
+        return _quote_after(text, start + 1) + 1
+    if first not in b"{[":
+        return _SCALAR_END.search(text, start).start()  # type: ignore[union-attr]
+    depth, at = 0, start
+    while True:  # brackets counted, strings skipped whole: no recursion, however deep
+        found = _STRUCTURE.search(text, at)
+        assert found is not None, "valid JSON closes every bracket"
+        if text[found.start()] == _QUOTE:
+            at = _quote_after(text, found.end()) + 1
+            continue
+        depth += 1 if text[found.start()] in b"{[" else -1
+        at = found.end()
+        if depth == 0:
+            return at
+
+
+def _member(text: bytes, key: int, end: int, cuts: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bytes to cut for the member from `key` to `end`, so the object stays valid:
+    with the comma before it, or, when it is the first member left (none before it, or
+    that comma cut already), with the comma after it if there is one."""
+    before = key - 1
+    while text[before] in b" \t\r\n":
+        before -= 1
+    if text[before] == _COMMA and not (cuts and cuts[-1][0] <= before < cuts[-1][1]):
+        return before, end
+    after = _skip_space(text, end)
+    return key, after + 1 if text[after] == _COMMA else end
 
 
 class _TooDeep(Exception):

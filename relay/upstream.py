@@ -41,8 +41,8 @@ def roark_body(
     RecursionError) when it cannot be made, which no retry would change.
 
     The payload is carried over as the bytes received, not decoded and encoded again:
-    a large report costs a copy, not a parse, and stripping decodes only the objects that
-    lead to a field it removes."""
+    a large report costs a copy, not a parse, and stripping cuts the fields it removes
+    out of the text."""
     payload = provider.roark_payload(raw_body)
     if strip_secrets is not None:
         payload = strip_secrets.strip_json(payload)

@@ -1,6 +1,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.redaction import MASK, Redactor
 from tests.helpers import sample
@@ -68,3 +70,46 @@ def test_strip_copes_with_any_nesting_and_mask_shows_absurd_nesting_as_mask():
     stripped = Redactor().strip(document)
     assert list(stripped) == ["analysis"] and stripped["analysis"] is not deep
     assert Redactor().mask(document) == MASK
+
+
+KEYS = ["twilioAuthToken", "TWILIOAUTHTOKEN", "apiKey", "api_key", "secret", "Secret", "password",
+        "credentials", "authorization", "customerPin", "secretary", "mySecretThing", "number", "name",
+        'say "secret"', "back\\slash secret"]
+scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+keys = st.sampled_from(KEYS) | st.text(max_size=6)
+documents = st.dictionaries(keys, st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=5), max_leaves=30),
+    max_size=5)
+
+
+def _written(value, draw) -> str:
+    """`value` as JSON text with white space of every kind, and keys whose characters
+    are sometimes written as \\u escapes."""
+    space = draw(st.sampled_from(["", " ", "\n  ", "\t", " \r\n"]))
+    if isinstance(value, dict):
+        members = []
+        for key, item in value.items():
+            escaped = draw(st.booleans())
+            text = "".join(f"\\u{ord(c):04x}" if escaped and c.isalpha() else json.dumps(c)[1:-1] for c in key)
+            members.append(f'{space}"{text}"{space}:{space}{_written(item, draw)}')
+        return "{" + ",".join(members) + space + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(space + _written(item, draw) for item in value) + space + "]"
+    return json.dumps(value)
+
+
+@settings(max_examples=200, database=None)
+@given(documents, st.data())
+def test_stripped_text_is_the_stripped_document(document, data):
+    redactor = Redactor(["customerPin"])
+    text = _written(document, data.draw).encode()
+    stripped = bytes(redactor.strip_json(text))
+    assert json.loads(stripped) == redactor.strip(json.loads(text))
+
+
+def test_stripping_text_cuts_members_and_their_commas_only():
+    redactor = Redactor()
+    text = b'{ "apiKey" : {"a": "x\\"}]{[", "b": [1, {"c": "]"}]}, "secret":2 ,"keep": [1.50, 1e400], "password": null}'
+    assert bytes(redactor.strip_json(text)) == b'{  "keep": [1.50, 1e400]}'
+    nested = b'[{"x": {"secret": "s"}, "password": "p"}, "secret"]'
+    assert bytes(redactor.strip_json(nested)) == b'[{"x": {}}, "secret"]'
