@@ -5,6 +5,7 @@ Response and exceptions, and tests can put httpx.MockTransport in its place.
 
 from __future__ import annotations
 
+import functools
 import ssl
 
 import aiohttp
@@ -46,9 +47,7 @@ class Transport(AiohttpTransport):
                 async with self.client.request(
                     request.method, str(request.url), headers=request.headers.multi_items(),
                     data=await request.aread(), allow_redirects=False, auto_decompress=False, compress=False,
-                    timeout=aiohttp.ClientTimeout(sock_connect=timeout.get("connect"),
-                                                  sock_read=timeout.get("read"),
-                                                  connect=timeout.get("pool")),
+                    timeout=_client_timeout(timeout.get("connect"), timeout.get("read"), timeout.get("pool")),
                 ) as response:
                     content = await self._read(response)
         except aiohttp.ClientError as error:  # left unmapped by httpx-aiohttp: a malformed response
@@ -57,8 +56,10 @@ class Transport(AiohttpTransport):
                               request=request)
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
-        if (response.content_length or 0) > self._max_response_bytes:
-            raise httpx.RemoteProtocolError(f"response body exceeds {self._max_response_bytes} bytes")
+        if response.content_length is not None:
+            if response.content_length > self._max_response_bytes:
+                raise httpx.RemoteProtocolError(f"response body exceeds {self._max_response_bytes} bytes")
+            return await response.read()  # reads what Content-Length says, no more
         chunks, size = [], 0
         async for chunk in response.content.iter_any():
             size += len(chunk)
@@ -66,6 +67,11 @@ class Transport(AiohttpTransport):
                 raise httpx.RemoteProtocolError(f"response body exceeds {self._max_response_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+@functools.lru_cache(maxsize=64)  # one per client's timeouts: made once, not per request
+def _client_timeout(connect: float | None, read: float | None, pool: float | None) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(sock_connect=connect, sock_read=read, connect=pool)
 
 
 def _session(max_connections: int, ssl_context: ssl.SSLContext, proxy: str | None) -> aiohttp.ClientSession:

