@@ -176,12 +176,11 @@ class Forwarder:
             if hold_until > now:
                 await self._idle(min(hold_until - now, settings.poll_interval_seconds))
                 continue
-            free = self._concurrency - len(self._inflight)
-            free_bytes = MAX_BYTES_IN_FLIGHT - self._inflight_bytes
-            # one claim (one transaction) for many rows; room for bodies while any is in flight
-            if free < self._min_claim or (free_bytes <= 0 and self._inflight):
+            if not self._room_to_claim():
                 await self._slot_freed.wait()
                 continue
+            free = self._concurrency - len(self._inflight)
+            free_bytes = MAX_BYTES_IN_FLIGHT - self._inflight_bytes
             token = f"{token_prefix}-{uuid.uuid4().hex[:12]}"
             try:
                 claimed = await self._outbox.claim(token, settings.lease_seconds, free,
@@ -219,7 +218,14 @@ class Forwarder:
         finally:
             if self._inflight.pop(delivery.id, None) is not None:
                 self._inflight_bytes -= len(delivery.body)
-            self._slot_freed.set()
+            if self._room_to_claim():  # not at every delivery's end: each wake-up costs a round
+                self._slot_freed.set()
+
+    def _room_to_claim(self) -> bool:
+        """Whether a claim is worth its transaction: for many rows at once, with room for
+        their bodies while any is in flight."""
+        return (self._concurrency - len(self._inflight) >= self._min_claim
+                and (self._inflight_bytes < MAX_BYTES_IN_FLIGHT or not self._inflight))
 
     async def _record(
         self, delivery: Delivery, token: str, outcome: Outcome, started: float, duration_ms: float
