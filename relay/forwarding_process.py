@@ -24,7 +24,7 @@ from pathlib import Path
 import structlog
 from prometheus_client import generate_latest
 
-from relay import __version__
+from relay import __version__, runtime
 from relay.background import Background
 from relay.metrics import Metrics
 from relay.outbox import AsyncOutbox, open_backend
@@ -70,6 +70,7 @@ def forward(settings: Settings, metrics_file: Path | None = None, parent_pid: in
     behind that nobody supervises)."""
     if parent_pid is not None:
         _die_with(parent_pid)
+    runtime.tune()
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import resource
 import threading
@@ -14,7 +12,7 @@ import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
-from relay import logs
+from relay import logs, runtime
 from relay.app import create_app, new_request_id
 from relay.errors import BadRequest, HTTPError, RequestTimeout, ServiceUnavailable
 from relay.settings import Settings
@@ -333,21 +331,6 @@ def uvicorn_config(settings: Settings, app: ASGIApp, host: str, port: int,
     )
 
 
-def return_large_blocks_to_the_system() -> None:
-    """glibc raises its mmap threshold each time a large block is freed, after which
-    multi-megabyte webhook bodies come from its heaps and stay resident (20 bodies of
-    5 MB took the relay past 250 MB). Pinning the threshold at its 128 KiB default keeps
-    large blocks mapped, so they go back to the system when freed (like setting
-    MALLOC_MMAP_THRESHOLD_=131072)."""
-    libc = ctypes.util.find_library("c")
-    if libc is None:
-        return
-    try:
-        ctypes.CDLL(libc).mallopt(-3, 128 * 1024)  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        pass
-
-
 def run(
     settings: Settings,
     host: str,
@@ -360,7 +343,7 @@ def run(
     the server accepts connections. `forwarding`: where the forwarders run, if not
     where RELAY_FORWARD says; `forwarding_process`: see create_app."""
     logs.configure(settings.log_level, settings.log_format)
-    return_large_blocks_to_the_system()
+    runtime.tune()
     app = create_app(settings, forwarding=forwarding or settings.forward, forwarding_process=forwarding_process)
     server = uvicorn.Server(uvicorn_config(settings, app, host, port))
     if on_started is not None:
