@@ -89,13 +89,12 @@ def serve(host: str | None, port: int | None) -> None:
     # why in one line rather than in uvicorn's traceback of its lifespan.
     with outbox(settings, patience=startup_patience(settings.database_url)):
         pass
+    from relay.server import run  # and with it all the forwarding process runs
+
     child = None
     if settings.forward == "process":
-        # Before the server's own imports: the two interpreters then start up side by side.
         child = ForwardingProcess(settings.shutdown_grace_seconds)
-        child.spawn()
-    from relay.server import run
-
+        child.fork(settings)
     run(settings, host=host or settings.host, port=settings.port if port is None else port,
         forwarding_process=child)
 

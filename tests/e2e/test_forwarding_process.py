@@ -23,8 +23,13 @@ ADMIN_TOKEN = "admin-token-for-forwarding-tests-0123456789"
 
 def forwarding_child(relay) -> int:
     [pid] = eventually(lambda: relay.children(), WAIT, message="no forwarding process started")
-    assert b"forward" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert f'"pid":{pid},"event":"forwarding_process_started"' in relay.logs()
     return pid
+
+
+def fresh_interpreter(pid: int) -> bool:
+    """A restarted child runs `relay forward`; the first is a copy of the server."""
+    return b"\x00forward\x00" in Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
 def gone(pid: int) -> bool:
@@ -38,6 +43,7 @@ def gone(pid: int) -> bool:
 def test_serve_forwards_from_a_child_process_restarted_when_it_dies(start_relay, relay_env, fake_roark):
     relay = start_relay({**relay_env, "RELAY_ADMIN_TOKEN": ADMIN_TOKEN})
     child = forwarding_child(relay)
+    assert not fresh_interpreter(child)
     first = with_call_id("vapi/end-of-call-report", "call-before")
     assert relay.post("/webhooks/vapi", first, vapi_headers()).status_code == 200
     fake_roark.wait_for(lambda rs: len(rs) >= 1, WAIT)
@@ -51,9 +57,9 @@ def test_serve_forwards_from_a_child_process_restarted_when_it_dies(start_relay,
 
     os.kill(child, signal.SIGKILL)
     eventually(lambda: "forwarding_process_exited" in relay.logs(), WAIT)
-    replacement = eventually(lambda: [p for p in relay.children() if p != child], WAIT,
-                             message="the forwarding process was not restarted")
-    assert replacement
+    [replacement] = eventually(lambda: [p for p in relay.children() if p != child], WAIT,
+                               message="the forwarding process was not restarted")
+    assert fresh_interpreter(replacement)
     second = with_call_id("vapi/end-of-call-report", "call-after")
     assert relay.post("/webhooks/vapi", second, vapi_headers()).status_code == 200
     fake_roark.wait_for(lambda rs: len(rs) >= 2, WAIT)
