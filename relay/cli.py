@@ -84,13 +84,13 @@ def serve(host: str | None, port: int | None) -> None:
     from relay.supervisor import ForwardingProcess
 
     settings = load_settings()
-    logs.configure(settings.log_level, settings.log_format)
     # The outbox is opened (and migrated) here first, so a relay that cannot start says
     # why in one line rather than in uvicorn's traceback of its lifespan.
     with outbox(settings, patience=startup_patience(settings.database_url)):
         pass
     from relay.server import run  # and with it all the forwarding process runs
 
+    logs.configure(settings.log_level, settings.log_format)  # before the child, which inherits it
     child = None
     if settings.forward == "process":
         child = ForwardingProcess(settings.shutdown_grace_seconds)
