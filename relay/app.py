@@ -280,8 +280,8 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
     """The relay; `login_throttle` replaces the default one (tests give it a clock).
     `forwarding`: where the forwarders run (RELAY_FORWARD: process, inline or off); in
     process by default, for apps served in a test's own process. `forwarding_process`:
-    the child to supervise with "process", when it was spawned already (`relay serve`
-    spawns it before loading the server, so both start up at once)."""
+    the child to supervise with "process", when it was started already (`relay serve`
+    forks it before the server starts a thread; otherwise one is spawned here)."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for provider, warnings in settings.provider_warnings().items():

@@ -80,23 +80,14 @@ def main() -> None:
 def serve(host: str | None, port: int | None) -> None:
     """Run the relay: webhook endpoints, health check and status page, with a forwarding
     process beside it (RELAY_FORWARD: process, inline or off)."""
-    from relay import logs
-    from relay.supervisor import ForwardingProcess
+    from relay.server import run
 
     settings = load_settings()
     # The outbox is opened (and migrated) here first, so a relay that cannot start says
     # why in one line rather than in uvicorn's traceback of its lifespan.
     with outbox(settings, patience=startup_patience(settings.database_url)):
         pass
-    from relay.server import run  # and with it all the forwarding process runs
-
-    logs.configure(settings.log_level, settings.log_format)  # before the child, which inherits it
-    child = None
-    if settings.forward == "process":
-        child = ForwardingProcess(settings.shutdown_grace_seconds)
-        child.fork(settings)
-    run(settings, host=host or settings.host, port=settings.port if port is None else port,
-        forwarding_process=child)
+    run(settings, host=host or settings.host, port=settings.port if port is None else port)
 
 
 @main.command()

@@ -337,14 +337,19 @@ def run(
     port: int,
     on_started: Callable[[str], None] | None = None,
     forwarding: str | None = None,
-    forwarding_process: ForwardingProcess | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM. `on_started(base_url)` runs on a helper thread once
     the server accepts connections. `forwarding`: where the forwarders run, if not
-    where RELAY_FORWARD says; `forwarding_process`: see create_app."""
+    where RELAY_FORWARD says."""
     logs.configure(settings.log_level, settings.log_format)
-    runtime.tune()
-    app = create_app(settings, forwarding=forwarding or settings.forward, forwarding_process=forwarding_process)
+    runtime.tune()  # first: a forked forwarding process inherits both
+    forwarding = forwarding or settings.forward
+    child = None
+    if forwarding == "process":
+        # Now, with everything imported and before any thread or event loop: see fork.
+        child = ForwardingProcess(settings.shutdown_grace_seconds)
+        child.fork(settings)
+    app = create_app(settings, forwarding=forwarding, forwarding_process=child)
     server = uvicorn.Server(uvicorn_config(settings, app, host, port))
     if on_started is not None:
         def notify() -> None:

@@ -22,12 +22,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import structlog
 
-if TYPE_CHECKING:
-    from relay.settings import Settings
+from relay.forwarding_process import forward
+from relay.settings import Settings
 
 log = structlog.get_logger("relay.supervisor")
 
@@ -188,8 +188,6 @@ def _forward_then_exit(settings: Settings, metrics_file: Path, parent: int) -> N
     """The forked child's whole life: it never returns into the server's code."""
     code = 1
     try:
-        from relay.forwarding_process import forward  # imported already, by the server
-
         forward(settings, metrics_file, parent)
         code = 0
     except SystemExit as exit:
