@@ -17,6 +17,7 @@
         ├── RequestTimeout        408 validation      (body arrived too slowly)
         ├── PayloadTooLarge       413 validation
         ├── UnsupportedMediaType  415 validation
+        ├── RequestHeadTooLarge   431 validation      (too many or too large headers)
         ├── TooManyRequests       429 rate_limit      (with Retry-After)
         ├── BadGateway            502 internal        (the team's server could not be reached)
         ├── ServiceUnavailable    503 internal        (with Retry-After: try again soon)
@@ -145,6 +146,12 @@ class UnsupportedMediaType(HTTPError):
     status_code = 415
     error_type = "validation"
     error_code = "unsupported_media_type"
+
+
+class RequestHeadTooLarge(HTTPError):
+    status_code = 431
+    error_type = "validation"
+    error_code = "headers_too_large"
 
 
 class TooManyRequests(HTTPError):

@@ -164,6 +164,10 @@ class Settings:
         until replayed or pruned. 0 keeps everything.""")
     retention_interval_seconds: float = setting(
         "RELAY_RETENTION_INTERVAL_SECONDS", 3600.0, Seconds(1), "How often retention runs.")
+    retention_pause_seconds: float = setting(
+        "RELAY_RETENTION_PAUSE_SECONDS", 0.05, Seconds(0),
+        """Retention deletes a few hundred deliveries per transaction and waits this long
+        between them, so webhooks arriving meanwhile are stored without waiting on it.""")
 
     insecure_skip_verification: tuple[str, ...] = setting(
         "RELAY_INSECURE_SKIP_VERIFICATION", (), Names(PROVIDER_NAMES),
@@ -183,14 +187,54 @@ class Settings:
     body_timeout_seconds: float = setting(
         "RELAY_BODY_TIMEOUT_SECONDS", 30.0, Seconds(0.1),
         "A client that has not sent its whole body by then gets 408.")
+    body_min_bytes_per_second: int = setting(
+        "RELAY_BODY_MIN_BYTES_PER_SECOND", 32 * 1024, Integer(0),
+        """A body must keep arriving at this rate: one that brings less than this many
+        bytes per second over any RELAY_BODY_RATE_WINDOW_SECONDS gets 408 long before
+        RELAY_BODY_TIMEOUT_SECONDS (providers send from data centres, far faster). 0
+        turns the check off.""")
+    body_rate_window_seconds: float = setting(
+        "RELAY_BODY_RATE_WINDOW_SECONDS", 2.0, Seconds(0.1),
+        "The span over which RELAY_BODY_MIN_BYTES_PER_SECOND is measured.")
+    head_timeout_seconds: float = setting(
+        "RELAY_HEAD_TIMEOUT_SECONDS", 10.0, Seconds(0.1),
+        """A request's line and headers must arrive within this long of the connection
+        opening or of the previous answer (an idle kept-alive connection is closed then).""")
+    max_connections: int = setting(
+        "RELAY_MAX_CONNECTIONS", 2048, Integer(8),
+        """Client connections held at once (each costs several KB). Past it the connection
+        that has waited longest for its request head (idle or half sent) is closed to make
+        room; when every one is busy with a request, the new one gets 503. Never more than
+        the process's file descriptor limit allows.""")
+    head_budget_bytes: int = setting(
+        "RELAY_HEAD_BUDGET_BYTES", 4 * 1024 * 1024, Integer(64 * 1024),
+        """Bytes of unfinished request heads held across all connections; past it the
+        oldest unfinished heads are answered 503 and closed. One head alone is refused
+        with 431 past relay/server.py's MAX_REQUEST_HEAD_BYTES or MAX_HEADERS.""")
     unverified_body_budget_bytes: int = setting(
         "RELAY_UNVERIFIED_BODY_BUDGET_BYTES", 32 * 1024 * 1024, Integer(0),
         """Bytes of webhook bodies held, across all requests, before their signature is
-        checked; past it requests get 503 + Retry-After (one body alone always fits). With
-        the next, it keeps the relay inside a 512 MB machine whatever is sent to it.""")
+        checked, counted as they arrive; past it requests get 503 + Retry-After (one body
+        alone always fits). With the next, it keeps the relay inside a 512 MB machine
+        whatever is sent to it.""")
+    unverified_body_budget_per_client_bytes: int = setting(
+        "RELAY_UNVERIFIED_BODY_BUDGET_PER_CLIENT_BYTES", 8 * 1024 * 1024, Integer(0),
+        """The share of RELAY_UNVERIFIED_BODY_BUDGET_BYTES one client address may hold at
+        once (its first body alone always fits), so a few senders cannot take all of it.
+        Behind a proxy the address is the proxy's unless uvicorn trusts its
+        X-Forwarded-For (FORWARDED_ALLOW_IPS).""")
     verified_body_budget_bytes: int = setting(
         "RELAY_VERIFIED_BODY_BUDGET_BYTES", 64 * 1024 * 1024, Integer(0),
         "Bytes of verified webhook bodies on their way into the outbox at once; past it, 503.")
+    pass_through_budget_bytes: int = setting(
+        "RELAY_PASS_THROUGH_BUDGET_BYTES", 32 * 1024 * 1024, Integer(0),
+        """Bytes of your server's answers to passed-through messages (VAPI_SERVER_URL) held
+        at once, until each is sent back: a message that finds them full gets 503, an
+        answer that would take them past it 502, each saying why.""")
+    pass_through_connections: int = setting(
+        "RELAY_PASS_THROUGH_CONNECTIONS", 256, Integer(1, 4096),
+        """Connections to your server (VAPI_SERVER_URL) at once; a message that finds every
+        one busy until its deadline gets 504 saying so.""")
 
     admin_token: Secret | None = setting(
         "RELAY_ADMIN_TOKEN", None, AdminToken(),

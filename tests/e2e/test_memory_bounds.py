@@ -41,16 +41,6 @@ def large_report(call_id: str) -> bytes:
     return json.dumps(document).encode()
 
 
-def peak_rss(relay) -> int:
-    """The relay's peak, its forwarding process's included: each process's own peak,
-    summed (they need not peak together, so this bounds what the machine needed)."""
-    total = 0
-    for pid in (relay.process.pid, *relay.children()):
-        with open(f"/proc/{pid}/status") as status:
-            total += next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    return total
-
-
 # Polls /health from a process of its own: in the test's process, the threads sending the
 # flood (and the fake Roark parsing what it is sent) would delay the polling itself.
 _WATCH = """
@@ -124,10 +114,10 @@ def test_a_flood_of_large_bodies_stays_inside_a_small_machine(start_relay, relay
                 answer = send(f"{relay.url}/webhooks/vapi", body, vapi_headers())
             assert answer == 200, f"{call_id} never stored"
 
-    figures = {"peak_rss_mib": round(peak_rss(relay) / 2**20), "slowest_health_s": round(health.slowest, 3),
+    figures = {"peak_rss_mib": round(relay.peak_rss() / 2**20), "slowest_health_s": round(health.slowest, 3),
                "first_answers": {str(a): answers.count(a) for a in set(answers)}}
     print(f"\nmemory bounds: {json.dumps(figures)}")
-    assert peak_rss(relay) < MEMORY_LIMIT_BYTES, figures
+    assert relay.peak_rss() < MEMORY_LIMIT_BYTES, figures
     assert health.slowest < 1.0 and not health.failures, (health.slowest, health.failures[:5])
     stored = {row["call_id"] for row in rows(relay_env)}
     assert stored == set(reports)

@@ -82,6 +82,7 @@ def hostile_env(relay_env) -> dict[str, str]:
         "RELAY_ADMIN_TOKEN": ADMIN_TOKEN,
         "RELAY_MAX_BODY_BYTES": str(MAX_BODY),
         "RELAY_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+        "RELAY_HEAD_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
     }
 
 
@@ -612,23 +613,32 @@ def test_bodies_past_the_unverified_budget_are_refused_with_503_before_being_rea
         assert raw_exchange(served, head("/webhooks/retell", length=len(again), headers=signed_again) + again)[0] == 200
 
 
-def test_connections_past_the_limit_are_answered_and_closed_not_left_to_exhaust_descriptors(
-        hostile_env, secret_scan):
+def test_connections_past_the_limit_make_room_or_are_answered_and_closed(hostile_env, secret_scan):
+    body = sample("vapi/end-of-call-report")
     with serving(hostile_env, secret_scan, max_connections=5) as served:
         idle = [served.connect() for _ in range(5)]
         try:
-            with served.connect() as extra:
-                status, headers, body = read_response(extra, 5)
-                assert closed_within(extra, 5)
-            assert status == 503 and headers["retry-after"] == "2"
-            check_error_response(status, headers, body)
-            idle.pop().close()
-            body = sample("vapi/end-of-call-report")
-            eventually(lambda: raw_exchange(served, head("/webhooks/vapi", length=len(body)) + body)[0] == 200,
-                       timeout=5, message="a freed connection slot was not reused")
+            # The connection that has waited longest for a request makes room.
+            assert raw_exchange(served, head("/webhooks/vapi", length=len(body)) + body)[0] == 200
+            assert closed_within(idle[0], 5), "the oldest idle connection was kept"
         finally:
             for sock in idle:
                 sock.close()
+        # Every connection busy with a request: a new one is answered and closed.
+        busy = [served.connect() for _ in range(5)]
+        try:
+            for sock in busy:
+                sock.sendall(head("/webhooks/vapi", length=len(body)) + body[:10])
+            with served.connect() as extra:
+                status, headers, answer = read_response(extra, 5)
+                assert closed_within(extra, 5)
+            assert status == 503 and headers["retry-after"] == "2"
+            check_error_response(status, headers, answer)
+        finally:
+            for sock in busy:
+                sock.close()
+        eventually(lambda: raw_exchange(served, head("/webhooks/vapi", length=len(body)) + body)[0] == 200,
+                   timeout=5, message="a freed connection slot was not reused")
         assert "connections_exhausted" in served.logs.getvalue()
 
 
