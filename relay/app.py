@@ -30,7 +30,7 @@ from relay.errors import HTTPError, MethodNotAllowed, NotFound, ServiceUnavailab
 from relay.background import Background
 from relay.forwarder import Forwarder, Forwarders
 from relay.remote_forwarders import RemoteForwarder, RemoteForwarders
-from relay.ingest import receive_webhook
+from relay.ingest import Pace, receive_webhook
 from relay.metrics import Metrics
 from relay.outbox import ROARK, AsyncOutbox, Pause, open_backend
 from relay.outbox.startup import migrate_when_available_async, startup_patience
@@ -295,7 +295,8 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
             await outbox.close()
             raise
         app.state.outbox = outbox
-        app.state.pass_through = PassThrough(settings.proxy_for)
+        app.state.pass_through = PassThrough(settings.proxy_for, ByteBudget(settings.pass_through_budget_bytes),
+                                             settings.pass_through_connections)
         background = child = None
         if forwarding == "inline":
             background = Background(settings, outbox, app.state.metrics)
@@ -347,8 +348,10 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
     app.add_middleware(RequestMiddleware)
     app.state.settings = settings
     app.state.metrics = Metrics()
-    app.state.unverified_bodies = ByteBudget(settings.unverified_body_budget_bytes)
+    app.state.unverified_bodies = ByteBudget(settings.unverified_body_budget_bytes,
+                                             settings.unverified_body_budget_per_client_bytes)
     app.state.verified_bodies = ByteBudget(settings.verified_body_budget_bytes)
+    app.state.body_pace = Pace.of(settings)
     app.state.admin_auth = AdminAuth(settings.admin_token) if settings.admin_token else None
     app.state.started_monotonic = time.monotonic()
     return app

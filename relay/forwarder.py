@@ -20,6 +20,7 @@ Conditions that hold back a forwarder's claims:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -33,6 +34,7 @@ from relay.errors import StoreUnavailable
 from relay.metrics import Metrics, status_class
 from relay.outbox import ROARK, AsyncOutbox, Attempt, Completion, Delivery, ForwarderReport, State
 from relay.retry import (
+    AttemptResult,
     Delivered,
     GiveUp,
     PauseDelivery,
@@ -44,7 +46,7 @@ from relay.retry import (
 )
 from relay.settings import Settings
 from relay.trouble import Repeated, UpstreamTrouble, retryable_failure
-from relay.upstream import Outcome
+from relay.upstream import MAX_ERROR_TEXT, Outcome
 
 log = structlog.get_logger("relay.forwarder")
 
@@ -209,12 +211,24 @@ class Forwarder:
                 await self._complete_with_retries(delivery.id, token, Completion(
                     State.PENDING, started, next_attempt_at=hold_until, refund_attempt=True))
                 return
-            outcome = await self.client.deliver(delivery, started)
+            try:
+                outcome = await self.client.deliver(delivery, started)
+            except Exception as error:  # the relay's own failure: no retry will mend it
+                log.exception("delivery_not_sent", delivery_id=delivery.id, destination=self.destination,
+                              consequence="failed at once; replay it once the relay is fixed")
+                message = f"the relay could not send it: {type(error).__name__}: {error}"[:MAX_ERROR_TEXT]
+                outcome = Outcome(AttemptResult(None, error=message, permanent=True), error=message)
             duration_ms = (time.perf_counter() - start) * 1000
             await self._record(delivery, token, outcome, started, duration_ms)
         except StoreUnavailable as error:
             log.error("delivery_result_not_recorded", delivery_id=delivery.id, error=str(error),
                       consequence="sent again once its lease expires")
+        except Exception as error:  # recording it failed: end the claim rather than leave it
+            log.exception("delivery_result_not_recorded", delivery_id=delivery.id, destination=self.destination,
+                          consequence="failed; replay it once the relay is fixed")
+            message = f"the relay could not record its result: {type(error).__name__}: {error}"[:MAX_ERROR_TEXT]
+            with contextlib.suppress(Exception):
+                await self._outbox.complete(delivery.id, token, Completion(State.FAILED, self._clock(), error=message))
         finally:
             if self._inflight.pop(delivery.id, None) is not None:
                 self._inflight_bytes -= len(delivery.body)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import ipaddress
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -37,6 +39,7 @@ from relay.errors import (
 )
 from relay.outbox import NewDelivery
 from relay.providers import PROVIDERS, Provider
+from relay.providers.signing import TOLERANCE_SECONDS
 from relay.responses import JSONResponse
 from relay.settings import Settings
 from relay.sources import source_properties
@@ -50,17 +53,17 @@ STORE_WAIT_SECONDS = 5.0
 OVERLOAD_RETRY_AFTER_SECONDS = 2
 
 
-def declared_length(request: Request, max_bytes: int) -> int | None:
+def check_declared_length(request: Request, max_bytes: int) -> None:
+    """Refuse a body announced too large before a byte of it is read."""
     declared = request.headers.get("content-length")
     if declared is None:
-        return None
+        return
     # isascii too: headers decode as latin-1, where "²" is a digit int() refuses (a
     # 500; uvicorn's parser stops it first, but the app must not rely on that).
     if not (declared.isascii() and declared.isdigit()):
         raise BadRequest("Content-Length is not a number", parameter="content-length")
     if int(declared) > max_bytes:
         raise PayloadTooLarge(f"body exceeds the {max_bytes}-byte limit")
-    return int(declared)
 
 
 async def read_body(
@@ -69,34 +72,79 @@ async def read_body(
     timeout: float,
     hold: BodyHold | None = None,
     on_chunk: Callable[[bytes], None] | None = None,
+    pace: Pace | None = None,
 ) -> bytes:
-    """The whole body, refusing more than `max_bytes`, clients slower than `timeout`,
-    and bodies `hold`'s budget has no room for (503: the provider tries again later).
-    `on_chunk` sees each chunk as it arrives."""
-    declared = declared_length(request, max_bytes)
-    if hold is not None and declared and not hold.grow(declared):
-        raise _overloaded()
+    """The whole body, refusing more than `max_bytes`, clients slower than `timeout` (or
+    than `pace`), and bodies `hold`'s budget has no room for (503: the provider tries
+    again later). `on_chunk` sees each chunk as it arrives."""
+    check_declared_length(request, max_bytes)
     chunks: list[bytes] = []
     size = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    window_ends = window_bytes = 0.0
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout_at(deadline) as clock:
+            if pace is not None:
+                window_ends = loop.time() + pace.window
+                clock.reschedule(min(deadline, window_ends))
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > max_bytes:
                     raise PayloadTooLarge(f"body exceeds the {max_bytes}-byte limit")
-                if hold is not None and size > hold.size and not hold.grow(size - hold.size):
+                if hold is not None and not hold.grow(len(chunk)):
                     raise _overloaded()
                 if on_chunk is not None:
                     on_chunk(chunk)
                 chunks.append(chunk)
+                if pace is not None:
+                    window_bytes += len(chunk)
+                    if window_bytes >= pace.window_bytes:  # this window's due: the next begins
+                        window_bytes, window_ends = 0.0, loop.time() + pace.window
+                        clock.reschedule(min(deadline, window_ends))
     except TimeoutError:
         # Close the connection too: kept alive, the client could go on trickling the
         # rest of this body into a connection nobody reads a request from any more.
-        raise RequestTimeout(f"body not received within {timeout:g} s",
-                             headers={"Connection": "close"}) from None
+        why = (f"body arriving slower than {pace.bytes_per_second} bytes per second"
+               if pace is not None and window_ends < deadline else f"body not received within {timeout:g} s")
+        raise RequestTimeout(why, headers={"Connection": "close"}) from None
     except ClientDisconnect:
         raise BadRequest("client disconnected before sending the whole body") from None
     return b"".join(chunks)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The slowest a body may arrive: `bytes_per_second` over every `window` seconds. A
+    client that trickles holds a connection and its bytes of the budget; providers send
+    from data centres at many times this."""
+
+    bytes_per_second: int
+    window: float
+
+    @property
+    def window_bytes(self) -> float:
+        return self.bytes_per_second * self.window
+
+    @classmethod
+    def of(cls, settings: Settings) -> Pace | None:
+        if settings.body_min_bytes_per_second <= 0:
+            return None
+        return cls(settings.body_min_bytes_per_second, settings.body_rate_window_seconds)
+
+
+def client_key(request: Request) -> str | None:
+    """Who shares one client's part of a budget: its address, or for IPv6 its /64, which
+    one host is commonly given whole."""
+    if request.client is None:
+        return None
+    host = request.client.host
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.IPv6Network((host, 64), strict=False))
+    except ValueError:
+        return host
 
 
 def _overloaded() -> ServiceUnavailable:
@@ -120,7 +168,7 @@ async def receive_webhook(request: Request) -> Response:
         raise NotFound(f"no webhook endpoint for {request.path_params['provider']!r}")
     started = time.perf_counter()
     fields = {"request_id": request.state.request_id, "provider": provider.name}
-    hold = BodyHold(state.unverified_bodies)
+    hold = BodyHold(state.unverified_bodies, client_key(request))
     try:
         outcome, response = await _receive(request, provider, hold, fields)
     except HTTPError as error:
@@ -168,7 +216,7 @@ async def _receive(
 
     try:
         raw_body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds,
-                                   hold, take)
+                                   hold, take, state.body_pace)
         if check is not None:
             check.verify()
         utf8.decode(b"", final=True)
@@ -185,7 +233,12 @@ async def _receive(
         status = "unanswered"
         try:
             answer = await state.pass_through.answer(
-                url, raw_body, request.headers, provider.answer_deadline(config, envelope.event))
+                url, raw_body, request.headers.raw, client=request.client.host if request.client else None,
+                scheme=request.url.scheme, deadline=provider.answer_deadline(config, envelope.event),
+                # A shared token is the credential the team's server checks too; a
+                # signature is what tells a replay from the provider's own message.
+                keep_authorization=check is None, request_id=request.state.request_id,
+                signature=None if check is None else check.signature, signature_window=2 * TOLERANCE_SECONDS)
             status = str(answer.status_code)
         finally:
             state.metrics.passed_through.labels(provider.name, envelope.event, status).inc()

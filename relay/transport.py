@@ -6,12 +6,15 @@ Response and exceptions, and tests can put httpx.MockTransport in its place.
 from __future__ import annotations
 
 import functools
+import os
 import ssl
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
+
+from relay.budget import BodyHold
 
 #: Roark answers with short JSON; anything far larger is not an answer worth keeping.
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -24,8 +27,17 @@ KEEPALIVE_SECONDS = 4.0
 HAPPY_EYEBALLS_SECONDS = 0.25
 
 
+class AnswerTooLarge(httpx.RemoteProtocolError):
+    """The answer is larger than this client may hold: its own limit, or the budget the
+    request named (`extensions["hold"]`, a relay.budget.BodyHold) has no room for it."""
+
+
 class Transport(AiohttpTransport):
     """Reads each response whole, up to `max_response_bytes`, and raises httpx errors only.
+
+    A request's read timeout is its whole deadline, answer included: a peer that sends
+    its headers and then a byte every few seconds resets a timeout per read for ever,
+    and kept deliveries in flight after it had recovered.
 
     It sends through the aiohttp session itself: httpx-aiohttp's own request method hands
     back a streaming response (an httpx stream around aiohttp's), and reading that into a
@@ -42,36 +54,46 @@ class Transport(AiohttpTransport):
         if not isinstance(self.client, aiohttp.ClientSession):
             self.client = self.get_client()
         timeout = request.extensions.get("timeout", {})
+        deadline = timeout.get("read")
         try:
             with map_aiohttp_exceptions():
                 async with self.client.request(
                     request.method, str(request.url), headers=request.headers.multi_items(),
                     data=await request.aread(), allow_redirects=False, auto_decompress=False, compress=False,
-                    timeout=_client_timeout(timeout.get("connect"), timeout.get("read"), timeout.get("pool")),
+                    timeout=_client_timeout(timeout.get("connect"), deadline, timeout.get("pool")),
                 ) as response:
-                    content = await self._read(response)
+                    content = await self._read(response, request.extensions.get("hold"))
         except aiohttp.ClientError as error:  # left unmapped by httpx-aiohttp: a malformed response
             raise httpx.RemoteProtocolError(str(error)) from error
+        except TimeoutError as error:  # the deadline, which httpx-aiohttp leaves unmapped
+            raise httpx.ReadTimeout(f"no whole answer within {deadline:g} s") from error
         return httpx.Response(response.status, headers=response.raw_headers, content=content,
                               request=request)
 
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read(self, response: aiohttp.ClientResponse, hold: BodyHold | None) -> bytes:
+        """The whole answer, counted against `hold` as it arrives (all at once when its
+        length is announced: it is read in one call then)."""
+        limit = self._max_response_bytes
         if response.content_length is not None:
-            if response.content_length > self._max_response_bytes:
-                raise httpx.RemoteProtocolError(f"response body exceeds {self._max_response_bytes} bytes")
+            if response.content_length > limit:
+                raise AnswerTooLarge(f"the answer's {response.content_length} bytes exceed {limit}")
+            if hold is not None and not hold.grow(response.content_length):
+                raise AnswerTooLarge(f"the relay holds as much of such answers as it may ({hold.pool.limit} bytes)")
             return await response.read()  # reads what Content-Length says, no more
         chunks, size = [], 0
         async for chunk in response.content.iter_any():
             size += len(chunk)
-            if size > self._max_response_bytes:
-                raise httpx.RemoteProtocolError(f"response body exceeds {self._max_response_bytes} bytes")
+            if size > limit:
+                raise AnswerTooLarge(f"the answer exceeds {limit} bytes")
+            if hold is not None and not hold.grow(len(chunk)):
+                raise AnswerTooLarge(f"the relay holds as much of such answers as it may ({hold.pool.limit} bytes)")
             chunks.append(chunk)
         return b"".join(chunks)
 
 
 @functools.lru_cache(maxsize=64)  # one per client's timeouts: made once, not per request
-def _client_timeout(connect: float | None, read: float | None, pool: float | None) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(sock_connect=connect, sock_read=read, connect=pool)
+def _client_timeout(connect: float | None, deadline: float | None, pool: float | None) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=deadline, sock_connect=connect, connect=pool)
 
 
 def _session(max_connections: int, ssl_context: ssl.SSLContext, proxy: str | None) -> aiohttp.ClientSession:
@@ -94,6 +116,14 @@ def describe_error(error: httpx.TransportError) -> str:
     it came from names what really happened."""
     cause = error.__cause__ if isinstance(error.__cause__, aiohttp.ClientError) else error
     return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+
+
+def error_kind(error: httpx.TransportError) -> str:
+    """What went wrong, without where: the error's name and the system's reason, for
+    someone who must not learn the peer's address."""
+    cause = error.__cause__ if isinstance(error.__cause__, aiohttp.ClientError) else error
+    number = getattr(getattr(cause, "os_error", None), "errno", None)
+    return f"{type(cause).__name__}: {os.strerror(number)}" if number else type(cause).__name__
 
 
 def timed_out(error: httpx.TransportError) -> bool:

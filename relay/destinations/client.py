@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from urllib.parse import quote
 
 import httpx
 
@@ -21,6 +22,17 @@ from relay.outbox import Delivery
 from relay.retry import destination_receiver
 from relay.transport import Transport
 from relay.upstream import OFF_LOOP_BYTES, Outcome, send
+
+
+#: What a header value carries as it is: printable ASCII, but for the escape itself.
+_PLAIN = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_value(text: str) -> str:
+    """`text` as a header value: as it is when printable ASCII, else percent-encoded
+    (UTF-8). A provider's call id or event name may hold any printable character, and a
+    header cannot carry them as they are."""
+    return text if text.isascii() and text.isprintable() else quote(text, safe=_PLAIN)
 
 
 def message_id(provider: str, dedupe_key: str) -> str:
@@ -46,17 +58,19 @@ class DestinationClient:
         else:  # a body of many MB: hashed on a worker thread, the loop keeps answering
             signature = await asyncio.to_thread(self.destination.sign, msg_id, timestamp, delivery.body)
         headers = {
-            **((delivery.credentials or {}) if self.destination.original_headers else {}),
+            # As they arrived: a header decodes as latin-1, so this gives back its bytes.
+            **({name: value.encode("latin-1") for name, value in (delivery.credentials or {}).items()}
+               if self.destination.original_headers else {}),
             "content-type": "application/json",
             "user-agent": f"roark-relay/{__version__}",
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
             "x-relay-provider": delivery.provider,
-            "x-relay-event": delivery.event,
+            "x-relay-event": header_value(delivery.event),
         }
         if delivery.call_id is not None:
-            headers["x-relay-call-id"] = delivery.call_id
+            headers["x-relay-call-id"] = header_value(delivery.call_id)
         if delivery.request_id:
             headers["x-request-id"] = delivery.request_id
         request = httpx.Request("POST", self._url, stream=httpx.ByteStream(delivery.body), headers=headers,

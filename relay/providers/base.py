@@ -44,6 +44,9 @@ class RoarkEndpoint:
 class BodyCheck:
     """The rest of a verification once the headers passed: fed the body as it arrives."""
 
+    #: The signature presented: the same bytes again within its window are a replay.
+    signature: bytes = b""
+
     def update(self, chunk: bytes) -> None:
         raise NotImplementedError
 

@@ -53,7 +53,7 @@ class MacCheck(BodyCheck):
                  hexadecimal: bool = False) -> None:
         self._macs = macs
         self._suffix = suffix
-        self._presented = presented
+        self.signature = presented
         self._header = header
         self._hexadecimal = hexadecimal
 
@@ -66,7 +66,7 @@ class MacCheck(BodyCheck):
         for mac in self._macs:
             mac.update(self._suffix)
             digest = mac.hexdigest().encode("ascii") if self._hexadecimal else mac.digest()
-            matched |= hmac.compare_digest(digest, self._presented)
+            matched |= hmac.compare_digest(digest, self.signature)
         if not matched:
             raise Unauthorized(f"{self._header} does not match the request body",
                                error_code="invalid_signature")

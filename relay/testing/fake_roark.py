@@ -87,7 +87,16 @@ class Reset:
     """Read the request, then reset the connection without answering."""
 
 
-Behaviour = Union[Accept, Respond, RateLimited, Slow, Reset]
+@dataclass(frozen=True)
+class Trickle:
+    """Answer as `then` would (as Accept when None), but send its body one byte every
+    `seconds` after the headers: a peer that never quite stops answering."""
+
+    seconds: float
+    then: Behaviour | None = None
+
+
+Behaviour = Union[Accept, Respond, RateLimited, Slow, Reset, Trickle]
 
 
 @dataclass(frozen=True)
@@ -421,8 +430,11 @@ class _Handler(BaseHTTPRequestHandler):
 
         outcome = fake._evaluate(self.command, path, headers, body)
         behaviour = fake._next_behaviour() if self.command == "POST" else Accept()
-        while isinstance(behaviour, Slow):
-            if fake._stopping.wait(behaviour.seconds):
+        trickle = None
+        while isinstance(behaviour, Slow | Trickle):
+            if isinstance(behaviour, Trickle):
+                trickle = behaviour.seconds
+            elif fake._stopping.wait(behaviour.seconds):
                 self.close_connection = True
                 record(0, outcome.problems)
                 return
@@ -449,7 +461,7 @@ class _Handler(BaseHTTPRequestHandler):
             if behaviour.retry_after_ms is not None:
                 extra_headers["retry-after-ms"] = behaviour.retry_after_ms
         record(status, outcome.problems)
-        self._send(status, response, extra_headers)
+        self._send(status, response, extra_headers, trickle)
 
     def _read_body(self, headers: dict[str, str], limit: int) -> tuple[bytes, _Outcome | None]:
         declared = headers.get("content-length")
@@ -474,7 +486,7 @@ class _Handler(BaseHTTPRequestHandler):
                                f"a {declared} byte body exceeds the fake's {limit} byte limit")
 
     def _send(self, status: int, body: dict[str, Any] | None,
-              headers: dict[str, str] | None = None) -> None:
+              headers: dict[str, str] | None = None, trickle: float | None = None) -> None:
         payload = b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
         if body is not None:
@@ -485,7 +497,16 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(payload)
+        if trickle is None:
+            self.wfile.write(payload)
+            return
+        self.wfile.flush()
+        for byte in payload:
+            if self.server.fake._stopping.wait(trickle):
+                self.close_connection = True
+                return
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -25,12 +25,13 @@ TOOL_RESULT = b'{"results": [{"toolCallId": "call_1", "result": "booked for Frid
 
 class TeamServer:
     """The team's application: records what it is sent and answers as told, per message
-    type (`answers`), after `delays` seconds."""
+    type (`answers`), after `delays` seconds, and once `gate` is set when there is one."""
 
     def __init__(self) -> None:
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.answers: dict[str, tuple[int, str, bytes]] = {}
         self.delays: dict[str, float] = {}
+        self.gate: threading.Event | None = None
         team = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,6 +43,8 @@ class TeamServer:
                 team.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 kind = json.loads(body)["message"]["type"]
                 time.sleep(team.delays.get(kind, 0))
+                if team.gate is not None:
+                    team.gate.wait(30)
                 status, content_type, answer = team.answers.get(kind, (200, "application/json", TOOL_RESULT))
                 self.send_response(status)
                 self.send_header("content-type", content_type)

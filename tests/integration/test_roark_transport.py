@@ -39,8 +39,10 @@ class Server:
     closes those idle for `idle_timeout` seconds, as servers do."""
 
     def __init__(self, answer: bytes | None = CREATED, *, close_after: bool = False,
-                 idle_timeout: float | None = None, tls: ssl.SSLContext | None = None) -> None:
+                 idle_timeout: float | None = None, tls: ssl.SSLContext | None = None,
+                 trickle: float | None = None) -> None:
         self.answer, self.close_after, self.idle_timeout, self.tls = answer, close_after, idle_timeout, tls
+        self.trickle = trickle  # seconds between the answer's bytes (None: all at once)
         self.connections = self.idle_closes = 0
         self.requests: list[bytes] = []
 
@@ -66,7 +68,13 @@ class Server:
                 if self.answer is None:
                     await reader.read()  # holds the connection open, answering nothing
                     return
-                writer.write(self.answer)
+                if self.trickle is None:
+                    writer.write(self.answer)
+                else:
+                    for byte in self.answer:
+                        writer.write(bytes([byte]))
+                        await writer.drain()
+                        await asyncio.sleep(self.trickle)
                 await writer.drain()
                 if self.close_after or self.answer is UNTIL_CLOSE:
                     return
@@ -232,13 +240,23 @@ def test_transport_failures_are_retried_and_named_for_what_they_are():
     async def scenario():
         assert_retried(await deliver_once(f"http://127.0.0.1:{free_port()}"), "ClientConnectorError")
         async with Server(None) as silent:
-            assert_retried(await deliver_once(silent.url(), timeout=1), "SocketTimeoutError")
+            assert_retried(await deliver_once(silent.url(), timeout=1), "ReadTimeout: no whole answer within 1 s")
         async with Server(b"", close_after=True) as dropping:  # reads the request, closes without a word
             assert_retried(await deliver_once(dropping.url()), "ServerDisconnectedError")
         async with Server(b"HTTP/1.1 201 Created\r\nContent-Length: 50\r\n\r\ncut", close_after=True) as cut:
             assert_retried(await deliver_once(cut.url()), "ClientPayloadError")
         async with Server(b"not http at all\r\n\r\n") as garbled:
             assert_retried(await deliver_once(garbled.url()), "ClientResponseError")
+    run(scenario())
+
+
+def test_an_answer_that_trickles_ends_at_the_deadline_not_at_its_last_byte():
+    # Each byte resets a per-read timeout; only a deadline for the whole answer ends it.
+    async def scenario():
+        async with Server(CREATED, trickle=0.2) as trickling:  # 24 s for the whole answer
+            started = time.monotonic()
+            assert_retried(await deliver_once(trickling.url(), timeout=1), "ReadTimeout: no whole answer within 1 s")
+            assert time.monotonic() - started < 3
     run(scenario())
 
 
@@ -251,5 +269,5 @@ def test_an_answer_over_a_mebibyte_is_refused_unread(framing):
 
     async def scenario():
         async with Server(answer) as server:
-            assert_retried(await deliver_once(server.url()), "RemoteProtocolError: response body exceeds")
+            assert_retried(await deliver_once(server.url()), "AnswerTooLarge: the answer")
     run(scenario())
