@@ -18,10 +18,10 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 import httpx
 
-from relay import __version__, checks
+from relay import __version__, checks, retention
 from relay.errors import ConfigError, StoreUnavailable
 from relay.destinations import new_secret
-from relay.outbox import Backend, DeliveryFilter, State, open_backend
+from relay.outbox import AsyncOutbox, Backend, DeliveryFilter, State, open_backend
 from relay.outbox.startup import migrate_when_available, startup_patience
 from relay.providers import PROVIDER_NAMES, PROVIDERS
 from relay.redaction import Redactor
@@ -324,8 +324,17 @@ def prune(older_than: str, failed: bool) -> None:
     """Delete old delivered deliveries (and, with --failed, old failed ones)."""
     cutoff = time.time() - parse_duration(older_than)
     states = [State.DELIVERED, State.FAILED] if failed else [State.DELIVERED]
-    with outbox(load_settings(forwarding=False)) as backend:
-        deleted = backend.prune(cutoff, states)
+    settings = load_settings(forwarding=False)
+
+    async def prune_in_batches(backend: Backend) -> int:
+        store = AsyncOutbox(backend)
+        try:  # a few hundred at a time: a relay serving meanwhile goes on storing webhooks
+            return await retention.prune(store, cutoff, states, settings.retention_pause_seconds)
+        finally:
+            await store.close()
+
+    with outbox(settings) as backend:
+        deleted = asyncio.run(prune_in_batches(backend))
     click.echo(f"deleted {deleted} deliveries received before {iso(cutoff)}")
 
 

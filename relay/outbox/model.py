@@ -266,9 +266,12 @@ class Backend(abc.ABC):
         are left alone, so it is safe while forwarders run. Returns the ids replayed."""
 
     @abc.abstractmethod
-    def prune(self, received_before: float, states: Sequence[State]) -> int:
-        """Delete deliveries in `states` received before the cutoff, and webhooks left
-        owed to no one; returns how many deliveries."""
+    def prune(self, received_before: float, states: Sequence[State], limit: int) -> int:
+        """Delete up to `limit` deliveries in `states` received before the cutoff, and the
+        webhooks they leave owed to no one, in one transaction; returns how many
+        deliveries. Callers prune a few hundred at a time: one transaction deleting a
+        month of history would hold SQLite's write lock, and keep every webhook from
+        being stored, for as long as it took."""
 
     @abc.abstractmethod
     def fail_unconfigured(self, destinations: Sequence[str], now: float) -> dict[str, int]:

@@ -186,8 +186,8 @@ class AsyncOutbox:
     async def replay(self, ids: Sequence[int] | None, where: DeliveryFilter) -> list[int]:
         return await self._write(self.backend.replay, ids, where, self._clock())
 
-    async def prune(self, received_before: float, states: Sequence[State]) -> int:
-        return await self._write(self.backend.prune, received_before, states)
+    async def prune(self, received_before: float, states: Sequence[State], limit: int) -> int:
+        return await self._write(self.backend.prune, received_before, states, limit)
 
     async def revoke_session(self, nonce: str, expires_at: float) -> None:
         await self._write(self.backend.revoke_session, nonce, expires_at, self._clock())

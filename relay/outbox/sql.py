@@ -155,9 +155,12 @@ class Statements(ReconciliationStatements):
             (now, now, *params),
         )
 
-    def prune(self, received_before: float, states: Sequence[State]) -> Query:
-        return (f"DELETE FROM deliveries WHERE {self._in('state', states)} AND received_at < {self.mark}",
-                (*(state.value for state in states), received_before))
+    def prune(self, received_before: float, states: Sequence[State], limit: int) -> Query:
+        """Up to `limit` deliveries in `states` received before the cutoff; returns the
+        webhooks they were owed from."""
+        return (f"DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE {self._in('state', states)} "
+                f"AND received_at < {self.mark} LIMIT {self.mark}) RETURNING webhook_id",
+                (*(state.value for state in states), received_before, limit))
 
     def fail_unconfigured(self, destinations: Sequence[str], now: float) -> Query:
         return ("UPDATE deliveries SET state = 'failed', last_error = 'its destination is no longer "
@@ -165,10 +168,10 @@ class Statements(ReconciliationStatements):
                 f"AND NOT {self._in('destination', destinations)} RETURNING destination",
                 (now, *destinations))
 
-    def prune_webhooks(self, received_before: float) -> Query:
-        """The webhooks a prune left owed to no one (their bodies go with them)."""
-        return (f"DELETE FROM webhooks WHERE received_at < {self.mark} AND NOT EXISTS "
-                "(SELECT 1 FROM deliveries WHERE deliveries.webhook_id = webhooks.id)", (received_before,))
+    def prune_webhooks(self, webhook_ids: Sequence[int]) -> Query:
+        """Those of `webhook_ids` a prune left owed to no one (their bodies go with them)."""
+        return (f"DELETE FROM webhooks WHERE {self._in('id', webhook_ids)} AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries WHERE deliveries.webhook_id = webhooks.id)", tuple(webhook_ids))
 
     def pause_destination(self, destination: str, reason: str, now: float) -> Query:
         return ("INSERT INTO paused_destinations (destination, reason, paused_at) VALUES "
@@ -351,13 +354,14 @@ class SQLBackend(ReconciliationStore, Backend):
                 self._announce_work(conn)
         return sorted(i for (i,) in rows)
 
-    def prune(self, received_before: float, states: Sequence[State]) -> int:
+    def prune(self, received_before: float, states: Sequence[State], limit: int) -> int:
         if not states:
             return 0
         with self._write() as conn:
-            deleted = conn.execute(*self.SQL.prune(received_before, states)).rowcount
-            conn.execute(*self.SQL.prune_webhooks(received_before))
-        return deleted
+            owed_from = conn.execute(*self.SQL.prune(received_before, states, limit)).fetchall()
+            if owed_from:
+                conn.execute(*self.SQL.prune_webhooks(sorted({i for (i,) in owed_from})))
+        return len(owed_from)
 
     def fail_unconfigured(self, destinations: Sequence[str], now: float) -> dict[str, int]:
         with self._write() as conn:

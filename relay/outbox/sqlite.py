@@ -189,7 +189,11 @@ class SQLiteBackend(SQLBackend):
                 "UPDATE deliveries SET state = 'delivering', lease_token = ?, lease_expires_at = ?, "
                 f"attempts = attempts + 1, updated_at = ? WHERE id IN ({marks})",
                 (token, now + lease_seconds, now, *ids))
-            rows = conn.execute(f"SELECT {COLUMNS} FROM {JOINED} WHERE deliveries.id IN ({marks})", ids).fetchall()
+        # Read once the write lock is free again (up to MAX_BYTES_IN_FLIGHT of bodies is
+        # no moment to keep every webhook waiting); the lease keeps the rows as claimed.
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {COLUMNS} FROM {JOINED} WHERE deliveries.id IN ({marks}) "
+                                "AND deliveries.lease_token = ?", (*ids, token)).fetchall()
         return sorted((delivery_from_row(r) for r in rows), key=lambda d: (d.next_attempt_at, d.id))
 
     def ping(self) -> None:

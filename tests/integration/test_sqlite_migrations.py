@@ -51,7 +51,7 @@ def test_ids_never_reused_keeps_rows_and_attempts(tmp_path):
         [again] = store.insert_many([NewDelivery("vapi", "e", "d", "e:d", b"d", NOW, None, None)], NOW)
         # Ids pruned before the upgrade left no trace; from the survivors on, none is reissued.
         assert again.delivery_id > claimed.id
-        store.prune(NOW + 1, [State.PENDING])
+        store.prune(NOW + 1, [State.PENDING], 100)
         [later] = store.insert_many([NewDelivery("vapi", "e", "e", "e:e", b"e", NOW, None, None)], NOW)
         assert later.delivery_id > again.delivery_id
     finally:
