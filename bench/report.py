@@ -73,6 +73,13 @@ ROWS = (
     Row("6. scale-out ingest, 4 processes (req/s)", _get("scaleout", "runs", "4", "rate")),
     Row("6. most processes (4; tiny: 2) / 1", _get("scaleout", "ratio"), "{:.2f}"),
     Row("6. rows stored >= acknowledged, every run (1 = yes)", _get("scaleout", "durable"), "{:.0f}"),
+    Row("7. prune of the history past retention (s)", _get("prune", "prune_seconds"), "{:.1f}"),
+    Row("7. every webhook meanwhile acknowledged (1 = yes)", _get("prune", "all_acknowledged"), "{:.0f}",
+        ("≥", 1)),
+    Row("7. ack p99 meanwhile (ms)", _get("prune", "load", "latency_ms", "p99"), "{:.2f}"),
+    Row("7. worst write-lock wait meanwhile, SQLite (ms)", _get("prune", "worst_write_lock_wait_ms"), "{:.1f}"),
+    Row("3. worst write-lock wait in the instant drain, SQLite (ms)",
+        _get("drain_instant", "worst_write_lock_wait_ms"), "{:.1f}"),
 )
 
 

@@ -16,7 +16,7 @@ from bench import report, scenarios, wrk
 from bench.stores import PostgresStore, SQLiteStore
 
 DEFAULT_POSTGRES_URL = "postgresql://relay:relay@127.0.0.1:5432/relay_test"
-MEASUREMENTS = ("ingest", "latency", "drain", "memory", "scale", "scaleout")
+MEASUREMENTS = ("ingest", "latency", "drain", "memory", "scale", "scaleout", "prune")
 #: Several relay processes on one SQLite file is not a deployment: measured on PostgreSQL only.
 POSTGRES_ONLY = {"scaleout"}
 
@@ -53,6 +53,7 @@ def run_backend(bench: scenarios.Bench, only: set[str]) -> dict:
         "memory": lambda: scenarios.memory(bench),
         "scale": lambda: scenarios.drain(bench, sizes.drain_rows, 0.0, history=sizes.history_rows),
         "scaleout": lambda: scenarios.scaleout(bench),
+        "prune": lambda: scenarios.prune(bench),
     }
     for name, step in steps.items():
         if name.split("_")[0] not in only:

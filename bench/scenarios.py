@@ -1,4 +1,4 @@
-"""The six measurements, each on a fresh store with fresh processes.
+"""The seven measurements, each on a fresh store with fresh processes.
 
 Every function takes a `Bench` (sizes, where logs go, how to make a store and offer
 load) and returns plain figures for the report.
@@ -27,6 +27,8 @@ from relay.settings import Settings
 
 #: The one destination beside Roark in the drain that measures fan-out.
 DESTINATION = "crm"
+#: Seeded history the prune deletes: older than the relay's default retention (30 days).
+PRUNED_AGE_SECONDS = 40 * 86400
 #: The relay's default RELAY_FORWARD_CONCURRENCY.
 ROARK_CONCURRENCY = next(f.default for f in dataclasses.fields(Settings) if f.name == "forward_concurrency")
 
@@ -50,16 +52,19 @@ class Sizes:
     history_bytes: int = 1024
     #: Scale-out: how many relay processes share one PostgreSQL database, in turn.
     scaleout_processes: tuple[int, ...] = (1, 2, 4)
+    #: Prune: delivered rows past retention, and the webhooks offered a second meanwhile.
+    prune_rows: int = 100_000
+    prune_rate: float = 200.0
 
 
 SIZES = {
     "full": Sizes(ingest_seconds=15, latency_seconds=15, drain_rows=100_000,
-                  slow_drain_rows=100_000, history_rows=1_000_000),
+                  slow_drain_rows=100_000, history_rows=1_000_000, prune_rows=1_000_000),
     "quick": Sizes(ingest_seconds=5, latency_seconds=5, drain_rows=10_000,
                    slow_drain_rows=5_000, history_rows=100_000),
     "tiny": Sizes(ingest_seconds=1, latency_seconds=1, drain_rows=300, slow_drain_rows=300,
                   history_rows=2_000, large_reports=4, large_bytes=256 * 1024, latency_rate=100,
-                  ingest_connections=8, scaleout_processes=(1, 2)),
+                  ingest_connections=8, scaleout_processes=(1, 2), prune_rows=2_000),
 }
 
 
@@ -199,7 +204,8 @@ def drain(bench: Bench, rows: int, delay: float, *, history: int = 0, destinatio
         name = f"drain-{delay:g}s-history{history}" + ("-destination" if destination else "")
         with (servers.running(lambda: servers.upstream(bench.log(f"upstream-{delay:g}s"),
                                                        delay=delay)) as up,
-              servers.running(lambda: bench.relay(store, up, name, destination=destination)) as relay):
+              servers.running(lambda: bench.relay(store, up, name, destination=destination)) as relay,
+              store.lock_probe() as probe):
             cpu = relay.cpu_seconds(), up.cpu_seconds()
             initial, seconds = _wait_drained(store, timeout=60 + rows / 50)
             relay_cpu, upstream_cpu = relay.cpu_seconds() - cpu[0], up.cpu_seconds() - cpu[1]
@@ -210,7 +216,32 @@ def drain(bench: Bench, rows: int, delay: float, *, history: int = 0, destinatio
     return {"rows": rows, "history": history, "destinations": 2 if destination else 1, "measured_rows": initial, "seconds": round(seconds, 2),
             "rate": initial / seconds, "delivered": delivered, "seed_seconds": round(seeded, 1),
             "relay_cpu_seconds": round(relay_cpu, 2), "upstream_cpu_seconds": round(upstream_cpu, 2),
-            "relay_peak_rss_mb": memory["VmHWM"] / 1024}
+            "relay_peak_rss_mb": memory["VmHWM"] / 1024, **(probe.figures() if probe else {})}
+
+
+def prune(bench: Bench) -> dict:
+    """7. Retention deleting a large delivered history (past RELAY_RETENTION_DAYS) at the
+    relay's start while webhooks arrive at a fixed rate: how long the prune takes, the
+    longest a writer waited for the write lock meanwhile (SQLite), and the webhooks'
+    acknowledgements (every one must be a 200)."""
+    sizes = bench.sizes
+    store = bench.new_store()
+    try:
+        seeded = store.seed(sizes.prune_rows, sizes.history_bytes, delivered=True, age=PRUNED_AGE_SECONDS)
+        with (servers.running(lambda: servers.upstream(bench.log("upstream-prune"))) as up,
+              servers.running(lambda: bench.relay(store, up, "prune")) as relay,
+              store.lock_probe() as probe):
+            started = time.perf_counter()
+            load = bench.open_loop(relay.url, "prune", sizes.prune_rate, sizes.latency_seconds)
+            while store.rows() - load["accepted"] > 0 and time.perf_counter() - started < 600:
+                time.sleep(0.2)
+            seconds = time.perf_counter() - started
+            left = store.rows() - load["accepted"]
+    finally:
+        store.drop()
+    return {"rows": sizes.prune_rows, "seed_seconds": round(seeded, 1), "prune_seconds": round(seconds, 1),
+            "left": left, "load": load, "all_acknowledged": load["accepted"] == load["requests"],
+            **(probe.figures() if probe else {})}
 
 
 def memory(bench: Bench) -> dict:

@@ -9,6 +9,7 @@ each with its own call id inside the body and in its row.
 from __future__ import annotations
 
 import abc
+import contextlib
 import secrets
 import sqlite3
 import time
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from bench.lockprobe import LockProbe
 from bench.payloads import template
 from relay.outbox import open_backend
 
@@ -46,7 +48,7 @@ FROM webhooks WHERE id > {before}
 HISTORY_BEFORE_SECONDS = 7 * 86400
 
 
-def _seed_sql(dialect: str, delivered: bool, destinations: tuple[str, ...]) -> list[str]:
+def _seed_sql(dialect: str, delivered: bool, destinations: tuple[str, ...], age: float) -> list[str]:
     p = (lambda name: f":{name}") if dialect == "sqlite" else (lambda name: f"%({name})s")
     call_id = f"({p('tag')} || i)"
     body = (f"CAST({p('prefix')} || {call_id} || {p('suffix')} AS BLOB)" if dialect == "sqlite"
@@ -54,7 +56,7 @@ def _seed_sql(dialect: str, delivered: bool, destinations: tuple[str, ...]) -> l
     series = ("(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < "
               f"{p('count')}) SELECT i FROM s)" if dialect == "sqlite"
               else f"generate_series(1, {p('count')}) AS i")
-    received_at = f"{p('now')} - {HISTORY_BEFORE_SECONDS if delivered else 0} - i * 0.5"
+    received_at = f"{p('now')} - {age if delivered else 0} - i * 0.5"
     webhooks = _SEED.format(call_id=call_id, body=body, series=series, received_at=received_at)
     owed = [_OWE.format(
         destination=p(f"destination{n}"), before=p("before"), now=p("now"),
@@ -77,9 +79,9 @@ class Store(abc.ABC):
             store.close()
 
     def seed(self, count: int, size: int, *, delivered: bool = False, batch: int = 50_000,
-             destinations: tuple[str, ...] = ("roark",)) -> float:
-        """Store `count` pending (or delivered) reports of `size` bytes, each owed to
-        `destinations`; returns seconds."""
+             destinations: tuple[str, ...] = ("roark",), age: float = HISTORY_BEFORE_SECONDS) -> float:
+        """Store `count` pending (or delivered, ending `age` seconds ago) reports of `size`
+        bytes, each owed to `destinations`; returns seconds."""
         prefix, suffix = (part.decode() for part in template(size))
         started = time.perf_counter()
         tag = f"seed-{secrets.token_hex(4)}-"
@@ -88,7 +90,7 @@ class Store(abc.ABC):
                       "count": min(batch, count - offset), "now": time.time(),
                       "before": self._scalar("SELECT coalesce(max(id), 0) FROM webhooks"),
                       **{f"destination{n}": name for n, name in enumerate(destinations)}}
-            for statement in _seed_sql(self.backend, delivered, destinations):
+            for statement in _seed_sql(self.backend, delivered, destinations, age):
                 self._execute(statement, params)
         self._analyze()
         return time.perf_counter() - started
@@ -108,6 +110,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def _scalar(self, query: str) -> int: ...
+
+    def lock_probe(self) -> contextlib.AbstractContextManager[LockProbe | None]:
+        """What a writer waits for the write lock meanwhile (SQLite; PostgreSQL locks rows)."""
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def settings(self) -> dict[str, str]:
@@ -137,6 +143,9 @@ class SQLiteStore(Store):
     def _scalar(self, query: str) -> int:
         with closing(self._connect()) as conn:
             return conn.execute(query).fetchone()[0]
+
+    def lock_probe(self) -> contextlib.AbstractContextManager[LockProbe | None]:
+        return LockProbe(self.path)
 
     def settings(self) -> dict[str, str]:
         return {"journal_mode": "wal", "synchronous (inserts)": "FULL",

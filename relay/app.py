@@ -39,6 +39,7 @@ from relay.reconciliation.service import Reconcilers
 from relay.responses import JSONResponse
 from relay.settings import Settings
 from relay.supervisor import ForwardingProcess
+from relay.trouble import stuck
 
 log = structlog.get_logger("relay.app")
 
@@ -191,12 +192,14 @@ class Relay(Starlette):
 async def health(request: Request) -> JSONResponse:
     """Roark's HealthResponse shape: unhealthy (503) when the outbox is unreachable,
     degraded when delivery to Roark or a destination is paused or stopped, every attempt
-    of the last minute to one of them failed, the backlog is older than the threshold,
-    or a provider's reconciliation has failed for longer than two intervals. Each
-    destination is a dependency of its own (`<name>_delivery`).
+    of the last minute to one of them failed, a delivery to one of them has been in
+    flight past its timeout, the backlog is older than the threshold, or a provider's
+    reconciliation has failed for longer than two intervals (or its run died).
 
     Anyone may ask how the relay is; only the admin token (as a Bearer) is told why,
-    since the reasons can name a refused key or carry a redirect's Location."""
+    and which destination: the reasons can name a refused key or carry a redirect's
+    Location, and the destinations' names are the team's own. Others see Roark's
+    delivery and the destinations' together (`destinations_delivery`)."""
     state = request.app.state
     explain = state.admin_auth is not None and state.admin_auth.bearer(request) is not None
     if explain:
@@ -206,30 +209,35 @@ async def health(request: Request) -> JSONResponse:
     problems = []
     backlog_age = None
     stopped: dict[str, Pause] = {}
+    claims: dict[str, float] = {}
     reconciliations = []
+    now = time.time()
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
             oldest = await state.outbox.oldest_pending_received_at()
+            claims = await state.outbox.oldest_claims()
             if settings.destinations:  # only a destination can be stopped, never Roark
                 stopped = await state.outbox.paused_destinations()
             if state.reconcilers.sources:
                 reconciliations = await state.outbox.reconciliations()
         database = "healthy"
-        backlog_age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
+        backlog_age = 0.0 if oldest is None else max(0.0, now - oldest)
     except (StoreUnavailable, TimeoutError):
         database = "unhealthy"
         problems.append("the outbox database is unreachable")
     dependencies = {"database": database}
     for forwarder in forwarders:
         name = forwarder.destination
-        troubles = delivery_problems(forwarder, stopped.get(name))
+        troubles = delivery_problems(forwarder, stopped.get(name), claims.get(name), settings.timeout_of(name), now)
         if name == ROARK and backlog_age is not None and backlog_age > settings.pending_age_degraded_seconds:
             troubles.append(f"oldest undelivered webhook is {backlog_age:.0f} s old "
                             f"(threshold {settings.pending_age_degraded_seconds:g} s)")
         problems += troubles
-        dependencies[f"{name}_delivery"] = "degraded" if troubles and database == "healthy" else "healthy"
+        health = "degraded" if troubles and database == "healthy" else "healthy"
+        key = f"{name}_delivery" if explain or name == ROARK else "destinations_delivery"
+        dependencies[key] = "degraded" if dependencies.get(key) == "degraded" else health
     if state.reconcilers.sources:
-        missed = state.reconcilers.problems(reconciliations, time.time())
+        missed = state.reconcilers.problems(reconciliations, now)
         dependencies["reconciliation"] = "degraded" if missed else "healthy"
         problems += missed
     status = ("unhealthy" if database == "unhealthy" else
@@ -250,14 +258,19 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"data": data}, status_code=503 if status == "unhealthy" else 200)
 
 
-def delivery_problems(forwarder: Forwarder | RemoteForwarder, stopped: Pause | None) -> list[str]:
+def delivery_problems(forwarder: Forwarder | RemoteForwarder, stopped: Pause | None, claimed_at: float | None,
+                      timeout: float, now: float) -> list[str]:
     """What keeps a forwarder's deliveries from arriving, as an operator should read it."""
+    found = []
     if stopped is not None:
-        return [stopped.reason]
-    if forwarder.paused:
-        return [f"delivery paused: {forwarder.pause_reason}"]
-    trouble = forwarder.trouble.describe(time.time())
-    return [trouble] if trouble else []
+        found.append(stopped.reason)
+    elif forwarder.paused:
+        found.append(f"delivery paused: {forwarder.pause_reason}")
+    elif trouble := forwarder.trouble.describe(now):
+        found.append(trouble)
+    if held := stuck(forwarder.receiver, claimed_at, timeout, now):
+        found.append(held)
+    return found
 
 
 async def metrics(request: Request) -> Response:

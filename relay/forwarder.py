@@ -113,6 +113,11 @@ class Forwarder:
     def paused(self) -> bool:
         return self.pause_reason is not None
 
+    @property
+    def receiver(self) -> str:
+        """Whom it delivers to, as operators are told."""
+        return self.client.receiver.name
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"relay-forwarder-{self.destination}")
 

@@ -5,8 +5,9 @@ VAPI reports can carry the customer's Twilio credentials (`phoneNumber.twilioAut
 `twilioApiSecret`). Payloads are shown on the status page, admin API and CLI; they must
 never show such values, so masking is generous: a key is secret when its name is a known
 credential field, in the operator's list (`RELAY_REDACT_KEYS`), or looks like a
-credential (secret, password, api key, a name ending in "token", ...), and everything
-under such a key is masked, whatever its type: a secret can be a list or an object.
+credential (secret, password, pass, pwd, api key, cookie, session id, a name ending in
+"token", ...), and everything under such a key is masked, whatever its type: a secret
+can be a list or an object.
 `promptTokens: 2104` is a count, not a token, so names ending in "tokens" stay visible.
 
 Stripping is narrow: only the known credential fields and the operator's keys are
@@ -36,7 +37,8 @@ CREDENTIAL_KEYS = frozenset({
     "authtoken", "apikey", "api_key", "secret", "password", "authorization", "credentials",
 })
 _LOOKS_SECRET = re.compile(
-    r"secret|passw(or)?d|api[-_]?key|token$|private[-_]?key|credential|authorization|bearer|signature",
+    r"secret|passw(or)?d|pass(phrase|code)?$|pwd|api[-_]?key|token$|private[-_]?key|credential|authorization"
+    r"|bearer|signature|cookie|session[-_]?id",
     re.IGNORECASE,
 )
 

@@ -323,6 +323,27 @@ class Settings:
         "RELAY_RECONCILE_LOOKBACK_SECONDS", 86400.0, Seconds(60),
         """How far back the first run looks. Later runs continue from where the last
         complete one ended (kept in the database, per provider), however long ago.""")
+    reconcile_max_answer_bytes: int = setting(
+        "RELAY_RECONCILE_MAX_ANSWER_BYTES", 16 * 1024 * 1024, Integer(64 * 1024),
+        """Largest answer read from a provider's API. A page of calls larger than this is
+        asked for again with half as many calls, down to one; a single call larger than
+        it fails the run, naming this setting. With the calls handled one at a time, it
+        bounds what a run holds, whatever the provider sends.""")
+    reconcile_max_pages: int = setting(
+        "RELAY_RECONCILE_MAX_PAGES", 100, Integer(1),
+        """Pages of calls one run lists at most; a run that reaches it stops there, says
+        so, and the next run goes on from that page.""")
+    reconcile_max_run_seconds: float = setting(
+        "RELAY_RECONCILE_MAX_RUN_SECONDS", 600.0, Seconds(1),
+        "Longest one run may take; it stops there as at RELAY_RECONCILE_MAX_PAGES.")
+    reconcile_request_interval_seconds: float = setting(
+        "RELAY_RECONCILE_REQUEST_INTERVAL_SECONDS", 0.1, Seconds(0),
+        "Least time between two requests to a provider's API: someone else's service is paced.")
+    reconcile_lease_seconds: float = setting(
+        "RELAY_RECONCILE_LEASE_SECONDS", 60.0, Seconds(1),
+        """How long a run holds its provider (instances sharing a database take turns),
+        renewed every third of it while the run lives: a run whose process died gives the
+        provider up this long after, and /health says so meanwhile.""")
 
     def __post_init__(self) -> None:
         # A lease must outlast the slowest send it covers, or a delivery still in flight
@@ -368,6 +389,11 @@ class Settings:
         providers = {name: envvars.read(p.Settings, environ) for name, p in PROVIDERS.items()}
         optional = frozenset() if forwarding else frozenset({"ROARK_API_KEY"})
         return envvars.read(cls, environ, optional, providers=providers)
+
+    def timeout_of(self, destination: str) -> float:
+        """Seconds one attempt to `destination` (Roark or one of RELAY_DESTINATIONS) may take."""
+        found = next((d.timeout_seconds for d in self.destinations if d.name == destination), None)
+        return self.roark_timeout_seconds if found is None else found
 
     def destination_urls(self) -> dict[str, str]:
         """Roark, then every configured destination, by name: where each is, as operators

@@ -57,6 +57,21 @@ def describe(receiver: str, state: TroubleState, now: float) -> str | None:
     return f"{receiver} answering {state.status} to every attempt for {lasting}: {state.failure}"
 
 
+#: How long past its receiver's timeout a claim may still be held (its result being
+#: recorded) before the delivery counts as stuck.
+STUCK_MARGIN_SECONDS = 10.0
+
+
+def stuck(receiver: str, claimed_at: float | None, timeout: float, now: float) -> str | None:
+    """What is wrong when a delivery to `receiver` has been in flight, since `claimed_at`,
+    for longer than any attempt may take; None otherwise. Every request has a deadline,
+    so such a delivery is held by a forwarder that is itself stuck."""
+    if claimed_at is None or now - claimed_at <= timeout + STUCK_MARGIN_SECONDS:
+        return None
+    return (f"a delivery to {receiver} has been in flight for {duration(now - claimed_at)}, past its "
+            f"{timeout:g} s timeout: its forwarder is stuck")
+
+
 class UpstreamTrouble:
     def __init__(self, receiver: str = "Roark") -> None:
         self.receiver = receiver

@@ -27,6 +27,7 @@ from relay.ingest import read_body
 from relay.outbox import Delivery, DeliveryFilter, Reconciliation, State
 from relay.providers import PROVIDER_NAMES
 from relay.redaction import Redactor
+from relay.trouble import stuck
 from relay.views import attempt_json, delivery_json, iso, masked_payload, reconciliation_json
 
 log = structlog.get_logger("relay.admin")
@@ -169,6 +170,7 @@ async def summary(request: Request) -> dict[str, Any]:
             providers[provider][State(state).value] += count
             counts[State(state).value] += count
     oldest = await outbox.oldest_pending_received_at()
+    destinations = await destinations_summary(request, now)
     return {
         "counts": counts,
         "providers": providers,
@@ -177,8 +179,8 @@ async def summary(request: Request) -> dict[str, Any]:
         "paused": forwarder.paused,
         "pause_reason": forwarder.pause_reason,
         "rate_limited_until": iso(forwarder.rate_limited_until) if forwarder.rate_limited_until > now else None,
-        "trouble": forwarder.trouble.describe(now),
-        "destinations": await destinations_summary(request, now),
+        "trouble": destinations[0]["trouble"],
+        "destinations": destinations,
         "reconciliation": {name: reconciliation_json(state, enabled, now)
                            for name, (state, enabled) in (await reconciliations(request)).items()},
     }
@@ -191,6 +193,7 @@ async def destinations_summary(request: Request, now: float) -> list[dict[str, A
     settings = state.settings
     per_destination = await state.outbox.counts_by_destination()
     stopped = await state.outbox.paused_destinations()
+    claims = await state.outbox.oldest_claims()
     urls = settings.destination_urls()
     forwarders = state.forwarders.by_destination
     rows = []
@@ -206,7 +209,8 @@ async def destinations_summary(request: Request, now: float) -> list[dict[str, A
             "pause_reason": forwarder.pause_reason if forwarder else None,
             "rate_limited_until": iso(forwarder.rate_limited_until)
             if forwarder and forwarder.rate_limited_until > now else None,
-            "trouble": forwarder.trouble.describe(now) if forwarder else None,
+            "trouble": (forwarder.trouble.describe(now) if forwarder else None)
+            or stuck(forwarder.receiver if forwarder else name, claims.get(name), settings.timeout_of(name), now),
         })
     return rows
 

@@ -234,10 +234,13 @@ class StatusPages:
         client = request.client.host if request.client else ""
         try:
             self.auth.check_login_csrf(request, _field(form, "csrf_token"))
-            if wait := self.throttle.wait(client):
-                raise TooManyRequests("Too many failed logins; try again later.",
-                                      retry_after_seconds=math.ceil(wait))
+            # The right token always gets in: at 64 bits or more (RELAY_ADMIN_TOKEN's rule)
+            # no rate of guessing finds it, and refusing it let anyone lock the operator
+            # out with a few wrong logins a second.
             if not self.auth.token_matches(_field(form, "token") or ""):
+                if wait := self.throttle.wait(client):
+                    raise TooManyRequests("Too many failed logins; try again later.",
+                                          retry_after_seconds=math.ceil(wait))
                 self.throttle.failed(client)
                 raise Unauthorized("That token was not accepted.")
         except HTTPError as error:

@@ -2,11 +2,12 @@
 
 Each client (by IP address) and the relay as a whole have a budget of failed logins
 that refills evenly over a minute: FAILURES_PER_CLIENT and FAILURES_OVERALL. A failed
-login spends one from both; once either is spent, every login from there is answered
-429 with Retry-After, right token or not, so a guesser learns nothing from it. The
-overall budget is what holds against guessers spread over many addresses; it can keep
-people from the login form for as long as such an attack lasts, never scripts (a
-Bearer header is not a login).
+login spends one from both; once either is spent, every wrong token from there is
+answered 429 with Retry-After. The right token is never refused: the admin token holds
+64 bits or more, which no rate of guessing finds, so the throttle only bounds what
+failed logins cost, and guessers (on one address or many, or behind a proxy everyone
+shares) cannot lock the operator out. Scripts are never affected (a Bearer header is
+not a login).
 
 Behind a proxy the client is whatever address uvicorn reports: the proxy's own, unless
 uvicorn trusts its X-Forwarded-For (FORWARDED_ALLOW_IPS); then every client shares one

@@ -302,6 +302,12 @@ class Backend(abc.ABC):
     def oldest_pending_received_at(self) -> float | None: ...
 
     @abc.abstractmethod
+    def oldest_claims(self) -> dict[str, float]:
+        """When the longest-held claim of each destination was made (deliveries being
+        delivered, by destination; destinations with none are absent): one held longer
+        than its receiver's timeout is stuck."""
+
+    @abc.abstractmethod
     def pause_destination(self, destination: str, reason: str, now: float) -> None:
         """Send nothing more to `destination`, from any instance, until it is resumed."""
 
@@ -380,6 +386,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def held(self, provider: str, dedupe_keys: Sequence[str]) -> set[str]:
         """Which of `dedupe_keys` the outbox already holds for `provider`."""
+
+    @abc.abstractmethod
+    def renew_reconciliation(self, provider: str, owner: str, expires_at: float) -> bool:
+        """Extend the lease to `expires_at`, if `owner` still holds it (a run does, every
+        third of its lease, while it lives); False when someone else has taken it over."""
 
     @abc.abstractmethod
     def traffic(self, now: float, step: float, count: int, destination: str | None = None) -> list[Bucket]:

@@ -226,6 +226,9 @@ class AsyncOutbox:
     async def oldest_pending_received_at(self) -> float | None:
         return await self._read(self.backend.oldest_pending_received_at)
 
+    async def oldest_claims(self) -> dict[str, float]:
+        return await self._read(self.backend.oldest_claims)
+
     async def traffic(self, step: float, count: int, destination: str | None = None) -> list[Bucket]:
         return await self._read(self.backend.traffic, self._clock(), step, count, destination)
 
@@ -263,6 +266,9 @@ class AsyncOutbox:
 
     async def held(self, provider: str, dedupe_keys: Sequence[str]) -> set[str]:
         return await self._read(self.backend.held, provider, dedupe_keys)
+
+    async def renew_reconciliation(self, provider: str, owner: str, seconds: float) -> bool:
+        return await self._write(self.backend.renew_reconciliation, provider, owner, self._clock() + seconds)
 
 
 def _executors() -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:

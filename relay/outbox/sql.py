@@ -256,6 +256,8 @@ FORWARDER_REPORTS = f"SELECT {', '.join(REPORT_FIELDS)} FROM forwarder_reports"
 COUNTS_BY = "SELECT {column}, state, count(*) FROM deliveries GROUP BY {column}, state"
 PAUSED = "SELECT destination, reason, paused_at FROM paused_destinations"
 OLDEST_PENDING = "SELECT min(received_at) FROM deliveries WHERE state IN ('pending', 'delivering')"
+#: A claim sets updated_at, and nothing else touches a row while it is claimed.
+OLDEST_CLAIMS = "SELECT destination, min(updated_at) FROM deliveries WHERE state = 'delivering' GROUP BY destination"
 
 
 class SQLBackend(ReconciliationStore, Backend):
@@ -429,6 +431,10 @@ class SQLBackend(ReconciliationStore, Backend):
         with self._read() as conn:
             (oldest,) = conn.execute(OLDEST_PENDING).fetchone()
         return oldest
+
+    def oldest_claims(self) -> dict[str, float]:
+        with self._read() as conn:
+            return dict(conn.execute(OLDEST_CLAIMS).fetchall())
 
     def traffic(self, now: float, step: float, count: int, destination: str | None = None) -> list[traffic.Bucket]:
         with self._read() as conn:

@@ -22,6 +22,7 @@ import time
 import httpx
 import pytest
 
+from relay.destinations import new_secret
 from relay.providers import retell, vapi
 from relay.testing.fake_roark import Accept, Respond
 from tests.e2e.conftest import rows
@@ -167,3 +168,29 @@ def test_the_scan_finds_what_it_looks_for():
     found = scan.findings()
     assert len(found) == 4 and not any("clean" in f for f in found), found
     assert not any(VAPI_SECRET in f or digest in f for f in found)  # reports never quote them
+
+
+def test_values_under_cookie_pass_pwd_and_session_id_are_masked_and_health_names_no_destination(
+        start_relay, relay_env, fake_roark):
+    secrets = {"cookie": "cookie-value-0123456789", "pass": "pass-value-0123456789",
+               "pwd": "pwd-value-0123456789", "sessionId": "session-value-0123456789"}
+    env = {**relay_env, "RELAY_ADMIN_TOKEN": ADMIN_TOKEN, "RELAY_DESTINATIONS": json.dumps([
+        {"name": "acme-internal-crm", "url": "http://127.0.0.1:9/hooks", "secret": new_secret()}])}
+    relay = start_relay(env)
+    document = json.loads(with_call_id("vapi/end-of-call-report", "leak-fields"))
+    document["message"]["call"]["metadata"] = secrets
+    assert relay.post("/webhooks/vapi", json.dumps(document).encode(), vapi_headers()).status_code == 200
+    [row] = [r for r in rows(env) if r["call_id"] == "leak-fields" and r["destination"] == "roark"]
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    shown = [
+        httpx.get(f"{relay.url}/admin/api/deliveries/{row['id']}", headers=admin).text,
+        httpx.get(f"{relay.url}/status/deliveries/{row['id']}", headers=admin).text,
+        subprocess.run([shutil.which("relay"), "deliveries", "show", str(row["id"])], capture_output=True,
+                       text=True, env={"PATH": os.environ["PATH"], **env}, timeout=60).stdout,
+    ]
+    for where, text in zip(("API", "page", "CLI"), shown):
+        assert "leak-fields" in text, f"the {where} did not show the delivery"
+        assert not [value for value in secrets.values() if value in text], f"the {where} showed a secret"
+    public = httpx.get(f"{relay.url}/health").json()["data"]
+    assert "acme-internal-crm" not in json.dumps(public) and "destinations_delivery" in public["dependencies"]
+    assert "acme-internal-crm_delivery" in httpx.get(f"{relay.url}/health", headers=admin).json()["data"]["dependencies"]

@@ -319,17 +319,19 @@ def test_login_guesses_are_limited_per_client_and_overall(admin_env):
     with TestClient(app, base_url="https://testserver") as client:
         for _ in range(FAILURES_PER_CLIENT):
             assert login(client, token="wrong-guess-0123456789").status_code == 401
-        refused = login(client)  # even the right token waits: the guesser cannot tell
+        refused = login(client, token="wrong-guess-0123456789")
         assert refused.status_code == 429 and no_session(refused)
         assert 1 <= int(refused.headers["retry-after"]) <= 60 and "Too many" in refused.text
+        assert login(client).status_code == 303  # the right token is never locked out
         assert client.get("/status", headers=BEARER).status_code == 200  # scripts are not locked out
         assert login(start_same(client, "198.51.100.1")).status_code == 303  # nor is anyone else
         for n in range(FAILURES_OVERALL // FAILURES_PER_CLIENT - 1):  # the first client spent one share
             guesser = start_same(client, f"203.0.113.{n}")
             for _ in range(FAILURES_PER_CLIENT):
                 assert login(guesser, token="wrong-guess-0123456789").status_code == 401
-        refused = login(start_same(client, "198.51.100.2"))
+        refused = login(start_same(client, "198.51.100.2"), token="wrong-guess-0123456789")
         assert refused.status_code == 429 and no_session(refused)
+        assert login(start_same(client, "198.51.100.3")).status_code == 303
 
 
 def test_rotating_the_token_logs_everyone_out(client, admin_env):

@@ -125,6 +125,10 @@ def test_gone_fails_the_delivery_stops_the_destination_until_resumed(relay_env, 
         health = client.get("/health", headers=BEARER).json()["data"]
         assert health["status"] == "degraded" and health["dependencies"]["crm_delivery"] == "degraded"
         assert health["dependencies"]["roark_delivery"] == "healthy"
+        # Anyone may ask how the relay is, but the team's destinations go unnamed.
+        public = client.get("/health").json()["data"]
+        assert public["dependencies"] == {"database": "healthy", "roark_delivery": "healthy",
+                                          "destinations_delivery": "degraded"}
 
         # Stopped: a later webhook is stored and still reaches Roark, but waits for crm.
         second = post_vapi(client, with_call_id("vapi/end-of-call-report", "call-gone-2"))

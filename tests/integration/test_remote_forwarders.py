@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 from relay.app import create_app
 from relay.background import Background
 from relay.metrics import Metrics
-from relay.outbox import AsyncOutbox, ForwarderReport, open_backend
+from relay.outbox import AsyncOutbox, ForwarderReport, NewDelivery, open_backend
 from relay.remote_forwarders import STALE_AFTER_SECONDS
 from relay.settings import Settings
 from relay.testing.fake_roark import Respond
@@ -101,3 +101,24 @@ def test_background_reports_what_its_forwarders_meet(settings, fake_roark):
     assert "ROARK_API_KEY" in roark.paused_reason
     # A 401 is an answer: Roark is up, and refusing the key (relay.trouble).
     assert roark.failing_since is None and roark.last_success_at is not None
+
+
+def test_a_delivery_held_past_its_timeout_is_reported_stuck(settings):
+    claimed_at = time.time() - 100
+    backend = open_backend(settings.database_url)
+    try:
+        backend.migrate()
+        backend.insert_many([NewDelivery("vapi", "end-of-call-report", "stuck-1", "e:stuck-1", b"{}", claimed_at)],
+                            claimed_at)
+        assert backend.claim("a-forwarder-frozen-mid-delivery", claimed_at, 1000, 1)
+    finally:
+        backend.close()
+    report(settings, ForwarderReport("roark", reported_at=time.time()))  # its process still reports
+    with TestClient(create_app(settings, forwarding="off")) as client:
+        data = health(client)
+        assert data["status"] == "degraded" and data["dependencies"]["roark_delivery"] == "degraded"
+        assert "a delivery to Roark has been in flight for 2 min, past its 5 s timeout: its forwarder is stuck" \
+            in data["problems"]
+        summary = client.get("/admin/api/summary", headers={"authorization": f"Bearer {TOKEN}"}).json()["data"]
+        assert summary["trouble"].startswith("a delivery to Roark has been in flight")
+        assert client.get("/health").json()["data"]["status"] == "degraded"

@@ -20,12 +20,15 @@ def test_vapi_sample_twilio_credentials_are_masked_and_nothing_else_changes():
 
 
 @pytest.mark.parametrize("key", ["twilioApiSecret", "client_secret", "apiKey", "X-Api-Key", "password",
-                                 "accessToken", "Authorization", "stripeSecretKey", "privateKey"])
+                                 "accessToken", "Authorization", "stripeSecretKey", "privateKey", "cookie",
+                                 "Set-Cookie", "pass", "dbPass", "passcode", "pwd", "userPwd", "sessionId",
+                                 "session_id", "SESSIONID"])
 def test_credential_like_keys_are_masked(key):
     assert Redactor().mask({"a": [{key: "value"}]}) == {"a": [{key: MASK}]}
 
 
-@pytest.mark.parametrize("key", ["promptTokens", "number", "callId", "transcript", "summary"])
+@pytest.mark.parametrize("key", ["promptTokens", "number", "callId", "transcript", "summary", "passenger",
+                                 "session", "sessionStart"])
 def test_ordinary_keys_are_kept(key):
     assert Redactor().mask({key: "value"}) == {key: "value"}
 
