@@ -5,9 +5,11 @@
     ├── StoreError                the outbox could not do what was asked
     │   └── StoreUnavailable      the store is locked, full, read-only or unreachable;
     │                             the caller may try again later
-    ├── ProviderApiError          a provider's API (reconciliation) failed: unreachable,
-    │   │                         still failing after retries, or an unexpected answer
-    │   └── ProviderKeyRefused    it answered 401/403: the API key is wrong or revoked
+    ├── ProviderApiError          a reconciliation run could not finish with a provider's
+    │   │                         API: unreachable, still failing after retries, an
+    │   │                         unexpected answer, or more than a run may take
+    │   ├── ProviderKeyRefused    it answered 401/403: the API key is wrong or revoked
+    │   └── ProviderAnswerTooLarge  an answer exceeds RELAY_RECONCILE_MAX_ANSWER_BYTES
     └── HTTPError                 answered to a client as the spec's ErrorResponse
         ├── BadRequest            400 validation      (invalid JSON, not an object...)
         ├── Unauthorized          401 authentication  (missing/invalid signature or token)
@@ -54,12 +56,19 @@ class StoreUnavailable(StoreError):
 
 
 class ProviderApiError(RelayError):
-    """A provider's API did not answer what reconciliation asked. The message says what
-    happened and which variable or service to check."""
+    """A provider's API did not answer what reconciliation asked, or had more for it than
+    one run may take. The message says what happened and which variable or service to
+    check."""
 
 
 class ProviderKeyRefused(ProviderApiError):
     """The provider's API refused the configured API key (401 or 403)."""
+
+
+class ProviderAnswerTooLarge(ProviderApiError):
+    """An answer of the provider's API is larger than RELAY_RECONCILE_MAX_ANSWER_BYTES:
+    asking again brings the same, so it is not retried (a page is asked for with fewer
+    calls instead)."""
 
 
 class HTTPError(RelayError):

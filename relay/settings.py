@@ -336,6 +336,10 @@ class Settings:
     reconcile_max_run_seconds: float = setting(
         "RELAY_RECONCILE_MAX_RUN_SECONDS", 600.0, Seconds(1),
         "Longest one run may take; it stops there as at RELAY_RECONCILE_MAX_PAGES.")
+    reconcile_timeout_seconds: float = setting(
+        "RELAY_RECONCILE_TIMEOUT_SECONDS", 30.0, Seconds(1),
+        """Longest one request to a provider's API may take, its whole answer included (an
+        answer that trickles in is cut off there and asked for again).""")
     reconcile_request_interval_seconds: float = setting(
         "RELAY_RECONCILE_REQUEST_INTERVAL_SECONDS", 0.1, Seconds(0),
         "Least time between two requests to a provider's API: someone else's service is paced.")

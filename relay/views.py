@@ -52,6 +52,7 @@ def reconciliation_json(r: Reconciliation, enabled: bool, now: float) -> dict[st
     return {
         "enabled": enabled,
         "running": r.running(now),
+        "stopped_run_owner": None if r.running(now) else r.lease_owner,
         "last_run_at": iso(r.last_run_at),
         "last_queued": r.last_queued,
         "last_error": r.last_error,

@@ -83,11 +83,14 @@ SCHEMAS: dict[str, Any] = {
     },
     "Reconciliation": {
         "type": "object",
-        "required": ["enabled", "running", "last_run_at", "last_queued", "last_error", "last_success_at",
-                     "failing_since", "reconciled_until"],
+        "required": ["enabled", "running", "stopped_run_owner", "last_run_at", "last_queued", "last_error",
+                     "last_success_at", "failing_since", "reconciled_until"],
         "properties": {
             "enabled": {"type": "boolean", "description": "this relay has the provider's API key"},
             "running": {"type": "boolean", "description": "a run holds the provider now (on any instance)"},
+            "stopped_run_owner": _nullable("string", description="the instance (host:pid:...) whose run "
+                                           "stopped without finishing, its lease run out: its process died; "
+                                           "null otherwise (the next run takes it over)"),
             "last_run_at": {**TIME, "description": "when the last run ended"},
             "last_queued": _nullable("integer", minimum=0,
                                      description="calls the last run queued (their webhook never came)"),

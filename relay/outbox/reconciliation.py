@@ -62,6 +62,11 @@ class ReconciliationStatements:
         return (f"SELECT dedupe_key FROM webhooks WHERE provider = {self.mark} AND "
                 f"{self._in('dedupe_key', dedupe_keys)}", (provider, *dedupe_keys))
 
+    def renew_reconciliation(self, provider: str, owner: str, expires_at: float) -> Query:
+        m = self.mark
+        return (f"UPDATE reconciliation SET lease_expires_at = {m} WHERE provider = {m} AND lease_owner = {m}",
+                (expires_at, provider, owner))
+
 
 class ReconciliationStore:
     """Mixed into `relay.outbox.sql.SQLBackend`, whose connections and statements they use."""
@@ -97,3 +102,8 @@ class ReconciliationStore:
             return set()
         with self._read() as conn:
             return {key for (key,) in conn.execute(*self.SQL.held(provider, dedupe_keys)).fetchall()}
+
+    def renew_reconciliation(self, provider: str, owner: str, expires_at: float) -> bool:
+        # Not synced, like the lease it extends.
+        with self._write(durable=False) as conn:
+            return conn.execute(*self.SQL.renew_reconciliation(provider, owner, expires_at)).rowcount == 1

@@ -143,13 +143,23 @@ class Provider:
         """Parse a verified body; BadRequest when it is not this provider's webhook."""
         event, sent_id = self.event_and_call_id(jsonbody.parse(raw_body, self.Head))
         event = _event(event, self.event_field)
-        call_id = _call_id(sent_id)
-        if event in self.once_per_call and call_id is not None:
-            # Each kind of key has its own namespace: 123 and "123" are different ids,
-            # and a call id may well read "sha256:...".
-            kind = "int" if isinstance(sent_id, int) else "str"
-            return Envelope(event, call_id, f"{event}:id:{kind}:{call_id}")
-        return Envelope(event, call_id, f"{event}:sha256:{hashlib.sha256(raw_body).hexdigest()}")
+        if event in self.once_per_call and (key := call_dedupe_key(event, sent_id)) is not None:
+            return Envelope(event, _call_id(sent_id), key)
+        return Envelope(event, _call_id(sent_id), f"{event}:sha256:{hashlib.sha256(raw_body).hexdigest()}")
+
+
+def call_dedupe_key(event: str, sent_id: object) -> str | None:
+    """The dedupe key of `event`, one of a provider's `once_per_call` events, about the
+    call `sent_id` names; None when it names none a key can be made of (the body then
+    dedupes by its hash). Reconciliation makes it from a listed call's id, before
+    building the body."""
+    call_id = _call_id(sent_id)
+    if call_id is None:
+        return None
+    # Each kind of key has its own namespace: 123 and "123" are different ids, and a
+    # call id may well read "sha256:...".
+    kind = "int" if isinstance(sent_id, int) else "str"
+    return f"{event}:id:{kind}:{call_id}"
 
 
 #: The default of a `Head`'s sub-object that the body lacks.

@@ -11,13 +11,27 @@ out, so each call the outbox does not hold yet is fetched whole before it is sto
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
+
 from relay import jsonbody
 from relay.errors import ProviderApiError
-from relay.providers.calls import Api, CallSource, ListedCall, Page, Window
+from relay.providers.calls import (
+    Api,
+    CallSource,
+    Fields,
+    ListedCall,
+    Page,
+    Window,
+    fields_of,
+    fitting,
+    present,
+    small,
+)
 
 #: Calls per page (Retell allows 1000): each listed call the outbox lacks costs a fetch
 #: before the page's progress is saved, so pages stay small enough to finish quickly.
@@ -44,38 +58,63 @@ def list_request(window: Window, token: str | None, limit: int = PAGE_LIMIT) -> 
     return body
 
 
-def call_ended(call: Mapping[str, Any]) -> bytes:
+def call_ended(call: Fields) -> bytes:
     """The `call_ended` webhook for this call: all of it but `call_analysis`, which
     only `call_analyzed` carries."""
     return jsonbody.dumps({"event": "call_ended",
                            "call": {name: value for name, value in call.items() if name != "call_analysis"}})
 
 
-def listed_call(call: object) -> ListedCall | None:
-    if not isinstance(call, Mapping) or not isinstance(call.get("call_id"), str) or not call["call_id"]:
+def listed_call(item: msgspec.Raw) -> ListedCall | None:
+    call = fields_of(item)
+    call_id = small(call.get("call_id")) if call is not None else None
+    if not call_id:
         return None
-    ended = call.get("call_status") in ENDED_STATUSES and call.get("end_timestamp") is not None
-    return ListedCall(call["call_id"], ended, call_ended(call), whole=False)
+    ended = small(call.get("call_status")) in ENDED_STATUSES and present(call.get("end_timestamp"))
+    return ListedCall(call_id, ended)  # the listing leaves transcripts out: fetched whole to be stored
+
+
+class _Listing(msgspec.Struct):
+    """A page of `POST /v3/list-calls`: its calls are read one at a time."""
+
+    items: list[msgspec.Raw]
+    has_more: bool | None = None
+    pagination_key: str | None = None
+
+
+@dataclass
+class _Paging:
+    """How far a listing of one window got."""
+
+    token: str | None
+    limit: int = PAGE_LIMIT  # halved for the rest of the window when a page is too large
+    done: bool = False
 
 
 class RetellCalls(CallSource):
-    async def pages(self, api: Api, window: Window, token: str | None) -> AsyncIterator[Page]:
-        while True:
-            answer = await api.post("/v3/list-calls", list_request(window, token))
-            items = answer.get("items") if isinstance(answer, Mapping) else None
-            if not isinstance(items, list):
-                raise ProviderApiError("Retell answered /v3/list-calls without a list of items")
-            token = answer.get("pagination_key") if answer.get("has_more") else None
-            if answer.get("has_more") and not isinstance(token, str):
-                raise ProviderApiError("Retell said it has more calls but gave no pagination_key")
-            yield Page([call for item in items if (call := listed_call(item)) is not None], token)
-            if token is None:
-                return
+    event = "call_ended"
 
-    async def fetch(self, api: Api, call: ListedCall) -> bytes | None:
-        whole = await api.get(f"/v2/get-call/{quote(call.call_id, safe='')}", missing_ok=True)
+    async def pages(self, api: Api, window: Window, token: str | None) -> AsyncIterator[Page]:
+        paging = _Paging(token)
+        while not paging.done:
+            # Yielded without a name: no page outlives the request for the next one.
+            yield await self._page(api, window, paging)
+
+    async def _page(self, api: Api, window: Window, paging: _Paging) -> Page:
+        answer, paging.limit = await fitting(
+            lambda limit: api.post("/v3/list-calls", list_request(window, paging.token, limit), into=_Listing),
+            paging.limit, "retell")
+        if answer.has_more and answer.pagination_key is None:
+            raise ProviderApiError("Retell said it has more calls but gave no pagination_key")
+        paging.token = answer.pagination_key if answer.has_more else None
+        paging.done = paging.token is None
+        return Page([call for item in answer.items if (call := listed_call(item)) is not None], paging.token)
+
+    async def webhook(self, api: Api, call: ListedCall) -> bytes | None:
+        path = f"/v2/get-call/{quote(call.call_id, safe='')}"
+        whole = await api.get(path, missing_ok=True, into=Fields)
         if whole is None:
             return None
-        if not isinstance(whole, Mapping) or whole.get("call_id") != call.call_id:
+        if small(whole.get("call_id")) != call.call_id:
             raise ProviderApiError(f"Retell answered /v2/get-call/{call.call_id} with another call")
         return call_ended(whole)

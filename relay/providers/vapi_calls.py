@@ -12,15 +12,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 import structlog
 
 from relay import jsonbody
 from relay.errors import ProviderApiError
-from relay.providers.calls import Api, CallSource, ListedCall, Page, Window
+from relay.providers.calls import (
+    Api,
+    CallSource,
+    Fields,
+    ListedCall,
+    Page,
+    Window,
+    fields_of,
+    fitting,
+    is_object,
+    present,
+    small,
+)
 
 log = structlog.get_logger("relay.reconciliation")
 
@@ -52,12 +65,12 @@ def iso(timestamp: float) -> str:
 # --- the report ------------------------------------------------------------------------
 
 
-def recording_urls(artifact: Mapping[str, Any]) -> dict[str, Any]:
+def recording_urls(artifact: Fields) -> dict[str, Any]:
     """The artifact with the recording URLs where a webhook has them: from
     `recording.*` when present, else the deprecated `recordingUrl` it already holds."""
-    found = dict(artifact)
-    recording = artifact.get("recording")
-    if isinstance(recording, Mapping):
+    found: dict[str, Any] = dict(artifact)
+    recording = small(artifact.get("recording"), dict[str, Any])
+    if recording is not None:
         mono = recording.get("mono")
         combined = mono.get("combinedUrl") if isinstance(mono, Mapping) else None
         if combined:
@@ -67,33 +80,38 @@ def recording_urls(artifact: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
-def end_of_call_report(call: Mapping[str, Any]) -> dict[str, Any]:
+def end_of_call_report(call: Fields) -> dict[str, Any]:
     """The end-of-call-report message VAPI would have sent for this call object (as
     `GET /call` gives it). The call goes under `call` without the report's own fields,
     which the report carries at its top level, as a webhook does."""
     report: dict[str, Any] = {"type": "end-of-call-report"}
-    ended = parse_time(call.get("endedAt")) or parse_time(call.get("updatedAt"))
+    ended = parse_time(small(call.get("endedAt"))) or parse_time(small(call.get("updatedAt")))
     if ended is not None:
         report["timestamp"] = round(ended * 1000)
     for name in REPORT_FIELDS:
-        if call.get(name) is not None:
+        if present(call.get(name)):
             report[name] = call[name]
-    if isinstance(call.get("artifact"), Mapping):
-        report["artifact"] = recording_urls(call["artifact"])
+    if (artifact := fields_of(call.get("artifact"))) is not None:
+        report["artifact"] = recording_urls(artifact)
     for name in PARTIES:
-        if isinstance(call.get(name), Mapping):
+        if is_object(call.get(name)):
             report[name] = call[name]
     report["call"] = {name: value for name, value in call.items() if name not in REPORT_FIELDS}
     return report
 
 
-def listed_call(call: object) -> ListedCall | None:
-    """A call object from the listing, with the webhook it would have sent; None when
-    it has no id to name it by."""
-    if not isinstance(call, Mapping) or not isinstance(call.get("id"), str) or not call["id"]:
+def webhook_body(call: Fields) -> bytes:
+    """The end-of-call-report webhook's body for this call object."""
+    return jsonbody.dumps({"message": end_of_call_report(call)})
+
+
+def listed_call(item: msgspec.Raw) -> ListedCall | None:
+    """A call object from the listing; None when it has no id to name it by."""
+    call = fields_of(item)
+    call_id = small(call.get("id")) if call is not None else None
+    if not call_id:
         return None
-    body = jsonbody.dumps({"message": end_of_call_report(call)})
-    return ListedCall(call["id"], call.get("status") == "ended", body)
+    return ListedCall(call_id, small(call.get("status")) == "ended", call)
 
 
 # --- paging ------------------------------------------------------------------------------
@@ -138,40 +156,60 @@ def is_short(count: int, fresh: int, asked: int, largest_before: int) -> bool:
     return fresh == 0 or (count < asked and count < largest_before)
 
 
-def next_bound(calls: Sequence[Mapping[str, Any]], bound: Bound | None) -> Bound:
-    """Where the next page starts after a page of `calls` that may not be the last: at
-    its oldest call (which comes back, with any other call of that millisecond)."""
-    times = [(t, c["createdAt"]) for c in calls if (t := parse_time(c.get("createdAt"))) is not None]
+def next_bound(created: Sequence[str | None], bound: Bound | None) -> Bound:
+    """Where the next page starts after a page that may not be the last, given its
+    calls' `createdAt` in the order listed: at its oldest call (which comes back, with
+    any other call of that millisecond)."""
+    times = [(t, at) for at in created if at is not None and (t := parse_time(at)) is not None]
     if not times:
         raise ProviderApiError("VAPI listed calls without a createdAt, so the relay cannot page past them")
     newest_first = bound is None or bound.op in ("Le", "Lt")
     if times[0][0] != times[-1][0]:
         newest_first = times[0][0] > times[-1][0]
     edge = min(times) if newest_first else max(times)
-    if len(calls) > 1 and min(times)[0] == max(times)[0]:
+    if len(created) > 1 and min(times)[0] == max(times)[0]:
         # Every call of the page in one millisecond: starting there again would bring the
         # same page back, so the next starts after it.
-        log.warning("reconcile_instant_overfull", provider="vapi", created_at=edge[1], calls=len(calls),
+        log.warning("reconcile_instant_overfull", provider="vapi", created_at=edge[1], calls=len(created),
                     consequence="calls created in that millisecond beyond one page may be missed")
         return Bound("Lt" if newest_first else "Gt", edge[1])
     return Bound("Le" if newest_first else "Ge", edge[1])
 
 
+@dataclass
+class _Paging:
+    """How far a listing of one window got."""
+
+    bound: Bound | None
+    limit: int = PAGE_LIMIT  # halved for the rest of the window when a page is too large
+    largest: int = 0
+    repeated: set[str] = field(default_factory=set)  # calls at the edge of the last page come back
+    done: bool = False
+
+
 class VapiCalls(CallSource):
+    event = "end-of-call-report"
+
     async def pages(self, api: Api, window: Window, token: str | None) -> AsyncIterator[Page]:
-        bound = Bound.parse(token) if token else None
-        largest = 0
-        repeated: set[str] = set()  # calls at the edge of the last page come back in the next
-        while True:
-            answer = await api.get("/call", query(window, bound))
-            if not isinstance(answer, list):
-                raise ProviderApiError(f"VAPI answered GET /call with {type(answer).__name__}, not a list of calls")
-            fresh = [call for item in answer
-                     if (call := listed_call(item)) is not None and call.call_id not in repeated]
-            if is_short(len(answer), len(fresh), PAGE_LIMIT, largest):
-                yield Page(fresh, None)
-                return
-            largest = max(largest, len(answer))
-            bound = next_bound(answer, bound)
-            yield Page(fresh, bound.token)
-            repeated = {c["id"] for c in answer if isinstance(c, Mapping) and c.get("createdAt") == bound.at}
+        paging = _Paging(Bound.parse(token) if token else None)
+        while not paging.done:
+            # Yielded without a name: no page outlives the request for the next one.
+            yield await self._page(api, window, paging)
+
+    async def _page(self, api: Api, window: Window, paging: _Paging) -> Page:
+        answer, paging.limit = await fitting(
+            lambda limit: api.get("/call", query(window, paging.bound, limit), into=list[msgspec.Raw]),
+            paging.limit, "vapi")
+        listed = [call for item in answer if (call := listed_call(item)) is not None]
+        fresh = [call for call in listed if call.call_id not in paging.repeated]
+        if is_short(len(answer), len(fresh), paging.limit, paging.largest):
+            paging.done = True
+            return Page(fresh, None)
+        paging.largest = max(paging.largest, len(answer))
+        created = [(call.call_id, small((call.fields or {}).get("createdAt"))) for call in listed]
+        paging.bound = next_bound([at for _, at in created], paging.bound)
+        paging.repeated = {call_id for call_id, at in created if at == paging.bound.at}
+        return Page(fresh, paging.bound.token)
+
+    async def webhook(self, api: Api, call: ListedCall) -> bytes | None:
+        return webhook_body(call.fields or {})  # VAPI lists calls whole: there is nothing to fetch

@@ -2,7 +2,8 @@
 webhook never came (README "Missed webhooks").
 
     schedule.py  which window a run covers, what it leaves for the next (pure)
-    api.py       requests to a provider's API: Bearer key, retries, errors
+    limits.py    how many pages and how long a run may take, repeated pages (pure)
+    api.py       requests to a provider's API: Bearer key, pace, retries, size, errors
     run.py       one run: list, look up, store; progress and outcome under a lease
     service.py   the background task per provider, its logs, metrics and health
     command.py   `relay reconcile`: one run now, printed

@@ -1,21 +1,25 @@
 """Requests to a provider's API, made with the patience someone else's service deserves.
 
-A 429 (after its Retry-After), a 5xx, a 408, a timeout or a lost connection is tried
-again with exponential backoff (tenacity), a few times; a Retry-After longer than
-`MAX_WAIT` ends the run at once instead, since the next run asks again anyway. 401 and
-403 mean the key is wrong (`ProviderKeyRefused`); anything else unexpected is a
-`ProviderApiError` saying what came back. Sleeping and the clock are injected, so tests
-never wait.
+Requests start at least RELAY_RECONCILE_REQUEST_INTERVAL_SECONDS apart. A 429 (after its
+Retry-After), a 5xx, a 408, a timeout or a lost connection is tried again with
+exponential backoff (tenacity), a few times; a Retry-After longer than `MAX_WAIT` ends
+the run at once instead, since the next run asks again anyway. 401 and 403 mean the key
+is wrong (`ProviderKeyRefused`); an answer larger than RELAY_RECONCILE_MAX_ANSWER_BYTES
+is not read (`ProviderAnswerTooLarge`, never retried: it would come back as large);
+anything else unexpected is a `ProviderApiError` saying what came back. Sleeping and the
+clock are injected, so tests never wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
+import msgspec
 import structlog
 from tenacity import (
     AsyncRetrying,
@@ -27,11 +31,11 @@ from tenacity import (
 )
 
 from relay import __version__, jsonbody
-from relay.errors import ProviderApiError, ProviderKeyRefused
+from relay.errors import ProviderAnswerTooLarge, ProviderApiError, ProviderKeyRefused
 from relay.providers import Provider
 from relay.providers.calls import CallSource
 from relay.retry import parse_retry_after
-from relay.transport import Transport, describe_error
+from relay.transport import AnswerTooLarge, Transport, describe_error
 
 log = structlog.get_logger("relay.reconciliation")
 
@@ -39,13 +43,14 @@ log = structlog.get_logger("relay.reconciliation")
 MAX_TRIES = 5
 MAX_WAIT = 60.0
 _backoff = wait_exponential(multiplier=1.0, max=MAX_WAIT)  # 1, 2, 4, 8 s
-TIMEOUT = httpx.Timeout(30.0, connect=5.0)
-#: A VAPI page holds whole calls (transcripts, messages), each up to several MB.
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: The longest connecting alone may take, within a request's deadline.
+CONNECT_SECONDS = 5.0
 #: Requests are made one at a time; a spare connection covers a reconnect.
 MAX_CONNECTIONS = 2
 #: How much of an unexpected answer an error keeps.
 MAX_ERROR_TEXT = 300
+#: The slices an answer's UTF-8 is checked in, so that no decoded copy of it is made.
+UTF8_CHECK_BYTES = 64 * 1024
 
 
 class _Transient(Exception):
@@ -75,37 +80,45 @@ def _asked_too_long(state: RetryCallState) -> bool:
 class ProviderApi:
     """One provider's API (`relay.providers.calls.Api`), authenticated with its key."""
 
-    def __init__(self, provider: Provider, source: CallSource, *, proxy: str | None = None,
+    def __init__(self, provider: Provider, source: CallSource, *, max_answer_bytes: int,
+                 request_interval: float, deadline: float, proxy: str | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.time) -> None:
         self._provider = provider
         self._source = source
+        self._max_answer_bytes = max_answer_bytes
+        self._interval = request_interval
         self._sleep = sleep
         self._clock = clock
+        self._last_start: float | None = None
         self._client = httpx.AsyncClient(
-            base_url=source.base_url, timeout=TIMEOUT, follow_redirects=False,
+            base_url=source.base_url, timeout=httpx.Timeout(deadline, connect=min(deadline, CONNECT_SECONDS)),
+            follow_redirects=False,
             headers={"Authorization": f"Bearer {source.api_key.reveal()}",
                      "User-Agent": f"roark-relay/{__version__}", "Accept": "application/json"},
             transport=transport or Transport(max_connections=MAX_CONNECTIONS, proxy=proxy,
-                                             max_response_bytes=MAX_RESPONSE_BYTES))
+                                             max_response_bytes=max_answer_bytes))
 
-    async def get(self, path: str, params: Mapping[str, Any] | None = None, *,
+    async def get(self, path: str, params: Mapping[str, Any] | None = None, *, into: Any,
                   missing_ok: bool = False) -> Any:
-        """The JSON answer; None for a 404 when `missing_ok`."""
-        return await self._request("GET", path, missing_ok, params=params)
+        """The answer decoded into the msgspec type `into`; None for a 404 when `missing_ok`."""
+        return await self._request("GET", path, into, missing_ok, params=params)
 
-    async def post(self, path: str, body: Mapping[str, Any]) -> Any:
-        return await self._request("POST", path, False, json=body)
+    async def post(self, path: str, body: Mapping[str, Any], *, into: Any) -> Any:
+        return await self._request("POST", path, into, False, json=body)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _request(self, method: str, path: str, missing_ok: bool, **options: Any) -> Any:
+    async def _request(self, method: str, path: str, into: Any, missing_ok: bool, **options: Any) -> Any:
+        if self._last_start is not None and (too_soon := self._last_start + self._interval - self._clock()) > 0:
+            await self._sleep(too_soon)  # requests start the interval apart at least
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient),
             stop=stop_any(stop_after_attempt(MAX_TRIES), _asked_too_long),
-            wait=_wait,
+            # A try again is a request too: it waits at least the interval.
+            wait=lambda state: max(_wait(state), self._interval),
             sleep=self._sleep,
             before_sleep=lambda state: log.warning(
                 "reconcile_api_retry", provider=self._provider.name, request=f"{method} {path}",
@@ -115,7 +128,8 @@ class ProviderApi:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._once(method, path, missing_ok, options)
+                    self._last_start = self._clock()
+                    return await self._once(method, path, into, missing_ok, options)
         except _Transient as error:
             tries = retrying.statistics.get("attempt_number", 1)
             if error.retry_after is not None and error.retry_after > MAX_WAIT:
@@ -126,9 +140,13 @@ class ProviderApi:
                 f"{self._provider.title} {method} {self._source.base_url}{path} failed {tries} "
                 f"time{'s' if tries > 1 else ''}, last: {error.why}") from None
 
-    async def _once(self, method: str, path: str, missing_ok: bool, options: dict[str, Any]) -> Any:
+    async def _once(self, method: str, path: str, into: Any, missing_ok: bool, options: dict[str, Any]) -> Any:
         try:
             response = await self._client.request(method, path, **options)
+        except AnswerTooLarge as error:
+            raise ProviderAnswerTooLarge(
+                f"{self._provider.title}'s answer to {method} {path} is larger than RELAY_RECONCILE_MAX_ANSWER_BYTES "
+                f"({self._max_answer_bytes}) allows: {error}") from None
         except httpx.TransportError as error:
             raise _Transient(describe_error(error)) from error
         status = response.status_code
@@ -142,8 +160,23 @@ class ProviderApi:
         if not response.is_success:
             raise ProviderApiError(f"{self._provider.title} answered HTTP {status} to {method} "
                                    f"{self._source.base_url}{path}: {response.text[:MAX_ERROR_TEXT]}")
+        return self._decoded(method, path, response.content, into)
+
+    def _decoded(self, method: str, path: str, content: bytes, into: Any) -> Any:
+        """The answer as `into`. Its calls are kept as the provider wrote them, so it is
+        checked here to be what the relay stores: JSON, in UTF-8."""
+        content = jsonbody.without_bom(content)
+        utf8 = codecs.getincrementaldecoder("utf-8")()
         try:
-            return jsonbody.loads_exact(response.content)
+            with memoryview(content) as view:
+                for start in range(0, len(view), UTF8_CHECK_BYTES):
+                    utf8.decode(view[start:start + UTF8_CHECK_BYTES])
+            utf8.decode(b"", final=True)
+            return jsonbody.loads_as(content, into)
+        except UnicodeDecodeError as error:
+            problem = f"a body that is not UTF-8 ({error.reason} at byte {error.start})"
+        except msgspec.ValidationError as error:
+            problem = f"a body the relay cannot read: {error}"
         except (ValueError, RecursionError):
-            raise ProviderApiError(f"{self._provider.title} answered {method} {path} with a body "
-                                   "that is not JSON") from None
+            problem = "a body that is not JSON"
+        raise ProviderApiError(f"{self._provider.title} answered {method} {path} with {problem}")

@@ -20,10 +20,10 @@ from relay.errors import ProviderApiError, StoreUnavailable
 from relay.outbox import AsyncOutbox, Backend
 from relay.providers import PROVIDERS
 from relay.providers.calls import Window
-from relay.reconciliation.api import ProviderApi
+from relay.reconciliation.limits import RunBudget
 from relay.reconciliation.run import Tally, reconcile_window, scheduled_run
 from relay.reconciliation.schedule import Planned, chosen_window, next_run
-from relay.reconciliation.service import call_sources, timing
+from relay.reconciliation.service import call_sources, limits, provider_api, timing
 from relay.settings import Settings
 from relay.views import iso
 
@@ -74,19 +74,18 @@ async def reconcile_now(settings: Settings, backend: Backend, names: list[str], 
     """Run each of `names` (providers with an API key) once; `echo(line, is_error)`
     says what happened. True when every run succeeded."""
     sources = call_sources(settings)
-    schedule = timing(settings)
+    schedule, run_limits = timing(settings), limits(settings)
     outbox = AsyncOutbox(backend, clock)
     owner = f"relay-reconcile:{time.time_ns()}"
     succeeded = True
     try:
         for name in names:
             provider, source = PROVIDERS[name], sources[name]
-            api = ProviderApi(provider, source, proxy=settings.proxy_for(source.base_url),
-                              transport=transport, sleep=sleep, clock=clock)
+            api = provider_api(settings, provider, source, transport=transport, sleep=sleep, clock=clock)
             tally = Tally()
             try:
                 if chosen is None and not dry_run:
-                    if not await scheduled_run(provider, source, api, outbox, schedule, owner, tally,
+                    if not await scheduled_run(provider, source, api, outbox, schedule, run_limits, owner, tally,
                                                destinations=settings.destinations, clock=clock):
                         echo(f"{name}: skipped: a relay is reconciling it right now", False)
                         continue
@@ -95,7 +94,8 @@ async def reconcile_now(settings: Settings, backend: Backend, names: list[str], 
                     planned = Planned(chosen(clock())) if chosen else next_run(states.get(name), clock(), schedule)
                     if planned is not None:
                         await reconcile_window(provider, source, api, outbox, planned, tally,
-                                               dry_run=dry_run, destinations=settings.destinations, clock=clock)
+                                               RunBudget(run_limits, provider.title, clock()), dry_run=dry_run,
+                                               destinations=settings.destinations, clock=clock)
             except (ProviderApiError, StoreUnavailable) as error:
                 succeeded = False
                 echo(f"{name}: FAILED: {error}", True)

@@ -1,6 +1,6 @@
 """Which window of time a reconciliation run covers, what it leaves behind for the next,
-and when failing runs make the relay degraded: pure functions of the stored state and
-the time.
+and when failing runs, or a run that stopped without finishing, make the relay degraded:
+pure functions of the stored state and the time.
 
 The first run looks back `lookback`; each later one starts where the last complete run
 ended, less `OVERLAP_SECONDS`, so a call the provider indexed late or stamped with a
@@ -77,3 +77,13 @@ def failing_too_long(state: Reconciliation, title: str, now: float, interval: fl
     if interval <= 0 or state.failing_since is None or now - state.failing_since <= 2 * interval:
         return None
     return f"{title} reconciliation failing for {duration(now - state.failing_since)}: {state.last_error}"
+
+
+def stopped_without_finishing(state: Reconciliation, title: str, now: float) -> str | None:
+    """What /health says while a run's lease has run out but the run never ended: the
+    process running it died (a run renews its lease while it lives, and ends it when it
+    stops). None otherwise; the next run to take the lease over clears it."""
+    if state.lease_owner is None or state.lease_expires_at is None or state.running(now):
+        return None
+    return (f"{title} reconciliation run by {state.lease_owner} stopped without finishing "
+            f"(its lease ran out {duration(now - state.lease_expires_at)} ago); the next run takes it over")

@@ -1,7 +1,7 @@
 """The background reconcilers: one task per provider whose API key is configured, running
-every RELAY_RECONCILE_INTERVAL_SECONDS from the relay's start. A run never takes the
-relay down: whatever fails is logged, counted and recorded for the status page and
-/health, and the next run tries again.
+every RELAY_RECONCILE_INTERVAL_SECONDS from the relay's start, and taking over sooner a
+run whose process died. A run never takes the relay down: whatever fails is logged,
+counted and recorded for the status page and /health, and the next run tries again.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from collections.abc import Awaitable, Callable
 import httpx
 import structlog
 
-from relay.errors import ProviderApiError, StoreUnavailable
+from relay.errors import ProviderApiError, StoreError, StoreUnavailable
 from relay.metrics import Metrics
 from relay.outbox import AsyncOutbox, Reconciliation
 from relay.providers import PROVIDERS, Provider
 from relay.providers.calls import CallSource
 from relay.reconciliation.api import ProviderApi
+from relay.reconciliation.limits import Limits
 from relay.reconciliation.run import Tally, scheduled_run
-from relay.reconciliation.schedule import Timing, failing_too_long
+from relay.reconciliation.schedule import Timing, failing_too_long, stopped_without_finishing
 from relay.settings import Settings
 from relay.views import iso
 
@@ -33,6 +34,21 @@ log = structlog.get_logger("relay.reconciliation")
 def timing(settings: Settings) -> Timing:
     return Timing(settings.reconcile_interval_seconds, settings.reconcile_grace_seconds,
                   settings.reconcile_lookback_seconds)
+
+
+def limits(settings: Settings) -> Limits:
+    return Limits(settings.reconcile_max_pages, settings.reconcile_max_run_seconds,
+                  settings.reconcile_lease_seconds)
+
+
+def provider_api(settings: Settings, provider: Provider, source: CallSource, *,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.time) -> ProviderApi:
+    return ProviderApi(provider, source, max_answer_bytes=settings.reconcile_max_answer_bytes,
+                       request_interval=settings.reconcile_request_interval_seconds,
+                       deadline=settings.reconcile_timeout_seconds,
+                       proxy=settings.proxy_for(source.base_url), transport=transport, sleep=sleep, clock=clock)
 
 
 def call_sources(settings: Settings) -> dict[str, CallSource]:
@@ -48,6 +64,7 @@ class Reconcilers:
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.timing = timing(settings)
+        self.limits = limits(settings)
         self.sources = call_sources(settings) if self.timing.interval > 0 else {}
         self._outbox = outbox
         self._metrics = metrics
@@ -73,8 +90,8 @@ class Reconcilers:
         self._tasks.clear()
 
     def api(self, provider: Provider, source: CallSource) -> ProviderApi:
-        return ProviderApi(provider, source, proxy=self.settings.proxy_for(source.base_url),
-                           transport=self._transport, sleep=self._sleep, clock=self._clock)
+        return provider_api(self.settings, provider, source, transport=self._transport, sleep=self._sleep,
+                            clock=self._clock)
 
     async def _loop(self, provider: Provider, source: CallSource) -> None:
         api = self.api(provider, source)
@@ -82,17 +99,31 @@ class Reconcilers:
             while True:
                 started = time.monotonic()
                 await self.run(provider, source, api)
-                await asyncio.sleep(max(0.0, self.timing.interval - (time.monotonic() - started)))
+                await self._until_due(provider, started)
         finally:
             await api.aclose()
+
+    async def _until_due(self, provider: Provider, started: float) -> None:
+        """Wait until the next run is due, an interval after `started`; or, sooner, until
+        a run another process left unfinished (it died: its lease ran out) can be taken
+        over. That is looked for once a lease, so it is taken over within about two."""
+        while (left := self.timing.interval - (time.monotonic() - started)) > 0:
+            await asyncio.sleep(min(left, self.limits.lease_seconds))
+            try:
+                states = await self._outbox.reconciliations()
+            except StoreError:
+                continue  # the run, when due, meets the same trouble and says so
+            if any(state.provider == provider.name and stopped_without_finishing(state, provider.title, self._clock())
+                   for state in states):
+                return
 
     async def run(self, provider: Provider, source: CallSource, api: ProviderApi) -> Tally:
         """One scheduled run, logged and counted; it never raises but when cancelled."""
         tally = Tally()
         outcome = "failed"
         try:
-            if await scheduled_run(provider, source, api, self._outbox, self.timing, self.owner, tally,
-                                   destinations=self.settings.destinations, clock=self._clock):
+            if await scheduled_run(provider, source, api, self._outbox, self.timing, self.limits, self.owner,
+                                   tally, destinations=self.settings.destinations, clock=self._clock):
                 outcome = "ok"
                 log.info("reconcile_finished", provider=provider.name, **_counts(tally))
             else:
@@ -111,10 +142,15 @@ class Reconcilers:
         return tally
 
     def problems(self, states: list[Reconciliation], now: float) -> list[str]:
-        """What /health reports about the providers this relay reconciles."""
-        return [problem for state in states if state.provider in self.sources
-                and (problem := failing_too_long(state, PROVIDERS[state.provider].title, now,
-                                                 self.timing.interval))]
+        """What /health reports about the providers this relay reconciles: runs failing
+        for too long, and a run whose process died before it ended."""
+        found = []
+        for state in states:
+            if state.provider in self.sources:
+                title = PROVIDERS[state.provider].title
+                found += [problem for problem in (failing_too_long(state, title, now, self.timing.interval),
+                                                  stopped_without_finishing(state, title, now)) if problem]
+        return found
 
 
 def _counts(tally: Tally) -> dict[str, object]:

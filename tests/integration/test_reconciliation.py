@@ -13,7 +13,7 @@ from relay.metrics import Metrics
 from relay.outbox import AsyncOutbox, DeliveryFilter, NewDelivery
 from relay.providers import PROVIDERS
 from relay.reconciliation.command import reconcile_now
-from relay.reconciliation.run import LEASE_SECONDS, Tally
+from relay.reconciliation.run import Tally, keep_lease
 from relay.reconciliation.service import Reconcilers
 from relay.settings import Settings
 from relay.testing.fake_providers import FakeRetell, FakeVapi, retell_call, vapi_call
@@ -52,7 +52,9 @@ def retell():
 
 
 def settings(outbox_url, vapi=None, retell=None, **extra) -> Settings:
-    env = {"ROARK_API_KEY": ROARK_KEY, "RELAY_DATABASE_URL": outbox_url}
+    # Unpaced unless a test is about pacing: the sleeps recorded are then the retries' alone.
+    env = {"ROARK_API_KEY": ROARK_KEY, "RELAY_DATABASE_URL": outbox_url,
+           "RELAY_RECONCILE_REQUEST_INTERVAL_SECONDS": "0"}
     if vapi is not None:
         env |= {"VAPI_API_KEY": vapi.api_key, "VAPI_API_BASE_URL": vapi.url}
     if retell is not None:
@@ -236,11 +238,12 @@ def test_a_call_gone_between_listing_and_fetching_is_skipped(backend, retell, ou
 
 def test_instances_take_turns_and_a_lease_left_by_a_crash_runs_out(backend, vapi, outbox_url):
     vapi.add(vapi_call("call-1", NOW - HOUR))
-    backend.lease_reconciliation("vapi", "crashed-instance", NOW - 60, NOW - 60 + LEASE_SECONDS)
     relay = Harness(settings(outbox_url, vapi), backend)
+    lease = relay.config.reconcile_lease_seconds
+    backend.lease_reconciliation("vapi", "crashed-instance", NOW - 10, NOW - 10 + lease)
     assert relay.run("vapi").window is None and vapi.requests == []
     assert relay.metrics.reconcile_runs.labels("vapi", "skipped")._value.get() == 1
-    relay.clock.now = NOW + LEASE_SECONDS
+    relay.clock.now = NOW - 10 + lease
     assert relay.run("vapi").queued == 1
 
 
@@ -260,3 +263,122 @@ def test_relay_reconcile_says_what_it_found_and_fails_on_an_unreachable_api(back
     assert lines[1] == ("  queued: call-1", False)
     assert lines[2][1] and lines[2][0].startswith(f"retell: FAILED: Retell POST {unreachable}/v3/list-calls "
                                                   "failed 5 times, last: ")
+
+
+# --- bounds: what a run may hold, list and take, whatever the provider sends ------------
+
+
+def test_a_page_too_large_is_asked_for_again_with_half_as_many_calls(backend, outbox_url):
+    with FakeVapi("vapi-private-key") as vapi:
+        vapi.add(*(vapi_call(f"call-{n}", NOW - HOUR - n) for n in range(10)), transcript_bytes=12_000)
+        relay = Harness(settings(outbox_url, vapi, RELAY_RECONCILE_MAX_ANSWER_BYTES="65536"), backend)
+        assert relay.run("vapi").queued == 10
+        limits = [r.query["limit"] for r in vapi.requests]
+        # 10 calls of 16 KB do not fit in 64 KiB, 6 do not either; 3 do, for the rest of the window
+        assert limits[:5] == ["50", "25", "12", "6", "3"] and set(limits[5:]) == {"3"}
+        assert relay.sleeps == [] and relay.state("vapi").last_error is None  # never asked again as it was
+
+        vapi.add(vapi_call("long-call", NOW - 700), transcript_bytes=100_000)
+        relay.clock.now += 900
+        assert relay.run("vapi").queued == 0
+    error = relay.state("vapi").last_error
+    assert error.startswith("VAPI's answer to GET /call is larger than RELAY_RECONCILE_MAX_ANSWER_BYTES (65536) "
+                            "allows") and error.endswith("with one call a page: raise "
+                                                         "RELAY_RECONCILE_MAX_ANSWER_BYTES to reconcile that call")
+    assert [r.query["limit"] for r in vapi.requests][-6:] == ["50", "25", "12", "6", "3", "1"] and relay.sleeps == []
+
+
+def test_an_endless_listing_stops_at_the_page_cap_and_the_next_run_goes_on(backend, retell, outbox_url):
+    retell.endless = "fresh"
+    relay = Harness(settings(outbox_url, retell=retell, RELAY_RECONCILE_MAX_PAGES="5"), backend)
+    assert relay.run("retell").queued == 5
+    state = relay.state("retell")
+    assert state.last_error == ("Retell reconciliation stopped after 5 pages, as many as one run may list "
+                                "(RELAY_RECONCILE_MAX_PAGES); the progress up to the last page stored is kept")
+    assert state.pending_token == "endless-5" and state.lease_owner is None
+    assert relay.metrics.reconcile_runs.labels("retell", "failed")._value.get() == 1
+
+    before = len(retell.requests)
+    assert relay.run("retell").queued == 5
+    listings = [r.json for r in retell.requests[before:] if r.path == "/v3/list-calls"]
+    assert len(listings) == 5 and listings[0]["pagination_key"] == "endless-5"
+    assert relay.state("retell").pending_token == "endless-10"
+
+
+def test_a_run_stops_once_it_has_taken_as_long_as_it_may(backend, retell, outbox_url):
+    retell.endless = "fresh"
+    relay = Harness(settings(outbox_url, retell=retell, RELAY_RECONCILE_MAX_RUN_SECONDS="250"), backend)
+    listing = retell.answer
+
+    def slow_listing(method, path, query, body):  # each page takes 100 s of the run's clock
+        relay.clock.now += 100 if path == "/v3/list-calls" else 0
+        return listing(method, path, query, body)
+
+    retell.answer = slow_listing
+    assert relay.run("retell").queued == 3
+    state = relay.state("retell")
+    assert state.last_error.startswith("Retell reconciliation stopped after 5 min and 3 pages, as long as one "
+                                       "run may last (RELAY_RECONCILE_MAX_RUN_SECONDS)")
+    assert state.pending_token == "endless-3"
+
+
+@pytest.mark.parametrize("answers, why", [
+    ("repeat", "all its 3 calls were listed before"),
+    ([{"items": [], "has_more": True, "pagination_key": "same"}] * 2, "its pagination token 'same' came before"),
+])
+def test_a_listing_that_repeats_a_page_stops_the_run(backend, retell, outbox_url, answers, why):
+    retell.add(*(retell_call(f"call-{n}", NOW - HOUR + n) for n in range(4)))
+    if answers == "repeat":
+        retell.endless = "repeat"
+    else:
+        retell.script(*(Respond(200, answer) for answer in answers))
+    relay = Harness(settings(outbox_url, retell=retell), backend)
+    relay.run("retell")
+    listings = [r for r in retell.requests if r.path == "/v3/list-calls"]
+    assert len(listings) == 2
+    assert relay.state("retell").last_error == (f"Retell repeated a page ({why}), so its listing would never "
+                                                "end: the run stops there")
+
+
+def test_requests_to_a_provider_are_paced(backend, retell, outbox_url):
+    retell.add(*(retell_call(f"call-{n}", NOW - HOUR + n) for n in range(4)))
+    retell.script(Accept(), Respond(503))  # the first get-call is tried again
+    relay = Harness(settings(outbox_url, retell=retell, RELAY_RECONCILE_REQUEST_INTERVAL_SECONDS="2"), backend)
+    answer = retell.answer
+
+    def taking_half_a_second(method, path, query, body):
+        relay.clock.now += 0.5
+        return answer(method, path, query, body)
+
+    retell.answer = taking_half_a_second
+    assert relay.run("retell").queued == 4
+    # list, get (503), get again, 2 gets, list, get: each starts 2 s after the one before
+    # began, of which the answer took 0.5; a try again waits the interval too (its backoff is 1 s)
+    assert len(retell.requests) == 7 and relay.sleeps == [1.5, 2, 1.5, 1.5, 1.5, 1.5]
+
+
+def test_a_run_renews_its_lease_while_it_lives(backend, outbox_url):
+    clock = Clock()
+
+    async def renewing() -> None:
+        outbox = AsyncOutbox(backend, clock)
+        waits = []
+
+        async def wait(seconds: float) -> None:
+            if len(waits) == 3:
+                raise asyncio.CancelledError  # the run ended
+            waits.append(seconds)
+            clock.now += seconds
+
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                await keep_lease(outbox, "vapi", "instance-1", 60, wait)
+        finally:
+            await outbox.close()
+        assert waits == [20, 20, 20]
+
+    backend.lease_reconciliation("vapi", "instance-1", NOW, NOW + 60)
+    asyncio.run(renewing())
+    assert backend.lease_reconciliation("vapi", "instance-2", NOW + 100, NOW + 160) is None  # renewed to NOW + 120
+    assert backend.lease_reconciliation("vapi", "instance-2", NOW + 120, NOW + 180) is not None
+    assert not backend.renew_reconciliation("vapi", "instance-1", NOW + 200)  # taken over: renewing ends

@@ -67,8 +67,8 @@ def test_calls_whose_webhook_never_came_reach_roark_once_each(env, vapi, retell,
     conforms(summary, "SummaryResponse")
     assert summary["data"]["reconciliation"]["vapi"] | {"last_run_at": None, "last_success_at": None,
                                                          "reconciled_until": None} == {
-        "enabled": True, "running": False, "last_queued": 3, "last_error": None, "failing_since": None,
-        "last_run_at": None, "last_success_at": None, "reconciled_until": None}
+        "enabled": True, "running": False, "stopped_run_owner": None, "last_queued": 3, "last_error": None,
+        "failing_since": None, "last_run_at": None, "last_success_at": None, "reconciled_until": None}
     assert 'relay_reconciled_calls_total{provider="vapi"} 3.0' in metrics
     assert 'relay_reconciled_calls_total{provider="retell"} 4.0' in metrics
     assert 'relay_reconciliation_last_success_timestamp_seconds{provider="retell"}' in metrics

@@ -13,6 +13,7 @@ from relay.reconciliation.schedule import (
     failing_too_long,
     next_run,
     progress,
+    stopped_without_finishing,
 )
 
 NOW = 1_700_000_000.0
@@ -71,3 +72,13 @@ def test_health_degrades_once_runs_have_failed_for_longer_than_two_intervals():
         "VAPI reconciliation failing for 30 min: VAPI answered HTTP 500"
     assert failing_too_long(Reconciliation("vapi", last_success_at=NOW), "VAPI", NOW, 900) is None
     assert failing_too_long(failing, "VAPI", NOW + 1, 0) is None  # reconciliation off
+
+
+def test_health_reports_a_run_whose_lease_ran_out_before_it_ended():
+    held = Reconciliation("vapi", lease_owner="host-1:4242:9f3a", lease_expires_at=NOW)
+    assert stopped_without_finishing(held, "VAPI", NOW - 1) is None  # it still holds the lease
+    assert stopped_without_finishing(held, "VAPI", NOW + 120) == (
+        "VAPI reconciliation run by host-1:4242:9f3a stopped without finishing (its lease ran out 2 min ago); "
+        "the next run takes it over")
+    ended = Reconciliation("vapi", last_run_at=NOW - 60)  # a run that ended hands its lease back
+    assert stopped_without_finishing(ended, "VAPI", NOW + 120) is None
