@@ -1,7 +1,6 @@
-"""How long a writer waits for SQLite's write lock while the relay works: the worst wait
-seen is the longest any one transaction held the lock (to within SQLite's own busy
-handler's steps of a few to a hundred milliseconds), which is what a webhook arriving at
-that moment would have waited before it could be stored."""
+"""How long a writer waits for SQLite's write lock while the relay works, waiting for it
+as the relay's own writers do (relay.outbox.sqlite.begin_immediate): the worst wait seen
+is what a webhook arriving at that moment would have waited before it could be stored."""
 
 from __future__ import annotations
 
@@ -10,8 +9,12 @@ import threading
 import time
 from pathlib import Path
 
-#: How often the probe takes (and at once gives back) the write lock.
+from relay.outbox.sqlite import begin_immediate
+
+#: How often the probe takes (and at once gives back) the write lock, and how long it
+#: may wait for it at most.
 PROBE_EVERY_SECONDS = 0.02
+PATIENCE_MS = 120_000
 
 
 class LockProbe:
@@ -31,11 +34,11 @@ class LockProbe:
         self._thread.join()
 
     def _probe(self) -> None:
-        conn = sqlite3.connect(self._path, isolation_level=None, timeout=120)
+        conn = sqlite3.connect(self._path, isolation_level=None)
         try:
             while not self._stop.wait(PROBE_EVERY_SECONDS):
                 started = time.perf_counter()
-                conn.execute("BEGIN IMMEDIATE")
+                begin_immediate(conn, PATIENCE_MS)
                 waited = time.perf_counter() - started
                 conn.execute("ROLLBACK")
                 self.worst = max(self.worst, waited)

@@ -10,9 +10,10 @@ commits a change, so a `relay forward` process hears of webhooks the web process
 within LISTEN_INTERVAL_SECONDS instead of at its next poll.
 
 Each thread has its own connection; writes take `BEGIN IMMEDIATE` so two writers (say
-the server and the CLI) queue on SQLite's lock instead of failing halfway through a
-transaction. Any SQLite error (locked past the busy timeout, disk
-full, read-only file, missing directory) surfaces as `StoreUnavailable`.
+the server and the forwarding process) queue on SQLite's lock instead of failing halfway
+through a transaction, trying for it every LOCK_RETRY_SECONDS. Any SQLite error (locked
+past the busy timeout, disk full, read-only file, missing directory) surfaces as
+`StoreUnavailable`.
 
 A connection is kept only while it can write: SQLite silently opens a file it may not
 write read-only, and such a connection would refuse every write after the fault has
@@ -48,6 +49,12 @@ WAL_LIMIT_BYTES = 64 * 1024 * 1024
 #: after another process's commit at worst, and an idle relay reads it 20 times a second,
 #: each a few microseconds that touch only the shared-memory WAL index.
 LISTEN_INTERVAL_SECONDS = 0.05
+
+#: How often a writer waiting for the write lock tries again (seconds). SQLite's own busy
+#: handler sleeps up to 100 ms between tries, while a process writing transaction after
+#: transaction (a forwarding process draining a backlog) leaves the lock free only for
+#: moments: tried that seldom, a webhook could wait most of a second to be stored.
+LOCK_RETRY_SECONDS = 0.0005
 
 # Primary result codes after which a connection is not worth keeping.
 _REOPEN_AFTER = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN})
@@ -130,7 +137,7 @@ class SQLiteBackend(SQLBackend):
                 # is one sequential log), so an acknowledged webhook is never behind it.
                 conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                 self._local.durable = durable
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn, self._busy_timeout_ms)
             yield conn
             conn.execute("COMMIT")
             if durable and self._wal_size() > WAL_LIMIT_BYTES:
@@ -280,6 +287,25 @@ class SQLiteBackend(SQLBackend):
         for unlisten in listeners:
             unlisten()
         self._local = threading.local()
+
+
+def begin_immediate(conn: sqlite3.Connection, patience_ms: int) -> None:
+    """BEGIN IMMEDIATE (take the write lock), trying every LOCK_RETRY_SECONDS for up to
+    `patience_ms`, the connection's busy timeout, which holds again for what follows."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = time.monotonic() + patience_ms / 1000
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if getattr(error, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY \
+                        or time.monotonic() >= deadline:
+                    raise
+            time.sleep(LOCK_RETRY_SECONDS)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(patience_ms)}")
 
 
 def _claimable(conn: sqlite3.Connection, index: str, state: str, due_column: str, destination: str,
