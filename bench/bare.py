@@ -1,5 +1,5 @@
 """The ceiling: a bare Starlette endpoint that only reads the body and answers 200,
-served by uvicorn exactly as `relay serve` serves the relay (`relay.server.uvicorn_config`,
+served by uvicorn exactly as `relay serve` serves the relay (`relay.http.server.uvicorn_config`,
 same settings from the same environment), so the two differ only in the app.
 
     python -m bench.bare --port 8001
@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from relay.server import uvicorn_config
+from relay.http.server import uvicorn_config
 from relay.settings import Settings
 
 ACCEPTED = b'{"data":{"status":"accepted","delivery_id":1}}'

@@ -1,7 +1,7 @@
 """The relay's configuration: one frozen object, read from the environment once.
 
 `Settings.from_env()` is the only place the relay reads environment variables. Each
-setting is declared once below (variable, default, bounds, help; see `relay.envvars`),
+setting is declared once below (variable, default, bounds, help; see `relay.core.envvars`),
 each provider declares its own in its module, and config/relay.env.example is written
 from the same declarations (`relay settings`). Everything is validated at start-up: a
 `ConfigError` names the variable, so a misconfigured relay refuses to start instead of
@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from relay import envvars
+from relay.core import envvars
 from relay.destinations import Destination, Destinations
-from relay.envvars import (
+from relay.core.envvars import (
     Choice,
     Flag,
     Integer,
@@ -38,10 +38,10 @@ from relay.envvars import (
     Url,
     setting,
 )
-from relay.errors import ConfigError
+from relay.core.errors import ConfigError
 from relay.outbox import ROARK
 from relay.providers import PROVIDER_NAMES, PROVIDERS
-from relay.retry import RetryPolicy
+from relay.forwarding.retry import RetryPolicy
 
 __all__ = ["Secret", "Settings", "example_file"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from relay import logs
+from relay.core import logs
 from relay.testing.webhooks import sample
 from tests.helpers import RETELL_KEY, ROARK_KEY, VAPI_SECRET
 

@@ -19,7 +19,7 @@ Without RELAY_ADMIN_TOKEN all of these answer 404: disabled, never open.
 from __future__ import annotations
 
 from starlette.requests import Request
-from relay.responses import JSONResponse
+from relay.web.responses import JSONResponse
 from starlette.routing import BaseRoute, Route, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,8 +28,8 @@ from relay.admin.auth import BEARER_CHALLENGE, SECURITY_HEADERS, AdminAuth
 from relay.admin.openapi import openapi_document
 from relay.admin.pages import StatusPages, page_routes
 from relay.admin.throttle import LoginThrottle
-from relay.errors import NotFound, Unauthorized
-from relay.redaction import Redactor
+from relay.core.errors import NotFound, Unauthorized
+from relay.core.redaction import Redactor
 from relay.settings import Settings
 
 DISABLED_PATHS = ("/status", "/status/{rest:path}", "/login", "/logout", "/admin/{rest:path}")

@@ -17,18 +17,18 @@ from typing import Any
 import structlog
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
-from relay.responses import JSONResponse
+from relay.web.responses import JSONResponse
 from starlette.routing import Route
 
-from relay import jsonbody
+from relay.core import jsonbody
 from relay.admin.auth import AdminAuth
-from relay.errors import BadRequest, HTTPError, NotFound, UnsupportedMediaType
-from relay.ingest import read_body
+from relay.core.errors import BadRequest, HTTPError, NotFound, UnsupportedMediaType
+from relay.http.ingest import read_body
 from relay.outbox import Delivery, DeliveryFilter, Reconciliation, State
 from relay.providers import PROVIDER_NAMES
-from relay.redaction import Redactor
-from relay.trouble import stuck
-from relay.views import attempt_json, delivery_json, iso, masked_payload, reconciliation_json
+from relay.core.redaction import Redactor
+from relay.forwarding.trouble import stuck
+from relay.admin.views import attempt_json, delivery_json, iso, masked_payload, reconciliation_json
 
 log = structlog.get_logger("relay.admin")
 

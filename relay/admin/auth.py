@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.errors import Forbidden, ServiceUnavailable, StoreUnavailable, Unauthorized
+from relay.core.errors import Forbidden, ServiceUnavailable, StoreUnavailable, Unauthorized
 from relay.settings import Secret
 
 SESSION_COOKIE = "__Host-relay_session"  # __Host-: Secure, Path=/, no Domain, by rule

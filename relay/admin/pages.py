@@ -26,11 +26,11 @@ from starlette.templating import Jinja2Templates
 from relay.admin import api, charts
 from relay.admin.auth import BEARER_CHALLENGE, Access, AdminAuth, safe_next
 from relay.admin.throttle import LoginThrottle
-from relay.errors import BadRequest, HTTPError, NotFound, TooManyRequests, Unauthorized
+from relay.core.errors import BadRequest, HTTPError, NotFound, TooManyRequests, Unauthorized
 from relay.outbox import DeliveryFilter, State
-from relay.redaction import Redactor
+from relay.core.redaction import Redactor
 from relay.providers import PROVIDER_NAMES
-from relay.views import iso, masked_payload
+from relay.admin.views import iso, masked_payload
 
 PAGE_SIZE = 50
 MAX_PAYLOAD_CHARS = 1_000_000  # a 25 MB transcript is not read in a browser

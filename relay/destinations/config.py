@@ -22,9 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 from standardwebhooks.webhooks import Webhook
 
-from relay import jsonbody
-from relay.envvars import Parser, Secret
-from relay.errors import ConfigError
+from relay.core import jsonbody
+from relay.core.envvars import Parser, Secret
+from relay.core.errors import ConfigError
 from relay.outbox import ROARK
 from relay.providers import PROVIDERS
 

@@ -47,7 +47,7 @@ class NewDelivery:
     body: bytes
     received_at: float
     request_id: str | None = None  # of the webhook request, sent on to Roark
-    properties: Mapping[str, Any] | None = None  # from the webhook's URL (see relay.sources)
+    properties: Mapping[str, Any] | None = None  # from the webhook's URL (see relay.http.sources)
     #: "webhook" when the provider sent it; "reconciliation" when the relay asked the
     #: provider's API for a call whose webhook never came.
     origin: str = "webhook"
@@ -141,7 +141,7 @@ class ForwarderReport:
     paused_reason: str | None = None      # its receiver refused our credentials or URL
     paused_until: float = 0.0
     rate_limited_until: float = 0.0
-    failing_since: float | None = None    # relay.trouble: the run of retryable failures
+    failing_since: float | None = None    # relay.forwarding.trouble: the run of retryable failures
     last_failure_at: float | None = None
     last_success_at: float | None = None
     failure: str | None = None            # the last failure, as logged

@@ -33,7 +33,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_random
 
-from relay.errors import StoreUnavailable
+from relay.core.errors import StoreUnavailable
 from relay.outbox import migrations
 from relay.outbox.model import ROARK, Delivery
 from relay.outbox.sql import COLUMNS, JOINED, SQLBackend, Statements, delivery_from_row

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import quote
 
-from relay.errors import StoreUnavailable
+from relay.core.errors import StoreUnavailable
 from relay.outbox import migrations
 from relay.outbox.model import ROARK, Delivery
 from relay.outbox.sql import COLUMNS, JOINED, SQLBackend, Statements, delivery_from_row

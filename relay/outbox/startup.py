@@ -22,7 +22,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from relay.errors import StoreUnavailable
+from relay.core.errors import StoreUnavailable
 from relay.outbox.model import Backend
 from relay.outbox.runner import AsyncOutbox
 

@@ -32,7 +32,7 @@ class Bucket:
     latency_max: float | None = None
 
 
-# Events by kind; the attempts' kinds are their own outcomes (see relay.forwarder).
+# Events by kind; the attempts' kinds are their own outcomes (see relay.forwarding.forwarder).
 _KINDS = {"received": "received", "delivered": "delivered", "giveup": "failed", "retryat": "retrying"}
 
 # floor() needs SQLite's optional math functions, and CAST(... AS INTEGER) rounds on

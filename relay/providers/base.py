@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from relay import jsonbody
-from relay.errors import BadRequest
+from relay.core import jsonbody
+from relay.core.errors import BadRequest
 from relay.providers.calls import CallSource
 
 #: Longer "ids" are not ids; such payloads dedupe by content hash instead.
@@ -63,7 +63,7 @@ class BodyCheck:
 class Provider:
     name: ClassVar[str]  # the webhook URL's segment and the outbox's provider column
     title: ClassVar[str]
-    #: Its own settings: a frozen dataclass declared with `relay.envvars.setting`.
+    #: Its own settings: a frozen dataclass declared with `relay.core.envvars.setting`.
     Settings: ClassVar[type]
     #: Variables that enable verification, named in warnings when none is set.
     secret_variables: ClassVar[str]

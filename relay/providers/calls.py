@@ -23,9 +23,9 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import msgspec
 import structlog
 
-from relay import jsonbody
-from relay.envvars import Secret
-from relay.errors import ProviderAnswerTooLarge
+from relay.core import jsonbody
+from relay.core.envvars import Secret
+from relay.core.errors import ProviderAnswerTooLarge
 
 log = structlog.get_logger("relay.reconciliation")
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import msgspec
 
-from relay import jsonbody
-from relay.envvars import Secret, Secrets, Url, setting
-from relay.errors import Unauthorized
+from relay.core import jsonbody
+from relay.core.envvars import Secret, Secrets, Url, setting
+from relay.core.errors import Unauthorized
 from relay.providers.base import NO_OBJECT, BodyCheck, Provider, RoarkEndpoint, nested_id
 from relay.providers.retell_calls import RetellCalls
 from relay.providers.signing import TOLERANCE_SECONDS, MacCheck, check_window, require_header

@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 import msgspec
 
-from relay import jsonbody
-from relay.errors import ProviderApiError
+from relay.core import jsonbody
+from relay.core.errors import ProviderApiError
 from relay.providers.calls import (
     Api,
     CallSource,

@@ -8,7 +8,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from relay.errors import Unauthorized
+from relay.core.errors import Unauthorized
 from relay.providers.base import BodyCheck
 
 TOLERANCE_SECONDS = 300.0

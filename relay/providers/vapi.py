@@ -23,9 +23,9 @@ from typing import Any
 
 import msgspec
 
-from relay import jsonbody
-from relay.envvars import Choice, Flag, Secret, Secrets, SecretValue, Seconds, Text, Url, setting
-from relay.errors import BadRequest, ConfigError, Unauthorized
+from relay.core import jsonbody
+from relay.core.envvars import Choice, Flag, Secret, Secrets, SecretValue, Seconds, Text, Url, setting
+from relay.core.errors import BadRequest, ConfigError, Unauthorized
 from relay.providers.base import NO_OBJECT, BodyCheck, Provider, RoarkEndpoint, nested_id
 from relay.providers.signing import (
     TOLERANCE_SECONDS,

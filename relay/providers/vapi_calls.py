@@ -19,8 +19,8 @@ from typing import Any
 import msgspec
 import structlog
 
-from relay import jsonbody
-from relay.errors import ProviderApiError
+from relay.core import jsonbody
+from relay.core.errors import ProviderApiError
 from relay.providers.calls import (
     Api,
     CallSource,

@@ -30,12 +30,13 @@ from tenacity import (
     wait_exponential,
 )
 
-from relay import __version__, jsonbody
-from relay.errors import ProviderAnswerTooLarge, ProviderApiError, ProviderKeyRefused
+from relay import __version__
+from relay.core import jsonbody
+from relay.core.errors import ProviderAnswerTooLarge, ProviderApiError, ProviderKeyRefused
 from relay.providers import Provider
 from relay.providers.calls import CallSource
-from relay.retry import parse_retry_after
-from relay.transport import AnswerTooLarge, Transport, describe_error
+from relay.forwarding.retry import parse_retry_after
+from relay.core.transport import AnswerTooLarge, Transport, describe_error
 
 log = structlog.get_logger("relay.reconciliation")
 

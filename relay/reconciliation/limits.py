@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.errors import ProviderApiError
+from relay.core.errors import ProviderApiError
 from relay.providers.calls import Page
-from relay.trouble import duration
+from relay.forwarding.trouble import duration
 
 
 @dataclass(frozen=True)

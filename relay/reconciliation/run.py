@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from relay.destinations import Destination, owed
-from relay.errors import RelayError, StoreError
+from relay.core.errors import RelayError, StoreError
 from relay.outbox import AsyncOutbox, NewDelivery, Progress, Reconciliation, RunOutcome
 from relay.providers import Provider
 from relay.providers.base import call_dedupe_key

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from relay.outbox import Progress, Reconciliation
 from relay.providers.calls import Window
-from relay.trouble import duration
+from relay.forwarding.trouble import duration
 
 OVERLAP_SECONDS = 300.0
 

@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 import httpx
 import structlog
 
-from relay.errors import ProviderApiError, StoreError, StoreUnavailable
-from relay.metrics import Metrics
+from relay.core.errors import ProviderApiError, StoreError, StoreUnavailable
+from relay.core.metrics import Metrics
 from relay.outbox import AsyncOutbox, Reconciliation
 from relay.providers import PROVIDERS, Provider
 from relay.providers.calls import CallSource
@@ -26,7 +26,7 @@ from relay.reconciliation.limits import Limits
 from relay.reconciliation.run import Tally, scheduled_run
 from relay.reconciliation.schedule import Timing, failing_too_long, stopped_without_finishing
 from relay.settings import Settings
-from relay.views import iso
+from relay.admin.views import iso
 
 log = structlog.get_logger("relay.reconciliation")
 

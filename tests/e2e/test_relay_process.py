@@ -9,7 +9,7 @@ import subprocess
 import jsonschema
 import pytest
 
-from relay.redaction import Redactor
+from relay.core.redaction import Redactor
 from relay.testing.fake_roark import Accept, Respond, Slow, load_contract
 from tests.e2e.conftest import rows
 from tests.helpers import (

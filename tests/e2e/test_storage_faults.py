@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay.ingest import STORE_WAIT_SECONDS
+from relay.http.ingest import STORE_WAIT_SECONDS
 from tests.e2e.conftest import rows
 from tests.helpers import eventually, retell_headers, vapi_headers, with_call_id
 from tests.secret_scan import secret_scan  # noqa: F401  (fixture)

@@ -25,7 +25,7 @@ from collections import defaultdict
 
 import pytest
 
-from relay.retry import RetryPolicy, backoff_delay
+from relay.forwarding.retry import RetryPolicy, backoff_delay
 from relay.testing.fake_roark import RateLimited, Reset, Respond, Slow, error_body
 from tests.e2e.conftest import rows
 from tests.helpers import eventually, retell_headers, vapi_headers, with_call_id

@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from relay.admin.openapi import openapi_document
-from relay.app import create_app
+from relay.http.app import create_app
 from relay.settings import Settings
 from relay.testing.fake_roark import Accept, Respond
 from tests.helpers import eventually, retell_headers, vapi_headers, with_call_id

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from relay.admin.auth import SESSION_COOKIE, SESSION_SECONDS, AdminAuth
 from relay.admin.throttle import FAILURES_OVERALL, FAILURES_PER_CLIENT, LoginThrottle
-from relay.app import create_app
+from relay.http.app import create_app
 from relay.settings import Secret, Settings
 from relay.testing.fake_roark import Accept, Respond
 from tests.helpers import eventually, retell_headers, vapi_headers, with_call_id

@@ -8,7 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from relay.checks import KEY_PROBE_PATH
+from relay.cli.check import KEY_PROBE_PATH
 from relay.cli import main, parse_duration
 from relay.outbox import migrations
 from relay.outbox import Attempt, Completion, NewDelivery, State, open_backend

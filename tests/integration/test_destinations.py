@@ -7,9 +7,9 @@ import json
 import pytest
 from starlette.testclient import TestClient
 
-from relay.app import create_app
+from relay.http.app import create_app
 from relay.destinations import new_secret
-from relay.destinations.client import message_id
+from relay.forwarding.destination import message_id
 from relay.settings import Settings
 from relay.testing.fake_endpoint import FakeEndpoint
 from relay.testing.fake_roark import Respond, Slow

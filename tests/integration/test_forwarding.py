@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 from starlette.testclient import TestClient
 
-from relay.app import create_app
+from relay.http.app import create_app
 from relay.settings import Settings
 from relay.testing.fake_roark import Accept, RateLimited, Reset, Respond, Slow
 from tests.helpers import ROARK_KEY, eventually, retell_headers, sample, vapi_headers, with_call_id

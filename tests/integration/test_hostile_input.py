@@ -5,7 +5,7 @@ Two ways in:
   wrong types where ids belong, invalid UTF-8, lone surrogates, deep nesting, junk
   headers, replayed and stale signatures, wrong content types and methods;
 - the app served by uvicorn exactly as `relay serve` configures it
-  (`relay.server.uvicorn_config`), on 127.0.0.1, for what only a socket can do: huge,
+  (`relay.http.server.uvicorn_config`), on 127.0.0.1, for what only a socket can do: huge,
   truncated and slow-drip bodies, slowloris heads, oversized heads, malformed HTTP;
 - the admin API last: schemathesis against the relay's own /admin/openapi.json, and
   hypothesis on credentials, query strings, ids and replay bodies.
@@ -42,13 +42,13 @@ from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from relay.admin.openapi import openapi_document
-from relay.app import create_app
-from relay.errors import BadRequest
-from relay.ingest import read_body
+from relay.http.app import create_app
+from relay.core.errors import BadRequest
+from relay.http.ingest import read_body
 from relay.providers import PROVIDERS, retell, vapi
-from relay.server import LINGER_BYTES, MAX_REQUEST_HEAD_BYTES, uvicorn_config
+from relay.http.server import LINGER_BYTES, MAX_REQUEST_HEAD_BYTES, uvicorn_config
 from relay.settings import Settings
-from relay.upstream import roark_body
+from relay.forwarding.roark import roark_body
 from tests.helpers import RETELL_KEY, VAPI_SECRET, eventually, sample, with_call_id
 from tests.secret_scan import (  # noqa: F401  (secret_scan is a fixture)
     ADMIN_TOKEN,

@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 from starlette.testclient import TestClient
 
-from relay.app import create_app
+from relay.http.app import create_app
 from relay.settings import Settings
 from tests.helpers import VAPI_SECRET, retell_headers, sample, vapi_headers, with_call_id
 
@@ -179,7 +179,7 @@ def test_unknown_routes_and_methods_are_error_responses(client):
 
 
 def test_webhook_paths_route_like_the_router(client):
-    """POSTs to /webhooks/* skip Starlette's router (relay.app.Relay): the paths it takes
+    """POSTs to /webhooks/* skip Starlette's router (relay.http.app.Relay): the paths it takes
     and leaves must answer as the declared routes would."""
     assert_error(client.post("/webhooks/vapi/", content=b"{}", headers=vapi_headers()), 404)
     assert_error(client.post("/webhooks/vapi/a/b", content=b"{}", headers=vapi_headers()), 404)

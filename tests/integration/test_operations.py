@@ -5,7 +5,7 @@ import time
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from relay.app import create_app
+from relay.http.app import create_app
 from relay.outbox import Completion, NewDelivery, State, open_backend
 from relay.settings import Settings
 from relay.testing.fake_roark import Respond, Slow

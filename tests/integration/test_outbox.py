@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from relay.errors import StoreUnavailable
+from relay.core.errors import StoreUnavailable
 from relay.outbox import Attempt, Completion, DeliveryFilter, NewDelivery, State, open_backend
 
 NOW = 1_700_000_000.0

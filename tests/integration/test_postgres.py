@@ -23,9 +23,9 @@ import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
-from relay.app import create_app
+from relay.http.app import create_app
 from relay.cli import main
-from relay.errors import StoreUnavailable
+from relay.core.errors import StoreUnavailable
 from relay.outbox import AsyncOutbox, DeliveryFilter, NewDelivery, State, migrations
 from relay.outbox import postgres
 from relay.outbox.postgres import FAIL_FAST_SECONDS, PostgresBackend

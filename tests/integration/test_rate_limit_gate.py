@@ -18,12 +18,12 @@ import time
 import httpx
 import pytest
 
-from relay.forwarder import Forwarder
-from relay.metrics import Metrics
+from relay.forwarding.forwarder import Forwarder
+from relay.core.metrics import Metrics
 from relay.outbox import AsyncOutbox, NewDelivery
 from relay.outbox.sqlite import SQLiteBackend
 from relay.settings import Settings
-from relay.upstream import RoarkClient
+from relay.forwarding.roark import RoarkClient
 from tests.helpers import ROARK_KEY, with_call_id
 
 RETRY_AFTER = 2.0

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from relay.metrics import Metrics
+from relay.core.metrics import Metrics
 from relay.outbox import AsyncOutbox, DeliveryFilter, NewDelivery
 from relay.providers import PROVIDERS
 from relay.reconciliation.command import reconcile_now

@@ -8,7 +8,7 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
-from relay.app import create_app
+from relay.http.app import create_app
 from relay.destinations import new_secret
 from relay.outbox import RunOutcome, open_backend
 from relay.settings import Settings

@@ -9,11 +9,11 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
-from relay.app import create_app
-from relay.background import Background
-from relay.metrics import Metrics
+from relay.http.app import create_app
+from relay.forwarding.background import Background
+from relay.core.metrics import Metrics
 from relay.outbox import AsyncOutbox, ForwarderReport, NewDelivery, open_backend
-from relay.remote_forwarders import STALE_AFTER_SECONDS
+from relay.forwarding.remote import STALE_AFTER_SECONDS
 from relay.settings import Settings
 from relay.testing.fake_roark import Respond
 from tests.helpers import sample, vapi_headers
@@ -99,7 +99,7 @@ def test_background_reports_what_its_forwarders_meet(settings, fake_roark):
     roark = asyncio.run(paused_report())
     assert roark is not None, "no report of the pause within 15 s"
     assert "ROARK_API_KEY" in roark.paused_reason
-    # A 401 is an answer: Roark is up, and refusing the key (relay.trouble).
+    # A 401 is an answer: Roark is up, and refusing the key (relay.forwarding.trouble).
     assert roark.failing_since is None and roark.last_success_at is not None
 
 

@@ -1,4 +1,4 @@
-"""The Roark client's transport (relay.transport) against raw loopback servers that answer
+"""The Roark client's transport (relay.core.transport) against raw loopback servers that answer
 the ways servers do: with interim responses, by length, chunked, until close, slowly, not
 at all, too much, through a proxy, over TLS; and that close idle keep-alive connections."""
 
@@ -12,9 +12,9 @@ import time
 import pytest
 
 from relay.outbox import Delivery, State
-from relay.retry import RetryAt, RetryPolicy, decide
+from relay.forwarding.retry import RetryAt, RetryPolicy, decide
 from relay.settings import Settings
-from relay.upstream import Outcome, RoarkClient
+from relay.forwarding.roark import Outcome, RoarkClient
 from tests.helpers import ROARK_KEY, free_port, with_call_id
 
 CALL_ID = "11111111-2222-4333-8444-555555555555"

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from relay.errors import StoreUnavailable
+from relay.core.errors import StoreUnavailable
 from relay.outbox import NewDelivery
 from relay.outbox.sqlite import WAL_LIMIT_BYTES, SQLiteBackend
 

@@ -10,7 +10,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from relay.destinations import Destinations, new_secret, owed
-from relay.errors import ConfigError
+from relay.core.errors import ConfigError
 from relay.settings import Settings
 
 SECRET = new_secret()

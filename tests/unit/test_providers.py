@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.errors import BadRequest
-from relay.jsonbody import parse
+from relay.core.errors import BadRequest
+from relay.core.jsonbody import parse
 from relay.providers import PROVIDER_NAMES, PROVIDERS
 from relay.providers.retell import RETELL
 from relay.providers.vapi import VAPI
-from relay.upstream import roark_body
+from relay.forwarding.roark import roark_body
 
 # JSON values as the stdlib reads them back (no lone surrogates: they are refused).
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
@@ -168,7 +168,7 @@ def test_only_plain_short_ids_are_call_ids(call_id, kept):
 
 
 def test_stripping_keeps_every_number_and_finds_escaped_keys():
-    from relay.redaction import Redactor
+    from relay.core.redaction import Redactor
 
     strip = Redactor()
     message = (b'{"type": "end-of-call-report", "phoneNumber": {"\\u0074wilioAuthToken": "tw-secret"},'
@@ -181,7 +181,7 @@ def test_stripping_keeps_every_number_and_finds_escaped_keys():
 
 
 def test_a_payload_with_nothing_to_strip_is_not_decoded_again():
-    from relay.redaction import Redactor
+    from relay.core.redaction import Redactor
 
     message = b'{"type": "end-of-call-report",  "x": [1, 2.50]}'
     assert roark_body(VAPI, b'{"message": ' + message + b"}", {}, strip_secrets=Redactor()) == (

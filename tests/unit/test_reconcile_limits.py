@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from relay.errors import ProviderAnswerTooLarge, ProviderApiError
+from relay.core.errors import ProviderAnswerTooLarge, ProviderApiError
 from relay.providers.calls import ListedCall, Page, fitting, halved
 from relay.reconciliation.limits import Limits, PageHistory, RunBudget
 

@@ -3,7 +3,7 @@ page comes back short, Retell by its cursor. Pure decisions, no server."""
 
 import pytest
 
-from relay.errors import ProviderApiError
+from relay.core.errors import ProviderApiError
 from relay.providers.calls import Window
 from relay.providers.retell_calls import list_request
 from relay.providers.vapi_calls import Bound, is_short, next_bound, query

@@ -7,7 +7,7 @@ import json
 import msgspec
 import pytest
 
-from relay import jsonbody
+from relay.core import jsonbody
 from relay.providers import PROVIDERS
 from relay.providers.base import call_dedupe_key
 from relay.providers.calls import Fields
@@ -18,7 +18,7 @@ from relay.providers.vapi_calls import listed_call as vapi_listed
 from relay.testing.fake_providers import retell_call, vapi_call
 from relay.testing.fake_roark import validator_for
 from relay.testing.webhooks import sample
-from relay.upstream import roark_body
+from relay.forwarding.roark import roark_body
 
 ENDED = 1_747_667_642.5  # the sample report's endedAt
 REPORT = json.loads(sample("vapi/end-of-call-report"))["message"]

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.redaction import MASK, Redactor
+from relay.core.redaction import MASK, Redactor
 from tests.helpers import sample
 
 

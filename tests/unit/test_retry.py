@@ -3,7 +3,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from relay.retry import (
+from relay.forwarding.retry import (
     AttemptResult,
     Delivered,
     GiveUp,

@@ -1,6 +1,6 @@
 import gc
 
-from relay import runtime
+from relay.core import runtime
 
 
 def test_the_young_generation_is_collected_less_often_and_the_older_ones_as_before():

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from relay import envvars
-from relay.errors import ConfigError
+from relay.core import envvars
+from relay.core.errors import ConfigError
 from relay.providers import PROVIDERS
 from relay.settings import Secret, Settings, example_file
 

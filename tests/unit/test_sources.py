@@ -1,7 +1,7 @@
 import pytest
 
-from relay.errors import BadRequest, NotFound
-from relay.sources import source_properties
+from relay.core.errors import BadRequest, NotFound
+from relay.http.sources import source_properties
 
 SOURCES = {"acme": {"business_name": "Acme", "tier": "gold"}}
 

@@ -1,6 +1,6 @@
 """Telling an operator at once that Roark is down, and keeping the logs readable."""
 
-from relay.trouble import Repeated, UpstreamTrouble, retryable_failure
+from relay.forwarding.trouble import Repeated, UpstreamTrouble, retryable_failure
 
 T = 1_700_000_000.0
 

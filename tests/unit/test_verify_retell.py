@@ -6,7 +6,7 @@ import re
 import pytest
 from starlette.datastructures import Headers
 
-from relay.errors import Unauthorized
+from relay.core.errors import Unauthorized
 from relay.providers import retell
 
 KEY = "key_retell_live_6f1c0a9e"

@@ -6,7 +6,7 @@ import json
 import pytest
 from starlette.datastructures import Headers
 
-from relay.errors import Unauthorized
+from relay.core.errors import Unauthorized
 from relay.providers import vapi
 
 TOKEN = "vapi-token-3f9b27c1"

@@ -6,7 +6,7 @@ age and the pause flags are read from the outbox and forwarders when /metrics is
 scraped, so they are true across restarts and across instances sharing one database.
 What the background work counts (delivery attempts, reconciliation) has a registry of
 its own, `background`, since that work may run in another process
-(relay.forwarding_process), which hands its exposition over.
+(relay.forwarding.process), which hands its exposition over.
 """
 
 from __future__ import annotations

@@ -18,15 +18,17 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 import httpx
 
-from relay import __version__, checks, retention
-from relay.errors import ConfigError, StoreUnavailable
+from relay import __version__
+from relay.cli import check as checks
+from relay.forwarding import retention
+from relay.core.errors import ConfigError, StoreUnavailable
 from relay.destinations import new_secret
 from relay.outbox import AsyncOutbox, Backend, DeliveryFilter, State, open_backend
 from relay.outbox.startup import migrate_when_available, startup_patience
 from relay.providers import PROVIDER_NAMES, PROVIDERS
-from relay.redaction import Redactor
+from relay.core.redaction import Redactor
 from relay.settings import Settings
-from relay.views import delivery_json, iso, masked_payload
+from relay.admin.views import delivery_json, iso, masked_payload
 
 DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -80,7 +82,7 @@ def main() -> None:
 def serve(host: str | None, port: int | None) -> None:
     """Run the relay: webhook endpoints, health check and status page, with a forwarding
     process beside it (RELAY_FORWARD: process, inline or off)."""
-    from relay.server import run
+    from relay.http.server import run
 
     settings = load_settings()
     # The outbox is opened (and migrated) here first, so a relay that cannot start says
@@ -99,8 +101,8 @@ def forward(metrics_file: Path | None, parent_pid: int | None) -> None:
     without serving HTTP: `relay serve` starts this beside itself unless RELAY_FORWARD
     says otherwise; run it alone, e.g. as a Heroku worker, with RELAY_FORWARD=off on
     the web processes. Stops on SIGTERM or SIGINT, handing back what is in flight."""
-    from relay import logs
-    from relay.forwarding_process import forward as run_forwarding
+    from relay.core import logs
+    from relay.forwarding.process import forward as run_forwarding
 
     settings = load_settings()
     logs.configure(settings.log_level, settings.log_format)
@@ -437,6 +439,6 @@ def send_sample(provider: str, url: str | None, event: str | None) -> None:
 def demo(port: int, database: str, keep: bool) -> None:
     """Try the relay with no accounts: a local fake Roark, signed sample webhooks (some
     that fail upstream), and the status page to look at them."""
-    from relay.demo import run_demo
+    from relay.cli.demo import run_demo
 
     run_demo(port, database, keep)

@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from relay.outbox import Attempt, Delivery, Reconciliation, State
-from relay import jsonbody
-from relay.redaction import Redactor
+from relay.core import jsonbody
+from relay.core.redaction import Redactor
 
 
 def iso(timestamp: float | None) -> str | None:

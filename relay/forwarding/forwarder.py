@@ -1,7 +1,7 @@
 """The background forwarders: one per destination (Roark's first), each claiming only
 its own due deliveries and sending them with its own client.
 
-They run in a forwarding process of their own or in the server's (relay.background). Each has
+They run in a forwarding process of their own or in the server's (relay.forwarding.background). Each has
 its own concurrency, connection pool, pause and rate-limit gate, so a destination that
 is down or slow never holds up another: its deliveries wait in the store, not in a
 shared queue. Nothing here sleeps on a retry schedule: every outcome is written back to
@@ -30,10 +30,10 @@ from typing import Protocol
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from relay.errors import StoreUnavailable
-from relay.metrics import Metrics, status_class
+from relay.core.errors import StoreUnavailable
+from relay.core.metrics import Metrics, status_class
 from relay.outbox import ROARK, AsyncOutbox, Attempt, Completion, Delivery, ForwarderReport, State
-from relay.retry import (
+from relay.forwarding.retry import (
     AttemptResult,
     Delivered,
     GiveUp,
@@ -45,10 +45,10 @@ from relay.retry import (
     parse_retry_after,
 )
 from relay.settings import Settings
-from relay.trouble import Repeated, UpstreamTrouble, retryable_failure
-from relay.upstream import MAX_ERROR_TEXT, Outcome
+from relay.forwarding.trouble import Repeated, UpstreamTrouble, retryable_failure
+from relay.forwarding.roark import MAX_ERROR_TEXT, Outcome
 
-log = structlog.get_logger("relay.forwarder")
+log = structlog.get_logger("relay.forwarding.forwarder")
 
 #: Body bytes in flight at most (plus one delivery, however large): each costs its size
 #: several times over while sent, and claiming twenty 5 MB reports at once took the
@@ -57,7 +57,7 @@ MAX_BYTES_IN_FLIGHT = 16 * 1024 * 1024
 
 
 class Client(Protocol):
-    """What a forwarder sends with: `relay.upstream.RoarkClient`, or a destination's."""
+    """What a forwarder sends with: `relay.forwarding.roark.RoarkClient`, or a destination's."""
 
     receiver: Receiver
 
@@ -122,7 +122,7 @@ class Forwarder:
         self._task = asyncio.create_task(self._run(), name=f"relay-forwarder-{self.destination}")
 
     def report(self, now: float) -> ForwarderReport:
-        """Its state, for a server process that shows it from the store (relay.background)."""
+        """Its state, for a server process that shows it from the store (relay.forwarding.background)."""
         trouble = self.trouble.state
         return ForwarderReport(
             destination=self.destination, reported_at=now, paused_reason=self.pause_reason,

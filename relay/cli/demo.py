@@ -62,7 +62,7 @@ def _port_taken(port: int) -> bool:
 
 
 def run_demo(port: int, database: str, keep: bool = False) -> None:
-    from relay.server import run
+    from relay.http.server import run
 
     if _port_taken(port):
         click.echo(f"relay demo: port {port} is in use; choose another with --port, "

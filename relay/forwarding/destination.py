@@ -19,9 +19,9 @@ import httpx
 from relay import __version__
 from relay.destinations.config import Destination
 from relay.outbox import Delivery
-from relay.retry import destination_receiver
-from relay.transport import Transport
-from relay.upstream import OFF_LOOP_BYTES, Outcome, send
+from relay.forwarding.retry import destination_receiver
+from relay.core.transport import Transport
+from relay.forwarding.roark import OFF_LOOP_BYTES, Outcome, send
 
 
 #: What a header value carries as it is: printable ASCII, but for the escape itself.
@@ -74,7 +74,7 @@ class DestinationClient:
         if delivery.request_id:
             headers["x-request-id"] = delivery.request_id
         request = httpx.Request("POST", self._url, stream=httpx.ByteStream(delivery.body), headers=headers,
-                                extensions=self._timeouts)  # stream=: see relay.upstream.send
+                                extensions=self._timeouts)  # stream=: see relay.forwarding.roark.send
         outcome, _ = await send(self._transport, request)
         return outcome
 

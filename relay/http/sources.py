@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from relay.errors import BadRequest, NotFound
+from relay.core.errors import BadRequest, NotFound
 
 MAX_PARAMETERS = 20
 MAX_VALUE_LENGTH = 256

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from relay.errors import BadRequest
+from relay.core.errors import BadRequest
 
 UTF8_BOM = b"\xef\xbb\xbf"
 

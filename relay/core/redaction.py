@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from relay import jsonbody
+from relay.core import jsonbody
 
 MASK = "********"
 #: Deeper than any provider's payload; a document nested further is shown as MASK, so

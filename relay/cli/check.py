@@ -16,7 +16,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from relay.retry import parse_retry_after
+from relay.forwarding.retry import parse_retry_after
 from relay.settings import Settings
 
 #: Roark calls `relay check --upstream` makes at most, each, while the answer is

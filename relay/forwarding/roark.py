@@ -1,9 +1,9 @@
 """The Roark API client: the request Roark's spec defines for a stored webhook, sent over
-one shared pool of keep-alive connections (relay.transport), with explicit timeouts and
+one shared pool of keep-alive connections (relay.core.transport), with explicit timeouts and
 no retries.
 
 Retrying is the forwarder's job (persisted per row); this module makes exactly one
-attempt and reports what happened in a form `relay.retry.decide` understands.
+attempt and reports what happened in a form `relay.forwarding.retry.decide` understands.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from typing import Any
 
 import httpx
 
-from relay import __version__, jsonbody
+from relay import __version__
+from relay.core import jsonbody
 from relay.outbox import Delivery
 from relay.providers import PROVIDERS, Provider
-from relay.redaction import Redactor
-from relay.retry import ROARK_RECEIVER, AttemptResult
+from relay.core.redaction import Redactor
+from relay.forwarding.retry import ROARK_RECEIVER, AttemptResult
 from relay.settings import Settings
-from relay.transport import Transport, describe_error
+from relay.core.transport import Transport, describe_error
 
 #: Bodies from this size up are turned into Roark's request on a worker thread.
 OFF_LOOP_BYTES = 1024 * 1024

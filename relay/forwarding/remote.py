@@ -1,6 +1,6 @@
 """The forwarders as a server process sees them when they run in another process
 (RELAY_FORWARD=process or off): what each last reported to the store
-(relay.background), read every REFRESH_SECONDS. They answer what /health, the status
+(relay.forwarding.background), read every REFRESH_SECONDS. They answer what /health, the status
 page and the metrics ask of a forwarder (paused, why, rate limited until, what is wrong),
 so those read the same attributes wherever forwarding runs.
 
@@ -16,18 +16,18 @@ from collections.abc import Iterator
 
 import structlog
 
-from relay.errors import StoreUnavailable
+from relay.core.errors import StoreUnavailable
 from relay.outbox import ROARK, AsyncOutbox, ForwarderReport
-from relay.periodic import every
-from relay.retry import ROARK_RECEIVER, destination_receiver
+from relay.core.periodic import every
+from relay.forwarding.retry import ROARK_RECEIVER, destination_receiver
 from relay.settings import Settings
-from relay.trouble import TroubleState, describe, duration
+from relay.forwarding.trouble import TroubleState, describe, duration
 
-log = structlog.get_logger("relay.remote_forwarders")
+log = structlog.get_logger("relay.forwarding.remote")
 
 REFRESH_SECONDS = 1.0
 #: A report older than this means no forwarding process is running (they report every
-#: second, relay.background.REPORT_SECONDS).
+#: second, relay.forwarding.background.REPORT_SECONDS).
 STALE_AFTER_SECONDS = 15.0
 
 

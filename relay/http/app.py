@@ -25,23 +25,23 @@ from relay import __version__
 from relay.admin import admin_routes
 from relay.admin.auth import AdminAuth
 from relay.admin.throttle import LoginThrottle
-from relay.budget import ByteBudget
-from relay.errors import HTTPError, MethodNotAllowed, NotFound, ServiceUnavailable, StoreUnavailable
-from relay.background import Background
-from relay.forwarder import Forwarder, Forwarders
-from relay.remote_forwarders import RemoteForwarder, RemoteForwarders
-from relay.ingest import Pace, receive_webhook
-from relay.metrics import Metrics
+from relay.web.budget import ByteBudget
+from relay.core.errors import HTTPError, MethodNotAllowed, NotFound, ServiceUnavailable, StoreUnavailable
+from relay.forwarding.background import Background
+from relay.forwarding.forwarder import Forwarder, Forwarders
+from relay.forwarding.remote import RemoteForwarder, RemoteForwarders
+from relay.http.ingest import Pace, receive_webhook
+from relay.core.metrics import Metrics
 from relay.outbox import ROARK, AsyncOutbox, Pause, open_backend
 from relay.outbox.startup import migrate_when_available_async, startup_patience
-from relay.passthrough import PassThrough
+from relay.http.passthrough import PassThrough
 from relay.reconciliation.service import Reconcilers
-from relay.responses import JSONResponse
+from relay.web.responses import JSONResponse
 from relay.settings import Settings
-from relay.supervisor import ForwardingProcess
-from relay.trouble import stuck
+from relay.forwarding.supervisor import ForwardingProcess
+from relay.forwarding.trouble import stuck
 
-log = structlog.get_logger("relay.app")
+log = structlog.get_logger("relay.http.app")
 
 REQUEST_ID_HEADER = "x-request-id"
 # A caller's request id is echoed only if it is plainly an id, never arbitrary text.
@@ -125,7 +125,7 @@ async def handle_starlette_error(request: Request, exc: Exception) -> JSONRespon
 
 async def handle_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """An outbox the admin API or a page needs is down: 503 to try again, not a 500.
-    (Webhooks answer their own 503 in relay.ingest, with the wait bounded.)"""
+    (Webhooks answer their own 503 in relay.http.ingest, with the wait bounded.)"""
     log.error("store_unavailable", request_id=_request_id(request), path=request.url.path, error=str(exc))
     return error_response(request, ServiceUnavailable(
         f"the relay's database is unavailable; retry later ({exc})", error_code="store_unavailable",
@@ -148,7 +148,7 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def webhook_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    """`relay.ingest.receive_webhook` as a bare ASGI app, rendering its own errors (see Relay)."""
+    """`relay.http.ingest.receive_webhook` as a bare ASGI app, rendering its own errors (see Relay)."""
     request = Request(scope, receive)
     try:
         response = await receive_webhook(request)
@@ -159,7 +159,7 @@ async def webhook_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
-#: A provider's webhook endpoint, with an optional source (relay.sources).
+#: A provider's webhook endpoint, with an optional source (relay.http.sources).
 WEBHOOK_PATH = re.compile(r"/webhooks/([^/]+)(?:/([^/]+))?")
 
 

@@ -23,9 +23,9 @@ import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from relay.budget import BodyHold
+from relay.web.budget import BodyHold
 from relay.destinations import owed
-from relay.errors import (
+from relay.core.errors import (
     BadGateway,
     BadRequest,
     GatewayTimeout,
@@ -40,11 +40,11 @@ from relay.errors import (
 from relay.outbox import NewDelivery
 from relay.providers import PROVIDERS, Provider
 from relay.providers.signing import TOLERANCE_SECONDS
-from relay.responses import JSONResponse
+from relay.web.responses import JSONResponse
 from relay.settings import Settings
-from relay.sources import source_properties
+from relay.http.sources import source_properties
 
-log = structlog.get_logger("relay.ingest")
+log = structlog.get_logger("relay.http.ingest")
 
 #: Longest a webhook waits for its commit before it is answered 503 (providers time out
 #: webhooks after 10-20 s; a 503 with Retry-After is better than a timeout).

@@ -1,11 +1,11 @@
 """Forwarding in a process of its own: `relay forward` (`forward`), run alone or as the
-child that `relay serve` starts beside the server (relay.supervisor).
+child that `relay serve` starts beside the server (relay.forwarding.supervisor).
 
 Why a process: receiving and delivering in one interpreter share one lock, so a backlog
 being delivered slowed every webhook's acknowledgement (BENCHMARKS.md). Nothing crosses
 between the two but the store: the server stores webhooks and the store wakes the
 forwarders (PostgreSQL's NOTIFY, SQLite's data_version); the forwarders report their
-state through the store (relay.background). The child's counters reach the server's
+state through the store (relay.forwarding.background). The child's counters reach the server's
 /metrics through a file it rewrites every few seconds, since a Prometheus scrape reaches
 one process.
 """
@@ -24,15 +24,16 @@ from pathlib import Path
 import structlog
 from prometheus_client import generate_latest
 
-from relay import __version__, runtime
-from relay.background import Background
-from relay.metrics import Metrics
+from relay import __version__
+from relay.core import runtime
+from relay.forwarding.background import Background
+from relay.core.metrics import Metrics
 from relay.outbox import AsyncOutbox, open_backend
 from relay.outbox.startup import migrate_when_available_async, startup_patience
-from relay.periodic import every
+from relay.core.periodic import every
 from relay.settings import Settings
 
-log = structlog.get_logger("relay.forwarding_process")
+log = structlog.get_logger("relay.forwarding.process")
 
 #: How often the child rewrites its metrics file.
 METRICS_SECONDS = 5.0

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from relay.errors import ConfigError
+from relay.core.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -13,13 +13,14 @@ import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
-from relay import logs, runtime
-from relay.app import create_app, new_request_id
-from relay.errors import BadRequest, HTTPError, RequestHeadTooLarge, RequestTimeout, ServiceUnavailable
+from relay.core import logs
+from relay.core import runtime
+from relay.http.app import create_app, new_request_id
+from relay.core.errors import BadRequest, HTTPError, RequestHeadTooLarge, RequestTimeout, ServiceUnavailable
 from relay.settings import Settings
-from relay.supervisor import ForwardingProcess
+from relay.forwarding.supervisor import ForwardingProcess
 
-log = structlog.get_logger("relay.server")
+log = structlog.get_logger("relay.http.server")
 
 #: Most bytes a request line plus headers may take, and most header lines. Providers
 #: send well under 8 KiB in about twenty headers; every header held costs a few hundred
@@ -388,7 +389,7 @@ def uvicorn_config(settings: Settings, app: ASGIApp, host: str, port: int,
         port=port,
         http=http,
         log_level=settings.log_level,
-        log_config=None,  # relay.logs already routed the standard library's logging
+        log_config=None,  # relay.core.logs already routed the standard library's logging
         access_log=False,
         # The forwarder gets its own grace period during lifespan shutdown.
         timeout_graceful_shutdown=max(settings.shutdown_grace_seconds, 1.0),

@@ -26,10 +26,10 @@ from typing import Protocol
 
 import structlog
 
-from relay.forwarding_process import forward
+from relay.forwarding.process import forward
 from relay.settings import Settings
 
-log = structlog.get_logger("relay.supervisor")
+log = structlog.get_logger("relay.forwarding.supervisor")
 
 #: Restarts of a child that keeps dying back off up to this long; one that ran for
 #: STEADY_SECONDS starts again at once.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.retry import RETRYABLE_STATUSES
+from relay.forwarding.retry import RETRYABLE_STATUSES
 
 WINDOW_SECONDS = 60.0
 SUMMARY_EVERY_SECONDS = 60.0

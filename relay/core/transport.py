@@ -14,7 +14,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
-from relay.budget import BodyHold
+from relay.web.budget import BodyHold
 
 #: Roark answers with short JSON; anything far larger is not an answer worth keeping.
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -29,7 +29,7 @@ HAPPY_EYEBALLS_SECONDS = 0.25
 
 class AnswerTooLarge(httpx.RemoteProtocolError):
     """The answer is larger than this client may hold: its own limit, or the budget the
-    request named (`extensions["hold"]`, a relay.budget.BodyHold) has no room for it."""
+    request named (`extensions["hold"]`, a relay.web.budget.BodyHold) has no room for it."""
 
 
 class Transport(AiohttpTransport):

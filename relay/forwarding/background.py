@@ -5,7 +5,7 @@ its own (`relay forward`, which `relay serve` starts by default).
 
 Run in a process of its own, it also reports each forwarder's state to the store every
 REPORT_SECONDS, which is how the server's /health, status page and metrics learn that
-Roark is refusing the key or failing every attempt (relay.remote_forwarders).
+Roark is refusing the key or failing every attempt (relay.forwarding.remote).
 """
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ import time
 
 import structlog
 
-from relay.destinations.client import DestinationClient
-from relay.errors import StoreUnavailable
-from relay.forwarder import Forwarder, Forwarders
-from relay.metrics import Metrics
+from relay.forwarding.destination import DestinationClient
+from relay.core.errors import StoreUnavailable
+from relay.forwarding.forwarder import Forwarder, Forwarders
+from relay.core.metrics import Metrics
 from relay.outbox import ROARK, AsyncOutbox
-from relay.periodic import every
+from relay.core.periodic import every
 from relay.reconciliation.service import Reconcilers
-from relay.retention import run_retention
+from relay.forwarding.retention import run_retention
 from relay.settings import Settings
-from relay.upstream import RoarkClient
+from relay.forwarding.roark import RoarkClient
 
-log = structlog.get_logger("relay.background")
+log = structlog.get_logger("relay.forwarding.background")
 
 #: How often a forwarding process writes its forwarders' state to the store.
 REPORT_SECONDS = 1.0

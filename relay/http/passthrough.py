@@ -35,11 +35,11 @@ import structlog
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from relay.budget import BodyHold, ByteBudget
-from relay.errors import BadGateway, GatewayTimeout, ServiceUnavailable, Unauthorized
-from relay.transport import AnswerTooLarge, Transport, describe_error, error_kind, timed_out
+from relay.web.budget import BodyHold, ByteBudget
+from relay.core.errors import BadGateway, GatewayTimeout, ServiceUnavailable, Unauthorized
+from relay.core.transport import AnswerTooLarge, Transport, describe_error, error_kind, timed_out
 
-log = structlog.get_logger("relay.passthrough")
+log = structlog.get_logger("relay.http.passthrough")
 
 #: Answers can carry a whole assistant configuration, but not more.
 MAX_ANSWER_BYTES = 4 * 1024 * 1024

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 
 import structlog
 
-from relay.errors import StoreUnavailable
+from relay.core.errors import StoreUnavailable
 from relay.outbox import AsyncOutbox, State
-from relay.periodic import every
+from relay.core.periodic import every
 from relay.settings import Settings
 
-log = structlog.get_logger("relay.retention")
+log = structlog.get_logger("relay.forwarding.retention")
 
 #: Deliveries deleted per transaction: milliseconds of the write lock each.
 PRUNE_BATCH = 500
