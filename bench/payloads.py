@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from relay.testing.webhooks import sample
+from relay.providers.samples import sample
 
 #: Stands for the call id in a template; the load generators put a unique id there.
 CALL_ID = "__CALL_ID__"

@@ -102,7 +102,10 @@ def table(results: dict[str, dict]) -> str:
         cells.append(f"{row.target[0]} {row.target[1]:g}" if row.target else "")
         lines.append(cells)
     widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
-    render = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    def render(cells: list) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
     return "\n".join([render(header), render(["-" * w for w in widths]), *map(render, lines)])
 
 

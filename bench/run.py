@@ -62,7 +62,7 @@ def run_backend(bench: scenarios.Bench, only: set[str]) -> dict:
         print(f"  {name} ...", end="", flush=True)
         try:
             results[name] = step()
-        except Exception as error:  # one failed measurement must not lose the others
+        except Exception as error:  # noqa: BLE001  (one failed measurement must not lose the others)
             results[name] = {"error": f"{type(error).__name__}: {error}"}
             traceback.print_exc()
         print(f" {time.monotonic() - started:.0f} s", flush=True)

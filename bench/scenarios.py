@@ -179,9 +179,10 @@ def latency(bench: Bench) -> dict:
     for name, hold in (("relay", False), ("ingest_only", True)):
         store = bench.new_store()
         try:
-            with (servers.running(lambda: servers.upstream(bench.log(f"upstream-latency-{name}"),
-                                                           hold=hold)) as up,
-                  servers.running(lambda: bench.relay(store, up, f"latency-{name}", held=hold)) as relay):
+            with (servers.running(lambda name=name, hold=hold: servers.upstream(
+                      bench.log(f"upstream-latency-{name}"), hold=hold)) as up,
+                  servers.running(lambda store=store, up=up, name=name, hold=hold: bench.relay(
+                      store, up, f"latency-{name}", held=hold)) as relay):
                 result = bench.open_loop(relay.url, f"latency-{name}", sizes.latency_rate,
                                          sizes.latency_seconds)
                 runs[name] = {**result, "durable": store.rows() >= result["accepted"]}
@@ -213,8 +214,9 @@ def drain(bench: Bench, rows: int, delay: float, *, history: int = 0, destinatio
         delivered = store.rows() - store.undelivered() - history
     finally:
         store.drop()
-    return {"rows": rows, "history": history, "destinations": 2 if destination else 1, "measured_rows": initial, "seconds": round(seconds, 2),
-            "rate": initial / seconds, "delivered": delivered, "seed_seconds": round(seeded, 1),
+    return {"rows": rows, "history": history, "destinations": 2 if destination else 1,
+            "measured_rows": initial, "seconds": round(seconds, 2), "rate": initial / seconds,
+            "delivered": delivered, "seed_seconds": round(seeded, 1),
             "relay_cpu_seconds": round(relay_cpu, 2), "upstream_cpu_seconds": round(upstream_cpu, 2),
             "relay_peak_rss_mb": memory["VmHWM"] / 1024, **(probe.figures() if probe else {})}
 
@@ -255,8 +257,10 @@ def memory(bench: Bench) -> dict:
     for name, hold in (("forwarding", False), ("ingest_only", True)):
         store = bench.new_store()
         try:
-            with (servers.running(lambda: servers.upstream(bench.log(f"upstream-{name}"), hold=hold)) as up,
-                  servers.running(lambda: bench.relay(store, up, f"memory-{name}", held=hold)) as relay):
+            with (servers.running(lambda name=name, hold=hold: servers.upstream(
+                      bench.log(f"upstream-{name}"), hold=hold)) as up,
+                  servers.running(lambda store=store, up=up, name=name, hold=hold: bench.relay(
+                      store, up, f"memory-{name}", held=hold)) as relay):
                 idle = relay.memory_kb()["VmRSS"]
                 result = bench.closed_loop(relay.url, f"large-{name}", **load)
                 if not hold:
@@ -296,7 +300,7 @@ def _ingest_together(bench: Bench, relays: list[Server], tag: str) -> dict:
         loads = list(pool.map(offer, range(len(relays))))
     return {"processes": len(relays), "rate": sum(load["requests"] / load["seconds"] for load in loads),
             "accepted": sum(load["accepted"] for load in loads),
-            "relay_cpu_seconds": round(sum(r.cpu_seconds() - c for r, c in zip(relays, cpu)), 2),
+            "relay_cpu_seconds": round(sum(r.cpu_seconds() - c for r, c in zip(relays, cpu, strict=True)), 2),
             "loads": loads}
 
 
@@ -310,9 +314,10 @@ def scaleout(bench: Bench) -> dict:
         try:
             with contextlib.ExitStack() as stack:
                 up = stack.enter_context(servers.running(
-                    lambda: servers.upstream(bench.log(f"upstream-scaleout-{count}"), hold=True)))
+                    lambda count=count: servers.upstream(bench.log(f"upstream-scaleout-{count}"), hold=True)))
                 relays = [stack.enter_context(servers.running(
-                    lambda i=i: bench.relay(store, up, f"scaleout-{count}-{i}", held=True)))
+                    lambda i=i, store=store, up=up, count=count: bench.relay(
+                        store, up, f"scaleout-{count}-{i}", held=True)))
                           for i in range(count)]
                 result = _ingest_together(bench, relays, f"scaleout-{count}")
             stored = store.rows()

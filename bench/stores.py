@@ -95,9 +95,9 @@ class Store(abc.ABC):
         self._analyze()
         return time.perf_counter() - started
 
+    @abc.abstractmethod
     def _analyze(self) -> None:
-        """What the database knows after a bulk insert in production: SQLite, nothing
-        (the relay never analyzes it)."""
+        """What the database knows after a bulk insert in production."""
 
     def undelivered(self) -> int:
         return self._scalar(UNDELIVERED)
@@ -143,6 +143,9 @@ class SQLiteStore(Store):
     def _scalar(self, query: str) -> int:
         with closing(self._connect()) as conn:
             return conn.execute(query).fetchone()[0]
+
+    def _analyze(self) -> None:
+        """Nothing: the relay never analyzes a SQLite database."""
 
     def lock_probe(self) -> contextlib.AbstractContextManager[LockProbe | None]:
         return LockProbe(self.path)

@@ -33,7 +33,7 @@ def closed_loop(url: str, secret: str, size: int, tag: str, connections: int,
             ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s",
              "-s", str(SCRIPT), url, "--", f"{folder}/prefix", f"{folder}/suffix", secret, tag],
             capture_output=True, text=True, timeout=duration + 60, check=True)
-    line = next(l for l in run.stdout.splitlines() if l.startswith("BENCH-JSON "))
+    line = next(out for out in run.stdout.splitlines() if out.startswith("BENCH-JSON "))
     raw = json.loads(line.removeprefix("BENCH-JSON "))
     seconds = raw["duration_us"] / 1e6
     failed = raw["status_errors"]

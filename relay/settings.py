@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from relay.core import envvars
-from relay.destinations import Destination, Destinations
+from relay.core.backoff import RetryPolicy
 from relay.core.envvars import (
     Choice,
     Flag,
@@ -31,17 +31,17 @@ from relay.core.envvars import (
     JsonObject,
     Names,
     Parser,
+    Seconds,
     Secret,
     SecretValue,
-    Seconds,
     Text,
     Url,
     setting,
 )
 from relay.core.errors import ConfigError
-from relay.outbox import ROARK
+from relay.core.names import ROARK
+from relay.destinations import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_SECONDS, Destination, Destinations
 from relay.providers import PROVIDER_NAMES, PROVIDERS
-from relay.forwarding.retry import RetryPolicy
 
 __all__ = ["Secret", "Settings", "example_file"]
 
@@ -210,7 +210,7 @@ class Settings:
         "RELAY_HEAD_BUDGET_BYTES", 4 * 1024 * 1024, Integer(64 * 1024),
         """Bytes of unfinished request heads held across all connections; past it the
         oldest unfinished heads are answered 503 and closed. One head alone is refused
-        with 431 past relay/server.py's MAX_REQUEST_HEAD_BYTES or MAX_HEADERS.""")
+        with 431 past relay/http/protocol.py's MAX_REQUEST_HEAD_BYTES or MAX_HEADERS.""")
     unverified_body_budget_bytes: int = setting(
         "RELAY_UNVERIFIED_BODY_BUDGET_BYTES", 32 * 1024 * 1024, Integer(0),
         """Bytes of webhook bodies held, across all requests, before their signature is
@@ -253,7 +253,7 @@ class Settings:
         twilioApiSecret, ...) always are; anything named like a secret is masked too.""")
     strip_secrets_upstream: bool = setting(
         "RELAY_STRIP_SECRETS_UPSTREAM", True, Flag(),
-        """true: remove provider credential fields (relay/redaction.py CREDENTIAL_KEYS:
+        """true: remove provider credential fields (relay/core/redaction.py CREDENTIAL_KEYS:
         twilioAuthToken, twilioApiSecret, apiKey, secret, password, credentials, ...) and
         RELAY_REDACT_KEYS, whatever they hold, before forwarding to Roark; the rest of
         the payload is forwarded unchanged. false: forward the payload as the provider
@@ -270,7 +270,8 @@ class Settings:
         "RELAY_FORWARD_CONCURRENCY", 128, Integer(1, 512),
         """Deliveries in flight at once. It bounds a drain at this many per Roark latency
         (128 at 200 ms: 640/s); the bytes in flight are capped at 16 MB however many.""")
-    lease_seconds: float | None = setting(
+    #: None (unset) only until __post_init__ puts the default in its place.
+    lease_seconds: float = setting(
         "RELAY_LEASE_SECONDS", None, Seconds(1),
         """A claimed delivery not finished within this long is claimed again (crash
         recovery). Must exceed ROARK_TIMEOUT_SECONDS and every destination's
@@ -279,6 +280,10 @@ class Settings:
     poll_interval_seconds: float = setting(
         "RELAY_POLL_INTERVAL_SECONDS", 1.0, Seconds(0.01),
         "How often the forwarder looks for due deliveries when nothing wakes it.")
+    metrics_interval_seconds: float = setting(
+        "RELAY_METRICS_INTERVAL_SECONDS", 5.0, Seconds(0.01),
+        """How often the forwarding process hands its metrics to the server for /metrics;
+        the forwarder's counters there lag by up to this long.""")
     auth_pause_seconds: float = setting(
         "RELAY_AUTH_PAUSE_SECONDS", 300.0, Seconds(0.1),
         "After Roark answers 401/403 (a wrong key), wait this long before trying again.")
@@ -296,18 +301,18 @@ class Settings:
 
     destinations: tuple[Destination, ...] = setting(
         "RELAY_DESTINATIONS", (), Destinations(),
-        """Your own endpoints, beside Roark: each receives a durable, signed copy of the
+        f"""Your own endpoints, beside Roark: each receives a durable, signed copy of the
         webhooks it asks for, retried on its own schedule. A JSON array of objects:
         "name" ([a-z0-9_-], not roark), "url", "secret" (whsec_..., from `relay secret`;
         several comma-separated while rotating), "events" (provider:event or provider:*;
         default the events Roark receives), and optionally "original_headers" (true: pass
-        the provider's own authentication headers on too), "timeout_seconds" (30),
-        "concurrency" (16). See the README, "One URL for everything".""",
+        the provider's own authentication headers on too), "timeout_seconds"
+        ({DEFAULT_TIMEOUT_SECONDS:g}), "concurrency" ({DEFAULT_CONCURRENCY}). See the README, "One URL for
+        everything".""",
         example="", in_repr=False, section="Destinations")
 
     #: Each provider's own settings (see its module), by provider name.
     providers: Mapping[str, Any] = field(default_factory=dict)
-    store_retry_after_seconds: int = 5
     retry: RetryPolicy = field(init=False)
 
     reconcile_interval_seconds: float = setting(
@@ -390,7 +395,7 @@ class Settings:
         the outbox, which need no ROARK_API_KEY."""
         if environ is None:
             environ = {**_dotenv(), **os.environ}  # the real environment wins
-        providers = {name: envvars.read(p.Settings, environ) for name, p in PROVIDERS.items()}
+        providers: dict[str, Any] = {name: envvars.read(p.Settings, environ) for name, p in PROVIDERS.items()}
         optional = frozenset() if forwarding else frozenset({"ROARK_API_KEY"})
         return envvars.read(cls, environ, optional, providers=providers)
 
@@ -412,7 +417,10 @@ class Settings:
         """The proxy requests to `url` go through, chosen as curl and httpx choose it."""
         parts = urlsplit(url)
         proxy = (self.https_proxy if parts.scheme == "https" else self.http_proxy) or self.all_proxy
-        if proxy is None or urllib.request.proxy_bypass_environment(parts.hostname or "", {"no": self.no_proxy}):
+        # proxy_bypass_environment is undocumented, so typeshed leaves it out; urllib's own
+        # proxy_bypass calls it.
+        if proxy is None or urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
+                parts.hostname or "", {"no": self.no_proxy}):
             return None
         return proxy
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,9 @@ import pytest
 from relay.settings import Settings
 from relay.testing.fake_roark import FakeRoark
 from tests.helpers import RETELL_KEY, ROARK_KEY, SHARED, VAPI_SECRET, fresh_schema
+
+# The `secret_scan` fixture, for every suite that checks what leaves the relay.
+pytest_plugins = ["tests.secret_scan"]
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

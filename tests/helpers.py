@@ -13,11 +13,19 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from relay.testing import webhooks
-from relay.testing.webhooks import sample, with_call_id
+from relay.providers import samples as webhooks
+from relay.providers.samples import sample, with_call_id
 
-__all__ = ["sample", "with_call_id", "retell_headers", "vapi_headers", "eventually", "free_port",
-           "fresh_schema", "in_schema"]
+__all__ = [
+    "eventually",
+    "free_port",
+    "fresh_schema",
+    "in_schema",
+    "retell_headers",
+    "sample",
+    "vapi_headers",
+    "with_call_id",
+]
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

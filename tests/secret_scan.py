@@ -26,7 +26,7 @@ import pytest
 import structlog
 
 from relay.core import logs
-from relay.testing.webhooks import sample
+from relay.providers.samples import sample
 from tests.helpers import RETELL_KEY, ROARK_KEY, VAPI_SECRET
 
 VAPI_HMAC_SECRET = "vapi_hmac_secret_0123456789abcdef"
@@ -37,7 +37,7 @@ CONFIGURED_SECRETS = (ROARK_KEY, RETELL_KEY, VAPI_SECRET, VAPI_HMAC_SECRET, ADMI
 # Signatures are hex (thousands of them under hypothesis): they are looked for in the
 # hex runs of the collected text, not by one substring search each.
 _HEX = re.compile(r"[0-9a-fA-F]+")
-_HEX_RUNS = re.compile(r"[0-9a-fA-F]{%d,}" % 12)
+_HEX_RUNS = re.compile(r"[0-9a-fA-F]{12,}")  # as long as MIN_CREDENTIAL_LENGTH, at least
 _RETELL_DIGEST = re.compile(r"d=([0-9a-fA-F]{16,})")
 # Shorter values (a fuzzer's "abc") would match innocent text by chance.
 MIN_CREDENTIAL_LENGTH = 12

@@ -19,18 +19,19 @@ Without RELAY_ADMIN_TOKEN all of these answer 404: disabled, never open.
 from __future__ import annotations
 
 from starlette.requests import Request
-from relay.web.responses import JSONResponse
 from starlette.routing import BaseRoute, Route, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.admin.api import AdminApi, api_routes
 from relay.admin.auth import BEARER_CHALLENGE, SECURITY_HEADERS, AdminAuth
 from relay.admin.openapi import openapi_document
+from relay.admin.operations import Operations
 from relay.admin.pages import StatusPages, page_routes
 from relay.admin.throttle import LoginThrottle
 from relay.core.errors import NotFound, Unauthorized
 from relay.core.redaction import Redactor
 from relay.settings import Settings
+from relay.web.responses import JSONResponse
 
 DISABLED_PATHS = ("/status", "/status/{rest:path}", "/login", "/logout", "/admin/{rest:path}")
 
@@ -71,13 +72,14 @@ async def _disabled(request: Request) -> JSONResponse:
                    error_code="admin_disabled")
 
 
-def admin_routes(settings: Settings, throttle: LoginThrottle | None = None) -> list[BaseRoute]:
-    """Routes of the status page and admin API; 404s for all of them when
-    RELAY_ADMIN_TOKEN is unset. `throttle` limits failed logins (a fresh one if None)."""
-    if settings.admin_token is None:
+def admin_routes(settings: Settings, auth: AdminAuth | None, operations: Operations,
+                 throttle: LoginThrottle | None = None) -> list[BaseRoute]:
+    """Routes of the status page and admin API; 404s for all of them when there is no
+    `auth` (RELAY_ADMIN_TOKEN is unset). `throttle` limits failed logins (a fresh one if
+    None)."""
+    if auth is None:
         endpoint = Hardened(request_response(_disabled))
         return [Route(path, endpoint, methods=None) for path in DISABLED_PATHS]  # any method
-    auth = AdminAuth(settings.admin_token)
     redactor = Redactor(settings.redact_keys)
     document = openapi_document()
 
@@ -88,7 +90,7 @@ def admin_routes(settings: Settings, throttle: LoginThrottle | None = None) -> l
         return JSONResponse(document)
 
     return _hardened([
-        *page_routes(StatusPages(auth, redactor, throttle if throttle is not None else LoginThrottle())),
-        *api_routes(AdminApi(auth, redactor)),
+        *page_routes(StatusPages(auth, redactor, throttle if throttle is not None else LoginThrottle(), operations)),
+        *api_routes(AdminApi(auth, redactor, operations, settings.body_timeout_seconds)),
         Route("/admin/openapi.json", openapi, methods=["GET"]),
     ])

@@ -9,7 +9,6 @@ shared with the status page, so both show and accept exactly the same things.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,18 +16,19 @@ from typing import Any
 import structlog
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
-from relay.web.responses import JSONResponse
 from starlette.routing import Route
 
-from relay.core import jsonbody
 from relay.admin.auth import AdminAuth
+from relay.admin.operations import STATES, Operations
+from relay.admin.views import attempt_json, delivery_json, masked_payload
+from relay.core import jsonbody
 from relay.core.errors import BadRequest, HTTPError, NotFound, UnsupportedMediaType
-from relay.http.ingest import read_body
-from relay.outbox import Delivery, DeliveryFilter, Reconciliation, State
-from relay.providers import PROVIDER_NAMES
+from relay.core.names import DESTINATION_NAME
 from relay.core.redaction import Redactor
-from relay.forwarding.trouble import stuck
-from relay.admin.views import attempt_json, delivery_json, iso, masked_payload, reconciliation_json
+from relay.outbox import DeliveryFilter, State
+from relay.providers import PROVIDER_NAMES
+from relay.web.bodies import read_body
+from relay.web.responses import JSONResponse
 
 log = structlog.get_logger("relay.admin")
 
@@ -38,7 +38,6 @@ MAX_IDS = 500  # per replay request
 MAX_ID = 2**63 - 1
 MAX_CALL_ID = 256
 MAX_JSON_BODY = 64 * 1024
-STATES = tuple(state.value for state in State)
 #: A view, not a state: pending deliveries whose every attempt so far failed.
 RETRYING = "retrying"
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -47,7 +46,7 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 # alone says which cursors are valid (ids never get near that many).
 CURSOR_PATTERN = r"^([1-9][0-9]{0,17})?$"
 #: What RELAY_DESTINATIONS allows as a name, plus Roark's.
-DESTINATION_PATTERN = r"^[a-z0-9_-]{1,32}$"
+DESTINATION_PATTERN = f"^{DESTINATION_NAME}$"
 # Any text but control characters. (Lone surrogates, which no database column takes,
 # never get this far: the body parser refuses them, and a query string cannot carry one.)
 CALL_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
@@ -141,135 +140,45 @@ def parse_listing(params: QueryParams, *, default_state: str, extra: tuple[str, 
     )
 
 
-async def list_page(request: Request, listing: Listing) -> tuple[list[Delivery], str | None]:
-    """One page, newest first, and the opaque cursor of the next (older) page, if any.
-    The cursor is the last id shown; ids only grow, so inserts never shift a page."""
-    rows = await request.app.state.outbox.list_deliveries(listing.where, listing.before_id, listing.limit + 1)
-    page = rows[: listing.limit]
-    return page, (str(page[-1].id) if len(rows) > listing.limit else None)
-
-
-async def reconciliations(request: Request) -> dict[str, tuple[Reconciliation, bool]]:
-    """Each provider this relay reconciles or the database has a run of: its state, and
-    whether this relay reconciles it."""
-    sources = request.app.state.reconcilers.sources
-    states = {r.provider: r for r in await request.app.state.outbox.reconciliations()}
-    return {name: (states.get(name) or Reconciliation(name), name in sources)
-            for name in (*PROVIDER_NAMES, *states) if name in sources or name in states}
-
-
-async def summary(request: Request) -> dict[str, Any]:
-    outbox, forwarders = request.app.state.outbox, request.app.state.forwarders
-    forwarder = forwarders.roark
-    now = time.time()
-    per_provider = await outbox.counts_by_provider()
-    providers = {p: dict.fromkeys(STATES, 0) for p in (*PROVIDER_NAMES, *per_provider)}
-    counts = dict.fromkeys(STATES, 0)
-    for provider, per_state in per_provider.items():
-        for state, count in per_state.items():
-            providers[provider][State(state).value] += count
-            counts[State(state).value] += count
-    oldest = await outbox.oldest_pending_received_at()
-    destinations = await destinations_summary(request, now)
-    return {
-        "counts": counts,
-        "providers": providers,
-        "oldest_pending_received_at": iso(oldest),
-        "oldest_pending_age_seconds": None if oldest is None else round(max(now - oldest, 0.0), 3),
-        "paused": forwarder.paused,
-        "pause_reason": forwarder.pause_reason,
-        "rate_limited_until": iso(forwarder.rate_limited_until) if forwarder.rate_limited_until > now else None,
-        "trouble": destinations[0]["trouble"],
-        "destinations": destinations,
-        "reconciliation": {name: reconciliation_json(state, enabled, now)
-                           for name, (state, enabled) in (await reconciliations(request)).items()},
-    }
-
-
-async def destinations_summary(request: Request, now: float) -> list[dict[str, Any]]:
-    """Roark, then each configured destination, then any no longer configured that still
-    has deliveries: where it is, its counts, and what holds it back."""
-    state = request.app.state
-    settings = state.settings
-    per_destination = await state.outbox.counts_by_destination()
-    stopped = await state.outbox.paused_destinations()
-    claims = await state.outbox.oldest_claims()
-    urls = settings.destination_urls()
-    forwarders = state.forwarders.by_destination
-    rows = []
-    for name in [*urls, *sorted(set(per_destination) - set(urls))]:
-        forwarder = forwarders.get(name)
-        rows.append({
-            "name": name,
-            "url": urls.get(name),
-            "counts": {s.value: per_destination.get(name, {}).get(s, 0) for s in State},
-            "stopped": None if name not in stopped else {"reason": stopped[name].reason,
-                                                          "since": iso(stopped[name].since)},
-            "paused": bool(forwarder and forwarder.paused),
-            "pause_reason": forwarder.pause_reason if forwarder else None,
-            "rate_limited_until": iso(forwarder.rate_limited_until)
-            if forwarder and forwarder.rate_limited_until > now else None,
-            "trouble": (forwarder.trouble.describe(now) if forwarder else None)
-            or stuck(forwarder.receiver if forwarder else name, claims.get(name), settings.timeout_of(name), now),
-        })
-    return rows
-
-
-async def resume(request: Request, name: str) -> dict[str, Any]:
-    """Lift a destination's stop (after a 410), and wake the forwarders."""
-    resumed = await request.app.state.outbox.resume_destination(name)
-    if resumed:
-        log.info("destination_resumed", destination=name)
-        request.app.state.forwarders.wake()
-    return {"destination": name, "resumed": resumed}
-
-
-async def replay(request: Request, ids: list[int] | None, where: DeliveryFilter) -> dict[str, list[int]]:
-    """Back to pending with attempts reset (failed or pending rows only; rows being sent
-    and delivered rows are left alone), then wake the forwarder."""
-    replayed = await request.app.state.outbox.replay(ids, where)
-    if replayed:
-        request.app.state.forwarders.wake()
-    skipped = sorted(set(ids or ()) - set(replayed))
-    return {"replayed": replayed, "skipped": skipped}
-
-
 # --- endpoints ----------------------------------------------------------------------
 
-async def _json_body(request: Request) -> Mapping[str, Any]:
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-        raise UnsupportedMediaType("send the body as application/json")
-    try:
-        body = await read_body(request, MAX_JSON_BODY, request.app.state.settings.body_timeout_seconds)
-    except HTTPError as error:
-        log.info("admin_request_rejected", path=request.url.path, reason=error.message)
-        raise
-    return jsonbody.parse(body)
-
-
 class AdminApi:
-    def __init__(self, auth: AdminAuth, redactor: Redactor) -> None:
+    """`body_timeout`: how long a request body may take to arrive (RELAY_BODY_TIMEOUT_SECONDS)."""
+
+    def __init__(self, auth: AdminAuth, redactor: Redactor, operations: Operations, body_timeout: float) -> None:
         self.auth = auth
         self.redactor = redactor
+        self.operations = operations
+        self.body_timeout = body_timeout
+
+    async def _json_body(self, request: Request) -> Mapping[str, Any]:
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise UnsupportedMediaType("send the body as application/json")
+        try:
+            body = await read_body(request, MAX_JSON_BODY, self.body_timeout)
+        except HTTPError as error:
+            log.info("admin_request_rejected", path=request.url.path, reason=error.message)
+            raise
+        return jsonbody.parse(body)
 
     async def get_summary(self, request: Request) -> JSONResponse:
         self.auth.require_bearer(request)
-        return JSONResponse({"data": await summary(request)})
+        return JSONResponse({"data": await self.operations.summary()})
 
     async def list_deliveries(self, request: Request) -> JSONResponse:
         self.auth.require_bearer(request)
         listing = parse_listing(request.query_params, default_state="all")
-        page, next_cursor = await list_page(request, listing)
+        page, next_cursor = await self.operations.page(listing.where, listing.before_id, listing.limit)
         return JSONResponse({"data": [delivery_json(d) for d in page], "next_cursor": next_cursor})
 
     async def get_delivery(self, request: Request) -> JSONResponse:
         self.auth.require_bearer(request)
         delivery_id = parse_id(request.path_params["id"], "id")
-        delivery = await request.app.state.outbox.get(delivery_id)
-        if delivery is None:
+        found = await self.operations.delivery(delivery_id)
+        if found is None:
             raise NotFound(f"no delivery {delivery_id}", parameter="id")
+        delivery, attempts = found
         payload, note = masked_payload(delivery.body, self.redactor)
-        attempts = await request.app.state.outbox.attempts(delivery_id)
         data = {**delivery_json(delivery), "attempt_history": [attempt_json(a) for a in attempts],
                 "payload": payload, "payload_note": note}
         return JSONResponse({"data": data})
@@ -277,13 +186,13 @@ class AdminApi:
     async def replay_one(self, request: Request) -> JSONResponse:
         self.auth.require_bearer(request)
         delivery_id = parse_id(request.path_params["id"], "id")
-        if await request.app.state.outbox.get(delivery_id) is None:
+        if not await self.operations.exists(delivery_id):
             raise NotFound(f"no delivery {delivery_id}", parameter="id")
-        return JSONResponse({"data": await replay(request, [delivery_id], DeliveryFilter())})
+        return JSONResponse({"data": await self.operations.replay([delivery_id], DeliveryFilter())})
 
     async def replay_many(self, request: Request) -> JSONResponse:
         self.auth.require_bearer(request)
-        document = await _json_body(request)
+        document = await self._json_body(request)
         unknown = set(document) - {"ids", "all_failed", "provider", "destination", "call_id"}
         if unknown:
             raise BadRequest(f"unknown field {sorted(unknown)[0]!r}", parameter=sorted(unknown)[0])
@@ -299,7 +208,7 @@ class AdminApi:
                                for value in raw)):
                 raise BadRequest(f"ids must be a list of 1 to {MAX_IDS} delivery ids", parameter="ids")
             ids = sorted({parse_id(int(value), "ids") for value in raw})
-            return JSONResponse({"data": await replay(request, ids, DeliveryFilter())})
+            return JSONResponse({"data": await self.operations.replay(ids, DeliveryFilter())})
         if document["all_failed"] is not True:
             raise BadRequest("all_failed must be true", parameter="all_failed")
         for name in ("provider", "destination", "call_id"):
@@ -311,12 +220,13 @@ class AdminApi:
             destination=parse_destination(document.get("destination")),
             call_id_prefix=parse_call_id(document.get("call_id")),
         )
-        return JSONResponse({"data": await replay(request, None, where)})
+        return JSONResponse({"data": await self.operations.replay(None, where)})
 
     async def resume_destination(self, request: Request) -> JSONResponse:
         self.auth.require_bearer(request)
         name = parse_destination(request.path_params["name"])
-        return JSONResponse({"data": await resume(request, name)})
+        assert name is not None  # a path parameter is never empty
+        return JSONResponse({"data": await self.operations.resume(name)})
 
 
 def api_routes(api: AdminApi) -> list[Route]:

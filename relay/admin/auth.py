@@ -3,19 +3,19 @@
 - Scripts send `Authorization: Bearer <RELAY_ADMIN_TOKEN>`; it works on the page and the
   API. The API accepts nothing else, so a browser's cookie can never drive it (no CSRF).
 - People log in once with the token and get a session cookie. The cookie is not the
-  token: it is `v1.<issued_at>.<nonce>.<hmac>`, signed with a key derived from the token,
-  valid for 12 hours. Rotating the token therefore logs everyone out. Logging out is
-  recorded in the outbox's database, so it holds after a restart and on every instance.
-- Every form carries a CSRF token, an HMAC of the session; forms posted with a session
-  must carry it. The login form, which has no session yet, is tied to a short-lived
-  login cookie the same way.
+  token: it is a random nonce and the time it was issued, signed with the token
+  (itsdangerous), valid for 12 hours. Rotating the token therefore logs everyone out.
+  Logging out is recorded in the outbox's database, so it holds after a restart and on
+  every instance.
+- Every form carries a CSRF token, the session's signature under another salt; forms
+  posted with a session must carry it. The login form, which has no session yet, is
+  tied to a short-lived login cookie the same way.
 
 All comparisons of secrets are constant-time; nothing here logs or echoes a token.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -23,11 +23,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from itsdangerous import BadData, Signer, TimestampSigner, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.core.errors import Forbidden, ServiceUnavailable, StoreUnavailable, Unauthorized
-from relay.settings import Secret
+from relay.core.envvars import Secret
+from relay.core.errors import Forbidden, StoreUnavailable, Unauthorized
+from relay.outbox import AsyncOutbox
+from relay.web.requests import store_unavailable
 
 SESSION_COOKIE = "__Host-relay_session"  # __Host-: Secure, Path=/, no Domain, by rule
 LOGIN_COOKIE = "__Host-relay_login"
@@ -57,10 +60,63 @@ class Access:
     csrf: str  # what this request's forms must send back
 
 
-class AdminAuth:
+@dataclass(frozen=True)
+class Session:
+    """A session cookie this relay signed: its nonce (what logging out records) and when
+    it was issued."""
+
+    nonce: str
+    issued: float
+
+
+class Signed:
+    """What the admin token signs (itsdangerous, as Starlette's own sessions do): session
+    cookies, with when they were issued; their CSRF tokens; the login form's."""
+
     def __init__(self, token: Secret, clock: Callable[[], float] = time.time) -> None:
+        key = token.reveal()
+        # itsdangerous reads the time through this method: the injected clock, for tests.
+        clocked = type("ClockedSigner", (TimestampSigner,), {"get_timestamp": lambda _signer: int(clock())})
+        self._sessions = URLSafeTimedSerializer(key, salt="relay admin session", signer=clocked)
+        self._csrf = Signer(key, salt="relay admin csrf")
+        self._login = Signer(key, salt="relay admin login form")
+        self._clock = clock
+
+    def new_session(self) -> str:
+        return str(self._sessions.dumps(secrets.token_urlsafe(16)))
+
+    def session(self, value: str) -> Session | None:
+        """The session `value` is, if this token signed it and it has not expired; whether
+        it was logged out is the store's to say."""
+        try:
+            nonce, issued = self._sessions.loads(value, return_timestamp=True)
+        except BadData:
+            return None
+        age = self._clock() - issued.timestamp()
+        if not isinstance(nonce, str) or not -CLOCK_SKEW_SECONDS <= age < SESSION_SECONDS:
+            return None
+        return Session(nonce, issued.timestamp())
+
+    def csrf(self, value: str) -> str:
+        """The CSRF token of the forms of a session (or of Bearer requests)."""
+        return self._csrf.get_signature(value).decode()
+
+    def new_login_form(self) -> tuple[str, str]:
+        """A login cookie value and the CSRF token the login form must carry with it."""
+        nonce = secrets.token_urlsafe(16)
+        return nonce, self._login.get_signature(nonce).decode()
+
+    def login_form_matches(self, nonce: str, supplied: str) -> bool:
+        return bool(self._login.verify_signature(nonce, supplied))
+
+
+class AdminAuth:
+    """`outbox` keeps which sessions were logged out."""
+
+    def __init__(self, token: Secret, outbox: AsyncOutbox, clock: Callable[[], float] = time.time) -> None:
         self._digest = hashlib.sha256(token.reveal().encode()).digest()
-        self._key = hmac.new(token.reveal().encode(), b"roark-relay admin session v1", hashlib.sha256).digest()
+        self.signed = Signed(token, clock)
+        self._outbox = outbox
         self._clock = clock
 
     # --- the token itself ---------------------------------------------------------
@@ -88,37 +144,18 @@ class AdminAuth:
 
     # --- sessions -----------------------------------------------------------------
 
-    def _sign(self, purpose: str, value: str) -> str:
-        mac = hmac.new(self._key, f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
-
-    def _verify(self, purpose: str, value: str, signature: str) -> bool:
-        return hmac.compare_digest(self._sign(purpose, value).encode(), signature.encode("utf-8", "replace"))
-
     def new_session(self) -> str:
-        payload = f"v1.{int(self._clock())}.{secrets.token_urlsafe(16)}"
-        return f"{payload}.{self._sign('session', payload)}"
+        return self.signed.new_session()
 
-    def session_valid(self, value: str) -> bool:
-        """Signed with this token and not expired; whether it was logged out is the
-        store's to say (`authenticate`)."""
-        parts = value.split(".")
-        if len(parts) != 4 or parts[0] != "v1" or not parts[1].isascii() or not parts[1].isdigit():
-            return False
-        payload = ".".join(parts[:3])
-        if not self._verify("session", payload, parts[3]):
-            return False
-        age = self._clock() - int(parts[1])
-        return -CLOCK_SKEW_SECONDS <= age < SESSION_SECONDS
-
-    async def revoke(self, request: Request, session: str) -> None:
+    async def revoke(self, value: str) -> None:
         """Log a valid session out everywhere, until it would have expired anyway."""
-        _, issued, nonce, _ = session.split(".")
+        session = self.signed.session(value)
+        if session is None:
+            return
         try:
-            await request.app.state.outbox.revoke_session(nonce, int(issued) + SESSION_SECONDS)
+            await self._outbox.revoke_session(session.nonce, session.issued + SESSION_SECONDS, self._clock())
         except StoreUnavailable:
-            raise ServiceUnavailable("logging out needs the outbox database; try again shortly",
-                                     retry_after_seconds=5) from None
+            raise store_unavailable("logging out needs the outbox database; try again shortly") from None
 
     async def authenticate(self, request: Request) -> Access | None:
         """The page's check: a Bearer header, else a valid session cookie not logged out.
@@ -128,22 +165,23 @@ class AdminAuth:
         asks the store once (and its error page never has to ask again)."""
         if not hasattr(request.state, "admin_access"):
             request.state.admin_access = await self._access(request)
-        return request.state.admin_access
+        access: Access | None = request.state.admin_access
+        return access
 
     async def _access(self, request: Request) -> Access | None:
         bearer = self.bearer(request)
         if bearer is not None:
-            return Access("bearer", None, self._sign("csrf", "bearer")) if bearer else None
-        session = request.cookies.get(SESSION_COOKIE)
-        if not session or not self.session_valid(session):
+            return Access("bearer", None, self.signed.csrf("bearer")) if bearer else None
+        value = request.cookies.get(SESSION_COOKIE)
+        session = self.signed.session(value) if value else None
+        if value is None or session is None:
             return None
         try:
-            revoked = await request.app.state.outbox.session_revoked(session.split(".")[2])
+            revoked = await self._outbox.session_revoked(session.nonce, self._clock())
         except StoreUnavailable:
             # Closed, not open: without the store nobody can tell a logged-out cookie.
-            raise ServiceUnavailable("the status page needs the outbox database; try again shortly",
-                                     retry_after_seconds=5) from None
-        return None if revoked else Access("session", session, self._sign("csrf", session))
+            raise store_unavailable("the status page needs the outbox database; try again shortly") from None
+        return None if revoked else Access("session", value, self.signed.csrf(value))
 
     @staticmethod
     def known_access(request: Request) -> Access | None:
@@ -170,8 +208,7 @@ class AdminAuth:
 
     def new_login_form(self) -> tuple[str, str]:
         """A login cookie value and the CSRF token the login form must carry with it."""
-        nonce = secrets.token_urlsafe(16)
-        return nonce, self._sign("login", nonce)
+        return self.signed.new_login_form()
 
     def set_login_cookie(self, response: Response, nonce: str) -> None:
         response.set_cookie(LOGIN_COOKIE, nonce, max_age=LOGIN_FORM_SECONDS, path="/",
@@ -179,7 +216,7 @@ class AdminAuth:
 
     def check_login_csrf(self, request: Request, supplied: str | None) -> None:
         nonce = request.cookies.get(LOGIN_COOKIE)
-        if not nonce or not supplied or not self._verify("login", nonce, supplied):
+        if not nonce or not supplied or not self.signed.login_form_matches(nonce, supplied):
             raise Forbidden("the login form expired or did not come from this relay; try again",
                             error_code="csrf_failed")
 

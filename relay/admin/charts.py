@@ -10,7 +10,6 @@ laptop. The page's style shows the one that fits.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,13 +18,13 @@ from typing import Any
 import pygal
 from pygal.style import Style
 
+from relay.core.timefmt import duration
 from relay.outbox.traffic import Bucket
 
 #: (seconds per bucket, buckets) of the two views: the last hour by minute, the last week by hour.
 MINUTES = (60.0, 60)
 HOURS = (3600.0, 168)
 
-UNITS = (("ms", 0.001, 1), ("s", 1, 120), ("min", 60, 7200), ("h", 3600, math.inf))
 FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, sans-serif'
 
 
@@ -79,12 +78,7 @@ class Panel:
 
 
 def seconds(value: float | None) -> str:
-    """'40 ms', '2.5 s', '25 min', '1.5 h'."""
-    if value is None:
-        return "—"
-    unit, size = next((unit, size) for unit, size, below in UNITS if value < below)
-    shown = f"{value / size:.1f}" if value / size < 10 else f"{value / size:.0f}"
-    return f"{shown.removesuffix('.0')} {unit}"
+    return "—" if value is None else duration(value)
 
 
 def _style(series: Sequence[Series]) -> Style:
@@ -119,7 +113,8 @@ def _draw(buckets: Sequence[Bucket], step: float, series: Sequence[Series], titl
     chart = pygal.Line(
         style=_style(series), width=size.width, height=size.height, js=[], disable_xml_declaration=True,
         show_legend=False, show_dots=False, include_x_axis=True, allow_interruptions=True,
-        x_labels=labels, x_labels_major=[label for label, b in zip(labels, buckets) if b.start % every == 0],
+        x_labels=labels,
+        x_labels_major=[label for label, b in zip(labels, buckets, strict=True) if b.start % every == 0],
         show_minor_x_labels=False, show_x_guides=False, truncate_label=-1, margin=4, spacing=6,
         margin_right=18,  # room for half a label under the last bucket
         max_scale=5, order_min=order_min, value_formatter=value_formatter, no_data_text=no_data,
@@ -140,20 +135,20 @@ def _draw(buckets: Sequence[Bucket], step: float, series: Sequence[Series], titl
 
 def _counts(buckets: Sequence[Bucket], step: float, title: str) -> Chart:
     # order_min=0: whole numbers on the axis, however few webhooks came
-    drawings = [_draw(buckets, step, COUNTS, title, size, lambda v: f"{v:.0f}", 0, "") for size in (WIDE, NARROW)]
+    wide, narrow = [_draw(buckets, step, COUNTS, title, size, lambda v: f"{v:.0f}", 0, "") for size in (WIDE, NARROW)]
     legend = tuple((s, str(sum(s.value(b) or 0 for b in buckets))) for s in COUNTS)
-    return Chart(title, *drawings, legend)
+    return Chart(title, wide, narrow, legend)
 
 
 def _latency(buckets: Sequence[Bucket], step: float, title: str) -> Chart:
-    drawings = [_draw(buckets, step, LATENCY, title, size, seconds, None, "nothing delivered")
-                for size in (WIDE, NARROW)]
+    wide, narrow = [_draw(buckets, step, LATENCY, title, size, seconds, None, "nothing delivered")
+                    for size in (WIDE, NARROW)]
     timed = [(b.delivered, b.latency_mean, b.latency_max) for b in buckets
              if b.latency_mean is not None and b.latency_max is not None]
     count = sum(n for n, _, _ in timed)
     mean = sum(n * latency for n, latency, _ in timed) / count if count else None
     slowest = max((latency for _, _, latency in timed), default=None)
-    return Chart(title, *drawings, ((LATENCY[0], seconds(mean)), (LATENCY[1], seconds(slowest))))
+    return Chart(title, wide, narrow, ((LATENCY[0], seconds(mean)), (LATENCY[1], seconds(slowest))))
 
 
 def panels(minutes: Sequence[Bucket], hours: Sequence[Bucket]) -> list[Panel]:

@@ -9,8 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from relay import __version__
-from relay.admin.api import (CALL_ID_PATTERN, CURSOR_PATTERN, DEFAULT_LIMIT, MAX_CALL_ID, MAX_ID, MAX_IDS,
-                             MAX_LIMIT, RETRYING, STATES)
+from relay.admin.api import (
+    CALL_ID_PATTERN,
+    CURSOR_PATTERN,
+    DEFAULT_LIMIT,
+    MAX_CALL_ID,
+    MAX_ID,
+    MAX_IDS,
+    MAX_LIMIT,
+    RETRYING,
+    STATES,
+)
+from relay.core.names import DESTINATION_NAME
 from relay.providers import PROVIDER_NAMES
 
 
@@ -35,7 +45,7 @@ TIME = _nullable("string", format="date-time")
 ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 # Filters: empty means any, as an HTML form sends it.
 PROVIDER_FILTER = {"type": "string", "enum": ["", *PROVIDER_NAMES], "description": "empty: any provider"}
-DESTINATION_FILTER = {"type": "string", "pattern": "^([a-z0-9_-]{1,32})?$",
+DESTINATION_FILTER = {"type": "string", "pattern": f"^({DESTINATION_NAME})?$",
                       "description": "roark or a destination's name (RELAY_DESTINATIONS); empty: any"}
 CALL_ID_FILTER = {"type": "string", "maxLength": MAX_CALL_ID, "pattern": CALL_ID_PATTERN,
                   "description": "call id or its beginning; blank: any"}
@@ -284,7 +294,7 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Send to a destination stopped by a 410 Gone again (failed deliveries stay "
                            "failed until replayed)",
                 "parameters": [{"name": "name", "in": "path", "required": True,
-                                "schema": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"}}],
+                                "schema": {"type": "string", "pattern": f"^{DESTINATION_NAME}$"}}],
                 "responses": {"200": _ok("ResumeResponse", "resumed, or resumed false when it was not stopped"),
                               "400": _error("invalid name"), **ERRORS},
             }},

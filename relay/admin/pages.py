@@ -25,12 +25,14 @@ from starlette.templating import Jinja2Templates
 
 from relay.admin import api, charts
 from relay.admin.auth import BEARER_CHALLENGE, Access, AdminAuth, safe_next
+from relay.admin.operations import STATES, Operations
 from relay.admin.throttle import LoginThrottle
+from relay.admin.views import masked_payload
 from relay.core.errors import BadRequest, HTTPError, NotFound, TooManyRequests, Unauthorized
-from relay.outbox import DeliveryFilter, State
 from relay.core.redaction import Redactor
+from relay.core.timefmt import duration, iso
+from relay.outbox import DeliveryFilter, State
 from relay.providers import PROVIDER_NAMES
-from relay.admin.views import iso, masked_payload
 
 PAGE_SIZE = 50
 MAX_PAYLOAD_CHARS = 1_000_000  # a 25 MB transcript is not read in a browser
@@ -39,20 +41,11 @@ OUTCOMES = {"delivered": "delivered", "retryat": "will retry", "giveup": "gave u
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def span(seconds: float) -> str:
-    """A rough duration: '45 s', '3 min', '5 h', '2 d'."""
-    seconds = abs(seconds)
-    for unit, size, limit in (("s", 1, 90), ("min", 60, 90 * 60), ("h", 3600, 36 * 3600)):
-        if seconds < limit:
-            return f"{int(seconds // size)} {unit}"
-    return f"{int(seconds // 86400)} d"
-
-
 def ago(timestamp: float | None, now: float) -> str:
     """'3 min ago' or 'in 20 s'."""
     if timestamp is None:
         return ""
-    return f"{span(now - timestamp)} ago" if now >= timestamp else f"in {span(now - timestamp)}"
+    return f"{duration(now - timestamp)} ago" if now >= timestamp else f"in {duration(now - timestamp)}"
 
 
 def pretty(payload: Any) -> str:
@@ -72,7 +65,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["iso"] = lambda ts: iso(ts) or "—"
-    env.globals.update(ago=ago, span=span, states=api.STATES, providers=PROVIDER_NAMES, outcomes=OUTCOMES)
+    env.globals.update(ago=ago, duration=duration, states=STATES, providers=PROVIDER_NAMES, outcomes=OUTCOMES)
     return env
 
 
@@ -87,10 +80,11 @@ def _flash(request: Request) -> int | None:
 
 
 class StatusPages:
-    def __init__(self, auth: AdminAuth, redactor: Redactor, throttle: LoginThrottle) -> None:
+    def __init__(self, auth: AdminAuth, redactor: Redactor, throttle: LoginThrottle, operations: Operations) -> None:
         self.auth = auth
         self.redactor = redactor
         self.throttle = throttle
+        self.operations = operations
         self.templates = Jinja2Templates(env=_environment())
 
     def render(self, request: Request, name: str, context: dict[str, Any], *,
@@ -132,12 +126,12 @@ class StatusPages:
         listing = api.parse_listing(request.query_params, default_state="failed",
                                     extra=("replayed", "nothing_selected", "resumed"))
         listing = api.Listing(listing.where, listing.state, listing.before_id, min(listing.limit, PAGE_SIZE))
-        page, next_cursor = await api.list_page(request, listing)
+        page, next_cursor = await self.operations.page(listing.where, listing.before_id, listing.limit)
         filters = {"state": listing.state, "provider": listing.where.provider or "",
                    "destination": listing.where.destination or "", "call_id": listing.where.call_id_prefix or ""}
         return self.render(request, "status.html", {
-            "summary": await api.summary(request),
-            "reconciliation": await api.reconciliations(request),
+            "summary": await self.operations.summary(),
+            "reconciliation": await self.operations.reconciliations(),
             "rows": page,
             "filters": filters,
             "older_url": _status_url(**filters, cursor=next_cursor) if next_cursor else None,
@@ -145,7 +139,7 @@ class StatusPages:
             "replayed": _flash(request),
             "nothing_selected": request.query_params.get("nothing_selected") == "1",
             "resumed": api.parse_destination(request.query_params.get("resumed")),
-            "traffic": await _traffic(request, listing.where.destination),
+            "traffic": await self._traffic(listing.where.destination),
         }, access=access)
 
     async def detail(self, request: Request) -> Response:
@@ -156,13 +150,14 @@ class StatusPages:
         if unknown:
             raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}")
         delivery_id = api.parse_id(request.path_params["id"], "id")
-        delivery = await request.app.state.outbox.get(delivery_id)
-        if delivery is None:
+        found = await self.operations.delivery(delivery_id)
+        if found is None:
             raise NotFound(f"no delivery {delivery_id}")
+        delivery, attempts = found
         payload, note = masked_payload(delivery.body, self.redactor)
         return self.render(request, "detail.html", {
             "d": delivery,
-            "attempts": await request.app.state.outbox.attempts(delivery_id),
+            "attempts": attempts,
             "payload": None if note else pretty(payload),
             "payload_note": note,
             "replayable": delivery.state in (State.FAILED, State.PENDING),
@@ -182,13 +177,13 @@ class StatusPages:
             if not ids:
                 return RedirectResponse(_status_url(state=_field(form, "state") or "failed",
                                                     nothing_selected=1), status_code=303)
-            result = await api.replay(request, ids, DeliveryFilter())
+            result = await self.operations.replay(ids, DeliveryFilter())
         elif action == "all_failed":
             where = DeliveryFilter(states=(State.FAILED,),
                                    provider=api.parse_provider(_field(form, "provider")),
                                    destination=api.parse_destination(_field(form, "destination")),
                                    call_id_prefix=api.parse_call_id(_field(form, "call_id")))
-            result = await api.replay(request, None, where)
+            result = await self.operations.replay(None, where)
         else:
             raise BadRequest("action must be selected or all_failed", parameter="action")
         count = len(result["replayed"])
@@ -196,7 +191,7 @@ class StatusPages:
             return RedirectResponse(
                 f"/status/deliveries/{api.parse_id(detail_id, 'detail_id')}?replayed={count}", status_code=303)
         state = _field(form, "state") or "failed"
-        if state not in (*api.STATES, api.RETRYING, "all"):
+        if state not in (*STATES, api.RETRYING, "all"):
             state = "failed"
         return RedirectResponse(_status_url(state=state, provider=api.parse_provider(_field(form, "provider")),
                                             destination=api.parse_destination(_field(form, "destination")),
@@ -208,7 +203,8 @@ class StatusPages:
         form = await _form(request, max_fields=10)
         self.auth.check_csrf(access, _field(form, "csrf_token"))
         name = api.parse_destination(request.path_params["name"])
-        await api.resume(request, name)
+        assert name is not None  # a path parameter is never empty
+        await self.operations.resume(name)
         return RedirectResponse(_status_url(resumed=name), status_code=303)
 
     # --- logging in and out -----------------------------------------------------------
@@ -259,24 +255,22 @@ class StatusPages:
             return RedirectResponse("/login", status_code=303)
         form = await _form(request, max_fields=10)
         self.auth.check_csrf(access, _field(form, "csrf_token"))
-        await self.auth.revoke(request, access.session)
+        await self.auth.revoke(access.session)
         response = RedirectResponse("/login", status_code=303)
         self.auth.clear_session(response)
         return response
+
+    async def _traffic(self, destination: str | None) -> list[charts.Panel]:
+        minutes = await self.operations.traffic(*charts.MINUTES, destination)
+        hours = await self.operations.traffic(*charts.HOURS, destination)
+        # Drawing is slow (BENCHMARKS.md): off the loop that receives webhooks.
+        return await asyncio.to_thread(charts.panels, minutes, hours)
 
     async def status_slash(self, request: Request) -> Response:
         """/status/ is /status. Relative, like every redirect here: an absolute one would
         be built from the request's Host header, which the client chooses."""
         return RedirectResponse("/status" + (f"?{request.url.query}" if request.url.query else ""),
                                 status_code=307)
-
-
-async def _traffic(request: Request, destination: str | None) -> list[charts.Panel]:
-    outbox = request.app.state.outbox
-    minutes = await outbox.traffic(*charts.MINUTES, destination)
-    hours = await outbox.traffic(*charts.HOURS, destination)
-    # Drawing takes a good tenth of a second: off the loop that receives webhooks.
-    return await asyncio.to_thread(charts.panels, minutes, hours)
 
 
 async def _form(request: Request, *, max_fields: int) -> FormData:
@@ -292,9 +286,10 @@ def _field(form: FormData, name: str) -> str | None:
     values = form.getlist(name)
     if len(values) > 1:
         raise BadRequest(f"{name} may be given once", parameter=name)
-    if values and not isinstance(values[0], str):
+    value = values[0] if values else None
+    if value is not None and not isinstance(value, str):
         raise BadRequest(f"{name} must be text", parameter=name)
-    return values[0] if values else None
+    return value
 
 
 def page_routes(pages: StatusPages) -> list[Route]:

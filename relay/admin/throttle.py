@@ -27,7 +27,7 @@ PERIOD_SECONDS = 60.0
 class Bucket:
     """A budget of `size` failures, refilled at `size` per `period` seconds."""
 
-    __slots__ = ("size", "rate", "level", "at")
+    __slots__ = ("at", "level", "rate", "size")
 
     def __init__(self, size: int, period: float, now: float) -> None:
         self.size = size

@@ -3,18 +3,12 @@ in the CLI, the admin API and the status page."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
-from relay.outbox import Attempt, Delivery, Reconciliation, State
 from relay.core import jsonbody
 from relay.core.redaction import Redactor
-
-
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+from relay.core.timefmt import iso
+from relay.outbox import Attempt, Delivery, Reconciliation, State
 
 
 def delivery_json(d: Delivery) -> dict[str, Any]:

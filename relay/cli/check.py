@@ -1,11 +1,15 @@
-"""`relay check --upstream`: prove, before any webhook depends on it, that Roark takes
-the configured key and that every destination answers."""
+"""Proving a set-up works: `relay check` (the configuration and the database; with
+--upstream, that Roark takes the key and every destination answers) and `relay
+send-sample` (a signed sample webhook, end to end)."""
 
 from __future__ import annotations
 
+import sys
 import time
+import uuid
 from collections.abc import Callable
 
+import click
 import httpx
 from tenacity import (
     RetryCallState,
@@ -16,7 +20,12 @@ from tenacity import (
     wait_exponential,
 )
 
-from relay.forwarding.retry import parse_retry_after
+from relay.cli.common import display_url, load_settings
+from relay.core.errors import StoreUnavailable
+from relay.core.transport import parse_retry_after
+from relay.outbox import open_backend
+from relay.providers import PROVIDER_NAMES, PROVIDERS
+from relay.providers.samples import sample_events, with_call_id
 from relay.settings import Settings
 
 #: Roark calls `relay check --upstream` makes at most, each, while the answer is
@@ -28,14 +37,19 @@ CHECK_LONGEST_WAIT_SECONDS = 10.0
 KEY_PROBE_PATH = "/v1/evaluation/job/00000000-0000-0000-0000-000000000000"
 
 
-def roark(settings: Settings, echo: Callable[[str], None]) -> bool:
+def prove_roark(settings: Settings, echo: Callable[[str], None]) -> bool:
     """Prove the Roark key and base URL, retrying what may pass (no connection, 429, 5xx)."""
     backoff = wait_exponential(multiplier=0.5, max=CHECK_LONGEST_WAIT_SECONDS)
 
     def pause(attempt: RetryCallState) -> float:
         outcome = attempt.outcome
+        assert outcome is not None  # a wait follows a finished attempt
         asked = None if outcome.failed else parse_retry_after(outcome.result().headers, time.time())
         return backoff(attempt) if asked is None else min(asked, CHECK_LONGEST_WAIT_SECONDS)
+
+    def last_answer(attempt: RetryCallState) -> httpx.Response:
+        assert attempt.outcome is not None  # the callback follows the last, finished attempt
+        return attempt.outcome.result()
 
     retrying = Retrying(
         retry=retry_if_exception_type((httpx.ConnectError, httpx.TimeoutException))
@@ -43,9 +57,10 @@ def roark(settings: Settings, echo: Callable[[str], None]) -> bool:
         stop=stop_after_attempt(CHECK_TRIES),
         wait=pause,
         # after the last try, its answer (or error) is what gets reported
-        retry_error_callback=lambda attempt: attempt.outcome.result(),
+        retry_error_callback=last_answer,
     )
     base = settings.roark_base_url
+    assert settings.roark_api_key is not None  # `relay check` reads the settings for forwarding
     headers = {"Authorization": f"Bearer {settings.roark_api_key.reveal()}"}
     with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
         try:
@@ -74,7 +89,7 @@ def roark(settings: Settings, echo: Callable[[str], None]) -> bool:
     return True
 
 
-def destinations(settings: Settings, echo: Callable[[str], None]) -> bool:
+def prove_destinations(settings: Settings, echo: Callable[[str], None]) -> bool:
     """A HEAD to each destination: any answer at all (405 included) proves it reachable;
     only a connection error or a timeout does not."""
     reachable = True
@@ -90,3 +105,79 @@ def destinations(settings: Settings, echo: Callable[[str], None]) -> bool:
             continue
         echo(f"destination {destination.name}: ok (reachable; answered {answer.status_code} to HEAD)")
     return reachable
+
+
+@click.command()
+@click.option("--upstream", is_flag=True,
+              help="Also prove the Roark key and base URL with a read that changes nothing, "
+                   "and that every destination answers.")
+def check(upstream: bool) -> None:
+    """Validate the configuration and the database (creating or upgrading its schema, as
+    the relay would on start); with --upstream, prove that the Roark key and base URL
+    work and that each destination is reachable. Exits 0 when all is well, 1 when a
+    check failed, 2 on a configuration error."""
+    settings = load_settings()
+    failed = False
+    click.echo(f"configuration: ok (Roark at {settings.roark_base_url})")
+    for provider, warnings in settings.provider_warnings().items():
+        for warning in warnings:
+            click.echo(f"{provider}: WARNING {warning}")
+        if provider not in settings.insecure_skip_verification and \
+                PROVIDERS[provider].configured(settings.providers[provider]):
+            click.echo(f"{provider}: signature verification configured")
+    if settings.admin_token is None:
+        click.echo("status page, admin API and /metrics: disabled (set RELAY_ADMIN_TOKEN to enable)")
+    backend = open_backend(settings.database_url, pool_size=settings.database_pool_size)
+    try:
+        version = backend.migrate()
+        click.echo(f"database: ok ({display_url(settings.database_url)}, schema version {version})")
+    except StoreUnavailable as error:
+        failed = True
+        click.echo(f"database: FAILED ({display_url(settings.database_url)}): {error}. "
+                   "Check RELAY_DATABASE_URL (or DATABASE_URL) and that the database is up.")
+    finally:
+        backend.close()
+    for destination in settings.destinations:
+        click.echo(f"destination {destination.name}: {destination.shown_url} "
+                   f"({', '.join(sorted(destination.events | {p + ':*' for p in destination.all_events_of}))})")
+    if upstream:
+        failed |= not prove_roark(settings, click.echo)
+        failed |= not prove_destinations(settings, click.echo)
+    sys.exit(1 if failed else 0)
+
+
+@click.command("send-sample")
+@click.argument("provider", type=click.Choice(PROVIDER_NAMES))
+@click.option("--url", help="The relay to send to (default: this machine's, on PORT).")
+@click.option("--event", help="Which sample: an event the provider sends (default: the one "
+                              "Roark takes). See relay/providers/sample_payloads/.")
+def send_sample(provider: str, url: str | None, event: str | None) -> None:
+    """Send a sample webhook, signed with the configured secrets the way the provider signs
+    it, to a relay (local or deployed) and print the answer: proof, end to end, that the
+    relay accepts what the provider sends. A new call id each time. Exits 1 unless the
+    relay answers 2xx."""
+    settings = load_settings(forwarding=False)
+    chosen = PROVIDERS[provider]
+    event = event or sorted(chosen.roark_events)[0]
+    if event not in sample_events(provider):
+        raise click.BadParameter(f"no {provider} sample for {event!r}; there are: "
+                                 f"{', '.join(sample_events(provider))}", param_hint="--event")
+    body = with_call_id(f"{provider}/{event}", f"sample-{uuid.uuid4().hex[:12]}")
+    try:
+        headers = chosen.sign(settings.providers[provider], body, time.time())
+    except ValueError as error:
+        click.echo(f"relay: cannot sign a {provider} webhook: {error}; set it as the relay has it", err=True)
+        sys.exit(2)
+    target = (url or f"http://127.0.0.1:{settings.port}").rstrip("/") + f"/webhooks/{provider}"
+    try:
+        answer = httpx.post(target, content=body, headers={"content-type": "application/json", **headers},
+                            timeout=30)
+    except httpx.HTTPError as error:
+        click.echo(f"relay: cannot reach {target}: {type(error).__name__}: {error}", err=True)
+        sys.exit(1)
+    click.echo(f"{event} -> {target}: HTTP {answer.status_code}")
+    click.echo(answer.text)
+    sys.exit(0 if answer.is_success else 1)
+
+
+COMMANDS = (check, send_sample)

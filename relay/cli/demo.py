@@ -17,9 +17,8 @@ import time
 import click
 import httpx
 
+from relay.providers.samples import retell_headers, sample, vapi_headers, with_call_id
 from relay.settings import Settings
-from relay.testing.fake_roark import FakeRoark, Respond
-from relay.testing.webhooks import retell_headers, sample, vapi_headers, with_call_id
 
 
 def _free_port() -> int:
@@ -61,8 +60,20 @@ def _port_taken(port: int) -> bool:
     return False
 
 
-def run_demo(port: int, database: str, keep: bool = False) -> None:
+@click.command()
+@click.option("--port", type=int, default=8000, show_default=True, help="Port for the relay.")
+@click.option("--database", type=click.Path(dir_okay=False), default="relay-demo.db", show_default=True,
+              help="SQLite file for the demo's outbox.")
+@click.option("--keep", is_flag=True, help="Keep what an earlier demo left in the database (by default "
+                                           "each run starts from an empty one).")
+def demo(port: int, database: str, keep: bool) -> None:
+    """Try the relay with no accounts: a local fake Roark, signed sample webhooks (some
+    that fail upstream), and the status page to look at them."""
+    # Imported here: the server and the fake Roark (with its schema validator) are the
+    # demo's alone, and every other command starts faster without them.
     from relay.http.server import run
+    from relay.testing.behaviours import Respond
+    from relay.testing.fake_roark import FakeRoark
 
     if _port_taken(port):
         click.echo(f"relay demo: port {port} is in use; choose another with --port, "
@@ -113,3 +124,6 @@ Replay the failed ones from the page (the fake Roark accepts them now). Ctrl-C s
         run(settings, host="127.0.0.1", port=port, on_started=started, forwarding="inline")
     finally:
         fake.stop()
+
+
+COMMANDS = (demo,)

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import math
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -54,7 +54,10 @@ class Secret:
 
 
 class Parser:
-    described = ""
+    @property
+    def described(self) -> str:
+        """The accepted values as the example file shows them ("" when the help says it all)."""
+        return ""
 
     def __call__(self, name: str, raw: str) -> Any:
         return raw
@@ -90,11 +93,11 @@ class Number(Parser):
         return ", ".join(b for b in bounds if b)
 
 
-def Integer(minimum: float | None = None, maximum: float | None = None) -> Number:  # noqa: N802
+def Integer(minimum: float | None = None, maximum: float | None = None) -> Number:
     return Number(int, minimum, maximum)
 
 
-def Seconds(minimum: float | None = None, maximum: float | None = None) -> Number:  # noqa: N802
+def Seconds(minimum: float | None = None, maximum: float | None = None) -> Number:
     return Number(float, minimum, maximum)
 
 
@@ -181,7 +184,7 @@ class Names(Parser):
 @dataclass(frozen=True)
 class Var:
     name: str
-    parse: Callable[[str, str], Any]
+    parse: Parser
     help: str
     #: Another variable read when `name` is unset (Heroku's DATABASE_URL).
     fallback: str | None = None
@@ -206,7 +209,7 @@ class Var:
         return None
 
 
-def setting(name: str, default: Any, parse: Callable[[str, str], Any], help: str, *,
+def setting(name: str, default: Any, parse: Parser, help: str, *,
             in_repr: bool = True, **options: Any) -> Any:
     """A dataclass field read from environment variable `name` (`in_repr=False` for text
     that may hold a credential but is not a Secret, such as a proxy URL)."""
@@ -261,7 +264,7 @@ def document(cls: type) -> list[str]:
         if var.section:
             lines += ["", f"# --- {var.section} " + "-" * max(3, 84 - len(var.section))]
         help_text = var.help
-        if getattr(var.parse, "described", ""):
+        if var.parse.described:
             help_text += f" ({var.parse.described})"
         lines += ["# " + line for line in textwrap.wrap(help_text, 86, break_on_hyphens=False)]
         value = var.example if var.example is not None else shown(default_of(f))

@@ -74,7 +74,8 @@ class ProviderAnswerTooLarge(ProviderApiError):
 class HTTPError(RelayError):
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal"
-    error_code: ClassVar[str] = "internal_error"
+    #: A class default that one instance may override (`error_code=`).
+    error_code: str = "internal_error"
 
     def __init__(
         self,

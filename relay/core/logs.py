@@ -11,6 +11,7 @@ import sys
 
 import msgspec
 import structlog
+from structlog.typing import Processor
 
 # A third cheaper per line than the standard library's json, on every webhook and attempt;
 # anything not JSON by nature is logged as its str().
@@ -28,7 +29,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
     )
-    shared = [
+    shared: list[Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -3,7 +3,8 @@ behind we are.
 
 Counters and the latency histogram are updated as things happen; queue depth, backlog
 age and the pause flags are read from the outbox and forwarders when /metrics is
-scraped, so they are true across restarts and across instances sharing one database.
+scraped (relay.http.health), so they are true across restarts and across instances
+sharing one database.
 What the background work counts (delivery attempts, reconciliation) has a registry of
 its own, `background`, since that work may run in another process
 (relay.forwarding.process), which hands its exposition over.
@@ -11,19 +12,13 @@ its own, `background`, since that work may run in another process
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping
-
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
-    generate_latest,
 )
-
-from relay.outbox import AsyncOutbox, State
 
 # `*_created` timestamps double the series count and tell operators nothing here.
 disable_created_metrics()
@@ -92,20 +87,3 @@ class Metrics:
             "When a provider's last successful reconciliation run ended (unix time), on any instance.",
             ["provider"], registry=self.registry,
         )
-
-    async def render(self, outbox: AsyncOutbox, paused: Mapping[str, bool], background: bytes | None = None) -> bytes:
-        """`paused`: every destination, and whether its forwarder holds back for now;
-        `background`: the exposition of a forwarding process's `background` registry,
-        to show instead of this process's own."""
-        counts = await outbox.counts_by_destination()
-        stopped = await outbox.paused_destinations()
-        oldest = await outbox.oldest_pending_received_at()
-        for destination, held in paused.items():
-            for state in State:
-                self.queue_depth.labels(destination, state.value).set(counts.get(destination, {}).get(state, 0))
-            self.paused.labels(destination).set(int(held or destination in stopped))
-        self.oldest_pending_age.set(0 if oldest is None else max(0.0, time.time() - oldest))
-        for reconciliation in await outbox.reconciliations():
-            if reconciliation.last_success_at is not None:
-                self.reconcile_last_success.labels(reconciliation.provider).set(reconciliation.last_success_at)
-        return generate_latest(self.registry) + (background or generate_latest(self.background))

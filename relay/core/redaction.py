@@ -94,7 +94,7 @@ class Redactor:
         cuts: list[tuple[int, int]] = []
         seen = -1  # the last string looked at: a string with several names is looked at once
         for at in self._suspects(text):
-            if cuts and at < cuts[-1][1] or at < seen:
+            if (cuts and at < cuts[-1][1]) or at < seen:
                 continue  # inside a member already cut, or a string already looked at
             opening = _quote_before(text, at)
             seen = closing = _quote_after(text, at)

@@ -1,20 +1,24 @@
-"""How the Roark client reaches Roark: aiohttp's pool of keep-alive connections behind
-httpx's transport interface (httpx-aiohttp), so the client keeps httpx's Request,
-Response and exceptions, and tests can put httpx.MockTransport in its place.
+"""How the relay reaches other services (Roark, destinations, the team's server, the
+providers' APIs): aiohttp's pool of keep-alive connections behind httpx's transport
+interface (httpx-aiohttp), so clients keep httpx's Request, Response and exceptions,
+and tests can put httpx.MockTransport in its place.
 """
 
 from __future__ import annotations
 
+import email.utils
 import functools
+import math
 import os
 import ssl
+from collections.abc import Mapping
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
-from relay.web.budget import BodyHold
+from relay.core.budget import BodyHold
 
 #: Roark answers with short JSON; anything far larger is not an answer worth keeping.
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -25,11 +29,19 @@ KEEPALIVE_SECONDS = 4.0
 
 #: How long to wait on one address before racing the next (RFC 8305's recommendation).
 HAPPY_EYEBALLS_SECONDS = 0.25
+#: The longest connecting alone may take, within a request's own deadline: a host that
+#: does not accept a connection in this time is down, however long its answers may take.
+CONNECT_SECONDS = 5.0
+
+
+def request_timeout(seconds: float) -> httpx.Timeout:
+    """A request's deadline of `seconds`, of which connecting may take CONNECT_SECONDS."""
+    return httpx.Timeout(seconds, connect=min(seconds, CONNECT_SECONDS))
 
 
 class AnswerTooLarge(httpx.RemoteProtocolError):
     """The answer is larger than this client may hold: its own limit, or the budget the
-    request named (`extensions["hold"]`, a relay.web.budget.BodyHold) has no room for it."""
+    request named (`extensions["hold"]`, a relay.core.budget.BodyHold) has no room for it."""
 
 
 class Transport(AiohttpTransport):
@@ -132,3 +144,29 @@ def timed_out(error: httpx.TransportError) -> bool:
     if isinstance(error.__cause__, aiohttp.ClientError | OSError):
         return isinstance(error.__cause__, TimeoutError)
     return isinstance(error, httpx.TimeoutException)
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `Retry-After` (seconds or HTTP date)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    millis = lowered.get("retry-after-ms")
+    if millis is not None:
+        try:
+            value = float(millis) / 1000
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    text = lowered.get("retry-after")
+    if text is None:
+        return None
+    text = text.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        return None
+    return max(0.0, when.timestamp() - now)

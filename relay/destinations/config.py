@@ -16,7 +16,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -25,11 +25,11 @@ from standardwebhooks.webhooks import Webhook
 from relay.core import jsonbody
 from relay.core.envvars import Parser, Secret
 from relay.core.errors import ConfigError
-from relay.outbox import ROARK
+from relay.core.names import DESTINATION_NAME, ROARK
 from relay.providers import PROVIDERS
 
 VARIABLE = "RELAY_DESTINATIONS"
-NAME = re.compile(r"[a-z0-9_-]{1,32}")
+NAME = re.compile(DESTINATION_NAME)
 SECRET_PREFIX = "whsec_"
 #: Key sizes the Standard Webhooks spec allows (24 to 64 random bytes).
 KEY_BYTES = (24, 64)
@@ -42,14 +42,19 @@ class _Invalid(ValueError):
         super().__init__(f"field {field_name}: {problem}")
 
 
+#: What a destination gets unless its entry says otherwise.
+DEFAULT_TIMEOUT_SECONDS = 30.0
+DEFAULT_CONCURRENCY = 16
+
+
 class _Entry(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     url: str
     secret: str
     events: list[str] | None = None
     original_headers: bool = False
-    timeout_seconds: float = 30.0
-    concurrency: int = 16
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    concurrency: int = DEFAULT_CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -61,13 +66,14 @@ class Destination:
     events: frozenset[str]
     all_events_of: frozenset[str] = frozenset()
     original_headers: bool = False
-    timeout_seconds: float = 30.0
-    concurrency: int = 16
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    concurrency: int = DEFAULT_CONCURRENCY
 
     @property
     def shown_url(self) -> str:
         """The URL without what may be a credential (user info, query), for pages and logs."""
         parts = urlsplit(self.url)
+        assert parts.hostname is not None  # RELAY_DESTINATIONS takes no URL without one
         return urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
                            parts.path, "", ""))
 
@@ -78,7 +84,7 @@ class Destination:
     def sign(self, message_id: str, timestamp: int, body: bytes) -> str:
         """The `webhook-signature` header: one `v1,<base64>` per secret, space-separated,
         so a receiver holding either the old or the new secret accepts it mid-rotation."""
-        when = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+        when = datetime.fromtimestamp(timestamp, tz=UTC)
         text = body.decode()  # verified UTF-8 at ingest
         return " ".join(Webhook(s.reveal()).sign(message_id, when, text) for s in self.secrets)
 
@@ -138,7 +144,7 @@ def _destination(entry: object) -> Destination:
         raise ValueError("must be a JSON object")
     e = msgspec.convert(entry, _Entry)
     if not NAME.fullmatch(e.name) or e.name == ROARK:
-        raise _Invalid("name", f"must match [a-z0-9_-]{{1,32}} and not be {ROARK!r} (Roark is built in)")
+        raise _Invalid("name", f"must match {DESTINATION_NAME} and not be {ROARK!r} (Roark is built in)")
     parts = urlsplit(e.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _Invalid("url", "must be an http or https URL")
@@ -188,9 +194,9 @@ def _events(events: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
                 f"{name!r} waits for an answer, which a copy cannot give: it is passed through "
                 f"to your server while {provider.title} waits (see the README), never stored")
         elif event not in provider.events:
-            raise _Invalid("events",
-                f"{name!r}: {provider.title} sends no such event; known: {', '.join(sorted(provider.events - provider.request_response))} "
-                f"(or {provider_name}:*)")
+            known = ", ".join(sorted(provider.events - provider.request_response))
+            raise _Invalid("events", f"{name!r}: {provider.title} sends no such event; known: {known} "
+                                     f"(or {provider_name}:*)")
         else:
             exact.add(name)
     return frozenset(exact), frozenset(every)

@@ -15,16 +15,17 @@ import time
 
 import structlog
 
-from relay.forwarding.destination import DestinationClient
 from relay.core.errors import StoreUnavailable
-from relay.forwarding.forwarder import Forwarder, Forwarders
 from relay.core.metrics import Metrics
-from relay.outbox import ROARK, AsyncOutbox
+from relay.core.names import ROARK
 from relay.core.periodic import every
-from relay.reconciliation.service import Reconcilers
+from relay.forwarding.destination import DestinationClient
+from relay.forwarding.forwarder import Forwarder, Forwarders
 from relay.forwarding.retention import run_retention
-from relay.settings import Settings
 from relay.forwarding.roark import RoarkClient
+from relay.outbox import AsyncOutbox
+from relay.reconciliation.service import Reconcilers
+from relay.settings import Settings
 
 log = structlog.get_logger("relay.forwarding.background")
 
@@ -67,7 +68,7 @@ class Background:
         /health degraded) for ever: they fail, saying how to replay them."""
         configured = [ROARK, *(d.name for d in self._settings.destinations)]
         try:
-            failed = await self._outbox.fail_unconfigured(configured)
+            failed = await self._outbox.fail_unconfigured(configured, time.time())
         except StoreUnavailable as error:  # the next start tries again; nothing is lost
             log.warning("unconfigured_destinations_not_checked", error=str(error))
             return

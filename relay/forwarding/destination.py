@@ -17,12 +17,11 @@ from urllib.parse import quote
 import httpx
 
 from relay import __version__
+from relay.core.transport import Transport, request_timeout
 from relay.destinations.config import Destination
-from relay.outbox import Delivery
+from relay.forwarding.attempt import OFF_LOOP_BYTES, Outcome, claimed_body, send
 from relay.forwarding.retry import destination_receiver
-from relay.core.transport import Transport
-from relay.forwarding.roark import OFF_LOOP_BYTES, Outcome, send
-
+from relay.outbox import Delivery
 
 #: What a header value carries as it is: printable ASCII, but for the escape itself.
 _PLAIN = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
@@ -49,15 +48,16 @@ class DestinationClient:
         self.receiver = destination_receiver(destination.name)
         self._transport = transport or Transport(max_connections=destination.concurrency, proxy=proxy)
         self._url = httpx.URL(destination.url)
-        self._timeouts = {"timeout": httpx.Timeout(destination.timeout_seconds, connect=5.0).as_dict()}
+        self._timeouts = {"timeout": request_timeout(destination.timeout_seconds).as_dict()}
 
     async def deliver(self, delivery: Delivery, now: float) -> Outcome:
         msg_id, timestamp = message_id(delivery.provider, delivery.dedupe_key), int(now)
-        if len(delivery.body) < OFF_LOOP_BYTES:
-            signature = self.destination.sign(msg_id, timestamp, delivery.body)
+        body = claimed_body(delivery)
+        if len(body) < OFF_LOOP_BYTES:
+            signature = self.destination.sign(msg_id, timestamp, body)
         else:  # a body of many MB: hashed on a worker thread, the loop keeps answering
-            signature = await asyncio.to_thread(self.destination.sign, msg_id, timestamp, delivery.body)
-        headers = {
+            signature = await asyncio.to_thread(self.destination.sign, msg_id, timestamp, body)
+        headers: dict[str, str | bytes] = {
             # As they arrived: a header decodes as latin-1, so this gives back its bytes.
             **({name: value.encode("latin-1") for name, value in (delivery.credentials or {}).items()}
                if self.destination.original_headers else {}),
@@ -73,8 +73,11 @@ class DestinationClient:
             headers["x-relay-call-id"] = header_value(delivery.call_id)
         if delivery.request_id:
             headers["x-request-id"] = delivery.request_id
-        request = httpx.Request("POST", self._url, stream=httpx.ByteStream(delivery.body), headers=headers,
-                                extensions=self._timeouts)  # stream=: see relay.forwarding.roark.send
+        # stream=: see relay.forwarding.attempt.send. httpx takes str and bytes values in one
+        # mapping (Headers encodes each as it comes); its hints admit one kind per mapping.
+        request = httpx.Request("POST", self._url, stream=httpx.ByteStream(body),
+                                headers=headers,  # type: ignore[arg-type]
+                                extensions=self._timeouts)
         outcome, _ = await send(self._transport, request)
         return outcome
 

@@ -25,14 +25,15 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from relay.core.errors import StoreUnavailable
 from relay.core.metrics import Metrics, status_class
-from relay.outbox import ROARK, AsyncOutbox, Attempt, Completion, Delivery, ForwarderReport, State
+from relay.core.names import ROARK
+from relay.forwarding.attempt import MAX_ERROR_TEXT, Outcome, claimed_body
 from relay.forwarding.retry import (
     AttemptResult,
     Delivered,
@@ -44,15 +45,15 @@ from relay.forwarding.retry import (
     decide,
     parse_retry_after,
 )
-from relay.settings import Settings
 from relay.forwarding.trouble import Repeated, UpstreamTrouble, retryable_failure
-from relay.forwarding.roark import MAX_ERROR_TEXT, Outcome
+from relay.outbox import AsyncOutbox, Attempt, Completion, Delivery, ForwarderReport, State
+from relay.settings import Settings
 
 log = structlog.get_logger("relay.forwarding.forwarder")
 
 #: Body bytes in flight at most (plus one delivery, however large): each costs its size
-#: several times over while sent, and claiming twenty 5 MB reports at once took the
-#: process past 300 MB. Bodies of a few KB never come near it.
+#: several times over while sent, so a claim of many large reports at once would hold
+#: hundreds of MB. Bodies of a few KB never come near it.
 MAX_BYTES_IN_FLIGHT = 16 * 1024 * 1024
 
 
@@ -64,6 +65,15 @@ class Client(Protocol):
     async def deliver(self, delivery: Delivery, now: float) -> Outcome: ...
 
     async def aclose(self) -> None: ...
+
+
+class _Settled(TypedDict):
+    """What every `Completion` of an attempt says, whatever the decision."""
+
+    now: float
+    status_code: int | None
+    error: str | None
+    attempt: Attempt
 
 
 class Forwarder:
@@ -190,7 +200,7 @@ class Forwarder:
             free_bytes = MAX_BYTES_IN_FLIGHT - self._inflight_bytes
             token = f"{token_prefix}-{uuid.uuid4().hex[:12]}"
             try:
-                claimed = await self._outbox.claim(token, settings.lease_seconds, free,
+                claimed = await self._outbox.claim(token, self._clock(), settings.lease_seconds, free,
                                                    max(free_bytes, 1), self.destination)
             except StoreUnavailable as error:
                 log.warning("claim_failed", destination=self.destination, error=str(error))
@@ -199,7 +209,7 @@ class Forwarder:
             for delivery in claimed:
                 task = asyncio.create_task(self._deliver(delivery, token))
                 self._inflight[delivery.id] = (delivery, token, task)
-                self._inflight_bytes += len(delivery.body)
+                self._inflight_bytes += len(claimed_body(delivery))
             if len(claimed) < free:
                 # Short: nothing more is due, or bodies filled MAX_BYTES_IN_FLIGHT, which
                 # a delivery ending makes room in; empty: only new work or time helps.
@@ -236,7 +246,7 @@ class Forwarder:
                 await self._outbox.complete(delivery.id, token, Completion(State.FAILED, self._clock(), error=message))
         finally:
             if self._inflight.pop(delivery.id, None) is not None:
-                self._inflight_bytes -= len(delivery.body)
+                self._inflight_bytes -= len(claimed_body(delivery))
             if self._room_to_claim():  # not at every delivery's end: each wake-up costs a round
                 self._slot_freed.set()
 
@@ -255,7 +265,7 @@ class Forwarder:
                           self.client.receiver)
         attempt = Attempt(delivery.attempts, started, duration_ms, result.status_code,
                           outcome.error, type(decision).__name__.lower())
-        base = dict(now=now, status_code=result.status_code, error=outcome.error, attempt=attempt)
+        base = _Settled(now=now, status_code=result.status_code, error=outcome.error, attempt=attempt)
         match decision:
             case Delivered():
                 completion = Completion(State.DELIVERED, roark_call_id=outcome.roark_call_id, **base)
@@ -266,12 +276,12 @@ class Forwarder:
                 # the attempt's error is Roark's own words, said once.
                 detail = (outcome.error or "").removeprefix(result.summary).lstrip(" :")
                 error = f"{reason}: {detail}" if detail else reason
-                completion = Completion(State.FAILED, **{**base, "error": error})
+                completion = Completion(State.FAILED, **(base | {"error": error}))
             case PauseDelivery(reason=reason):
                 completion = Completion(State.PENDING, next_attempt_at=now, refund_attempt=True, **base)
                 self._pause(reason, now)
             case StopReceiver(reason=reason):
-                completion = Completion(State.FAILED, **{**base, "error": reason})
+                completion = Completion(State.FAILED, **(base | {"error": reason}))
                 await self._stop_receiving(reason)
         if isinstance(decision, Delivered) and self.paused:
             log.info("delivery_resumed", after=self.pause_reason)
@@ -325,15 +335,15 @@ class Forwarder:
         log.error("destination_stopped", destination=self.destination, reason=reason,
                   resume=f"relay destinations resume {self.destination}")
         try:
-            await self._store_retrying.copy()(self._outbox.pause_destination, self.destination, reason)
+            await self._store_retrying.copy()(self._outbox.pause_destination, self.destination, reason,
+                                              self._clock())
         except StoreUnavailable as error:  # the next 410 stops it again
             log.error("destination_stop_not_recorded", destination=self.destination, error=str(error))
 
     async def _complete_with_retries(self, delivery_id: int, token: str, completion: Completion) -> bool:
-        # Tried once before tenacity is involved: a tenacity call costs about 70 us (a
-        # copy of the policy, which concurrent deliveries need, then its state machine)
-        # against under 1 us for the plain await, on every delivery, and the first try
-        # almost always succeeds.
+        # Tried once before tenacity is involved: a tenacity call copies the policy (which
+        # concurrent deliveries need) and runs its state machine, many times the cost of
+        # the plain await, on every delivery, and the first try almost always succeeds.
         try:
             return await self._outbox.complete(delivery_id, token, completion)
         except StoreUnavailable:
@@ -361,7 +371,11 @@ class Forwarders:
         loop = asyncio.get_running_loop()
         for forwarder in self:
             forwarder.start()
-        self._unlisten = self._outbox.backend.listen(lambda: loop.call_soon_threadsafe(self.wake))
+
+        def wake_soon() -> None:  # on the backend's listening thread
+            loop.call_soon_threadsafe(self.wake)
+
+        self._unlisten = self._outbox.backend.listen(wake_soon)
 
     def wake(self) -> None:
         for forwarder in self:

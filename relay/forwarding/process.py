@@ -26,17 +26,15 @@ from prometheus_client import generate_latest
 
 from relay import __version__
 from relay.core import runtime
-from relay.forwarding.background import Background
 from relay.core.metrics import Metrics
+from relay.core.periodic import every
+from relay.forwarding.background import Background
 from relay.outbox import AsyncOutbox, open_backend
 from relay.outbox.startup import migrate_when_available_async, startup_patience
-from relay.core.periodic import every
 from relay.settings import Settings
 
 log = structlog.get_logger("relay.forwarding.process")
 
-#: How often the child rewrites its metrics file.
-METRICS_SECONDS = 5.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -57,7 +55,7 @@ async def run_forwarding(settings: Settings, stop: asyncio.Event, metrics_file: 
                 _write_atomically(metrics_file, generate_latest(metrics.background))
 
         try:
-            await every(METRICS_SECONDS, stop, write_metrics)
+            await every(settings.metrics_interval_seconds, stop, write_metrics)
         finally:
             await background.stop()
             await write_metrics()

@@ -17,11 +17,13 @@ from collections.abc import Iterator
 import structlog
 
 from relay.core.errors import StoreUnavailable
-from relay.outbox import ROARK, AsyncOutbox, ForwarderReport
+from relay.core.names import ROARK
 from relay.core.periodic import every
+from relay.core.timefmt import duration
 from relay.forwarding.retry import ROARK_RECEIVER, destination_receiver
+from relay.forwarding.trouble import TroubleState, describe
+from relay.outbox import AsyncOutbox, ForwarderReport
 from relay.settings import Settings
-from relay.forwarding.trouble import TroubleState, describe, duration
 
 log = structlog.get_logger("relay.forwarding.remote")
 

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import structlog
 
 from relay.core.errors import StoreUnavailable
-from relay.outbox import AsyncOutbox, State
 from relay.core.periodic import every
+from relay.outbox import AsyncOutbox, State
 from relay.settings import Settings
 
 log = structlog.get_logger("relay.forwarding.retention")

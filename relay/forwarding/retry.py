@@ -4,42 +4,20 @@
 The forwarder never sleeps on this schedule. It persists the returned time as the row's
 next attempt, so a restart keeps the schedule and a crash loses nothing.
 
-Defaults follow Roark's SDK (what to retry) and Svix (how far apart): exponential backoff
-from 5 s, x3 per attempt, capped at 4 h, ±20 % jitter so a backlog does not return in
-lock-step, and enough attempts that even the shortest jittered schedule spans 24 h.
+What to retry follows Roark's SDK; how far apart, `relay.core.backoff`.
 """
 
 from __future__ import annotations
 
-import email.utils
-import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from relay.core.backoff import RetryPolicy, backoff_delay
+from relay.core.transport import parse_retry_after
+
 #: Statuses worth another try besides 5xx (Roark SDK: timeouts, too early, rate limits).
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 16
-    base_delay: float = 5.0
-    multiplier: float = 3.0
-    max_delay: float = 4 * 3600.0
-    jitter: float = 0.2
-    # A Retry-After is honoured up to this long; a larger one is treated as this.
-    max_retry_after: float = 6 * 3600.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if self.base_delay < 0 or self.max_delay < self.base_delay:
-            raise ValueError("need 0 <= base_delay <= max_delay")
-        if self.multiplier < 1:
-            raise ValueError("multiplier must be at least 1")
-        if not 0 <= self.jitter < 1:
-            raise ValueError("jitter must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -76,7 +54,10 @@ class AttemptResult:
 
     @property
     def summary(self) -> str:
-        return self.error if self.status_code is None else f"HTTP {self.status_code}"
+        if self.status_code is not None:
+            return f"HTTP {self.status_code}"
+        assert self.error is not None  # without a status, the transport error is said
+        return self.error
 
 
 @dataclass(frozen=True)
@@ -111,47 +92,6 @@ class StopReceiver:
 
 
 Decision = Delivered | RetryAt | GiveUp | PauseDelivery | StopReceiver
-
-
-def backoff_delay(policy: RetryPolicy, attempt: int, rand: Callable[[], float]) -> float:
-    """Delay after the `attempt`-th failed attempt (1-based), jittered."""
-    exponent = min(attempt - 1, 64)  # past this the cap has long applied; avoid overflow
-    raw = min(policy.base_delay * policy.multiplier**exponent, policy.max_delay)
-    return raw * (1 - policy.jitter + 2 * policy.jitter * rand())
-
-
-def schedule_bounds(policy: RetryPolicy) -> tuple[float, float]:
-    """Shortest and longest time from the first attempt to giving up."""
-    retries = range(1, policy.max_attempts)
-    low = sum(backoff_delay(policy, n, lambda: 0.0) for n in retries)
-    high = sum(backoff_delay(policy, n, lambda: 1.0) for n in retries)
-    return low, high
-
-
-def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `Retry-After` (seconds or HTTP date)."""
-    lowered = {k.lower(): v for k, v in headers.items()}
-    millis = lowered.get("retry-after-ms")
-    if millis is not None:
-        try:
-            value = float(millis) / 1000
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value >= 0:
-            return value
-    text = lowered.get("retry-after")
-    if text is None:
-        return None
-    text = text.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def decide(

@@ -1,34 +1,24 @@
 """The Roark API client: the request Roark's spec defines for a stored webhook, sent over
-one shared pool of keep-alive connections (relay.core.transport), with explicit timeouts and
-no retries.
-
-Retrying is the forwarder's job (persisted per row); this module makes exactly one
-attempt and reports what happened in a form `relay.forwarding.retry.decide` understands.
-"""
+one shared pool of keep-alive connections (relay.core.transport) with explicit timeouts,
+one attempt at a time (relay.forwarding.attempt)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from relay import __version__
 from relay.core import jsonbody
+from relay.core.redaction import Redactor
+from relay.core.transport import Transport, request_timeout
+from relay.forwarding.attempt import OFF_LOOP_BYTES, Outcome, claimed_body, send
+from relay.forwarding.retry import ROARK_RECEIVER, AttemptResult
 from relay.outbox import Delivery
 from relay.providers import PROVIDERS, Provider
-from relay.core.redaction import Redactor
-from relay.forwarding.retry import ROARK_RECEIVER, AttemptResult
 from relay.settings import Settings
-from relay.core.transport import Transport, describe_error
-
-#: Bodies from this size up are turned into Roark's request on a worker thread.
-OFF_LOOP_BYTES = 1024 * 1024
-#: How much of an upstream error we keep; Roark's ErrorResponse messages are short.
-MAX_ERROR_TEXT = 500
 
 
 def roark_body(
@@ -66,44 +56,6 @@ def roark_call_id(response_json: object) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Outcome:
-    result: AttemptResult
-    roark_call_id: str | None = None
-    error: str | None = None  # what an operator should read: upstream message or transport error
-
-
-def error_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:MAX_ERROR_TEXT]}".strip()
-    if isinstance(body, dict) and "message" in body:
-        code = body.get("error_code") or body.get("error_type") or "error"
-        return f"HTTP {response.status_code} {code}: {str(body['message'])[:MAX_ERROR_TEXT]}"
-    return f"HTTP {response.status_code}: {json.dumps(body)[:MAX_ERROR_TEXT]}"
-
-
-async def send(transport: httpx.AsyncBaseTransport,
-               request: httpx.Request) -> tuple[Outcome, httpx.Response | None]:
-    """One attempt: what it came to, and the (whole, read) response when there was one.
-
-    Requests carry their body as `stream=`, not `content=`: httpx then neither sets Host
-    and Content-Length (the transport writes both from the URL and the body) nor copies
-    the body again, which cost a fifth of building a request, on every delivery."""
-    try:
-        response = await transport.handle_async_request(request)
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-    except httpx.TransportError as error:
-        message = describe_error(error)[:MAX_ERROR_TEXT]
-        return Outcome(AttemptResult(None, error=message), error=message), None
-    result = AttemptResult(response.status_code, response.headers)
-    return Outcome(result, error=None if response.is_success else error_text(response)), response
-
-
 class RoarkClient:
     """Sends through an httpx transport directly: httpx's client layer (URL merging,
     cookies, redirects, event hooks) cost more CPU per delivery than the sending itself,
@@ -116,6 +68,8 @@ class RoarkClient:
         self._strip_secrets = Redactor(settings.redact_keys) if settings.strip_secrets_upstream else None
         self._transport = transport or Transport(
             max_connections=settings.forward_concurrency, proxy=settings.roark_proxy)
+        # Settings read for forwarding (Settings.from_env) require it.
+        assert settings.roark_api_key is not None
         base = settings.roark_base_url.rstrip("/")
         self._urls = {name: httpx.URL(base + p.roark.path) for name, p in PROVIDERS.items()}
         self._headers = [
@@ -123,20 +77,21 @@ class RoarkClient:
             ("User-Agent", f"roark-relay/{__version__}"),
             ("Content-Type", "application/json"),
         ]
-        self._timeouts = {"timeout": httpx.Timeout(settings.roark_timeout_seconds, connect=5.0).as_dict()}
+        self._timeouts = {"timeout": request_timeout(settings.roark_timeout_seconds).as_dict()}
 
     async def deliver(self, delivery: Delivery, now: float) -> Outcome:
         provider = PROVIDERS[delivery.provider]
+        stored = claimed_body(delivery)
         arguments = (
             provider,
-            delivery.body,
+            stored,
             # The webhook URL's own properties win over the relay-wide ones.
             {**self._settings.roark_properties, **(delivery.properties or {})},
             self._settings.roark_field_case,
             self._strip_secrets,
         )
         try:
-            if len(delivery.body) < OFF_LOOP_BYTES:
+            if len(stored) < OFF_LOOP_BYTES:
                 body = roark_body(*arguments)
             else:
                 # Hundreds of milliseconds for a report of many MB: on a worker thread, the

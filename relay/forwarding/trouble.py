@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay.core.timefmt import duration
 from relay.forwarding.retry import RETRYABLE_STATUSES
 
 WINDOW_SECONDS = 60.0
@@ -120,10 +121,3 @@ class UpstreamTrouble:
     def describe(self, now: float) -> str | None:
         return describe(self.receiver, self.state, now)
 
-
-def duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -35,9 +35,10 @@ import structlog
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from relay.web.budget import BodyHold, ByteBudget
+from relay.core.budget import BodyHold, ByteBudget
 from relay.core.errors import BadGateway, GatewayTimeout, ServiceUnavailable, Unauthorized
 from relay.core.transport import AnswerTooLarge, Transport, describe_error, error_kind, timed_out
+from relay.web.requests import BUSY_RETRY_AFTER_SECONDS
 
 log = structlog.get_logger("relay.http.passthrough")
 
@@ -126,7 +127,7 @@ class PassThrough:
             raise ServiceUnavailable(
                 "the relay holds as many answers from your server as it may "
                 "(RELAY_PASS_THROUGH_BUDGET_BYTES); retry shortly",
-                error_code="overloaded", retry_after_seconds=1)
+                error_code="overloaded", retry_after_seconds=BUSY_RETRY_AFTER_SECONDS)
         hold = BodyHold(self._budget)
         passed = [(name, value) for name, value in headers if name not in _NOT_PASSED
                   and (keep_authorization or name != b"authorization")]

@@ -1,11 +1,20 @@
-"""The durable outbox: what the relay owes Roark and every other destination, with one
-backend per store."""
+"""The durable outbox: what the relay owes Roark and every other destination.
+
+    model.py         the records and states
+    store.py         the contract every backend fulfils, a protocol per concern
+    statements.py    the SQL both backends run, written once
+    sql.py           how both run it; sqlite.py and postgres.py, what differs per store
+    runner.py        the backend from the event loop (AsyncOutbox), with group commits
+    startup.py       waiting for the database at start-up
+    traffic.py       the status page charts' figures
+    reconciliation.py  reconciliation's part: leases, progress, what is held
+    migrations/      the schema's history
+"""
 
 from __future__ import annotations
 
 from relay.outbox.model import (
     Attempt,
-    Backend,
     Completion,
     Delivery,
     DeliveryFilter,
@@ -13,17 +22,17 @@ from relay.outbox.model import (
     Inserted,
     NewDelivery,
     Pause,
-    ROARK,
     Progress,
     Reconciliation,
     RunOutcome,
     State,
 )
 from relay.outbox.runner import AsyncOutbox
+from relay.outbox.store import Backend
 
 __all__ = [
-    "Attempt",
     "AsyncOutbox",
+    "Attempt",
     "Backend",
     "Completion",
     "Delivery",
@@ -32,7 +41,6 @@ __all__ = [
     "Inserted",
     "NewDelivery",
     "Pause",
-    "ROARK",
     "Progress",
     "Reconciliation",
     "RunOutcome",

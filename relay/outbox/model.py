@@ -1,4 +1,4 @@
-"""The outbox's records and the contract every storage backend fulfils.
+"""The outbox's records and their states (the contract backends fulfil is store.py).
 
 A webhook the relay has acknowledged is stored once; it is owed to each destination that
 asked for it (Roark, built in, and those of RELAY_DESTINATIONS), and each of those is a
@@ -16,20 +16,15 @@ that dies mid-delivery delays that delivery by one lease but never loses it.
 
 from __future__ import annotations
 
-import abc
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.outbox.traffic import Bucket
+from relay.core.names import ROARK
 
 
-#: The built-in destination: Roark's import endpoints.
-ROARK = "roark"
-
-
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     PENDING = "pending"
     DELIVERING = "delivering"
     DELIVERED = "delivered"
@@ -205,195 +200,3 @@ class RunOutcome:
     at: float
     queued: int
     error: str | None = None
-
-
-class Backend(abc.ABC):
-    """A durable outbox store. Methods block; `relay.outbox.runner` calls them off the loop.
-
-    Every method raises `StoreUnavailable` when the store cannot do the work right now.
-    """
-
-    @abc.abstractmethod
-    def migrate(self) -> int:
-        """Bring the schema up to date; returns the schema version."""
-
-    @abc.abstractmethod
-    def insert_many(self, items: Sequence[NewDelivery], now: float) -> list[Inserted]:
-        """Store new webhooks and their deliveries durably (committed and synced) in one
-        transaction.
-
-        A webhook whose (provider, dedupe_key) is already stored is not stored again, nor
-        owed again; its result names the existing deliveries with `duplicate=True`.
-        """
-
-    @abc.abstractmethod
-    def claim(self, token: str, now: float, lease_seconds: float, limit: int,
-              max_bytes: int | None = None, destination: str = ROARK) -> list[Delivery]:
-        """Lease up to `limit` due deliveries to `destination` (pending and due, or with
-        an expired lease), oldest due first, and only as many as fit in `max_bytes` of
-        bodies, though always at least one when any is due; none while the destination
-        is paused (`pause_destination`).
-
-        Like `complete_many`, a claim need not be synced: a lost claim only puts rows
-        back where they were, to be claimed (and perhaps sent) again.
-        """
-
-    def complete(self, delivery_id: int, token: str, completion: Completion) -> bool:
-        """Apply `completion` if `token` still holds the lease; False if the lease was lost."""
-        return self.complete_many([(delivery_id, token, completion)])[0]
-
-    @abc.abstractmethod
-    def complete_many(self, items: Sequence[tuple[int, str, Completion]]) -> list[bool]:
-        """`complete` for each (delivery id, token, completion), in one transaction.
-
-        The transaction need not be synced before it returns: losing it to a crash only
-        leaves those rows leased (claimed again once the lease expires, so sent once more,
-        which `skip_already_imported` makes harmless); it can never lose a webhook.
-        """
-
-    @abc.abstractmethod
-    def get(self, delivery_id: int) -> Delivery | None: ...
-
-    @abc.abstractmethod
-    def list_deliveries(self, where: DeliveryFilter, before_id: int | None, limit: int) -> list[Delivery]:
-        """Newest first, without bodies. Paging by `before_id` (the last id of the previous
-        page) is stable under inserts: new rows only ever get higher ids."""
-
-    @abc.abstractmethod
-    def replay(self, ids: Sequence[int] | None, where: DeliveryFilter, now: float) -> list[int]:
-        """Put failed (or still pending) deliveries back to pending, due now, attempts
-        reset; `ids` None means every delivery `where` matches. Rows being delivered
-        are left alone, so it is safe while forwarders run. Returns the ids replayed."""
-
-    @abc.abstractmethod
-    def prune(self, received_before: float, states: Sequence[State], limit: int) -> int:
-        """Delete up to `limit` deliveries in `states` received before the cutoff, and the
-        webhooks they leave owed to no one, in one transaction; returns how many
-        deliveries. Callers prune a few hundred at a time: one transaction deleting a
-        month of history would hold SQLite's write lock, and keep every webhook from
-        being stored, for as long as it took."""
-
-    @abc.abstractmethod
-    def fail_unconfigured(self, destinations: Sequence[str], now: float) -> dict[str, int]:
-        """Fail the pending deliveries to destinations not among `destinations` (taken out
-        of the configuration): nobody would ever send them, and waiting they would keep
-        the backlog looking stuck. They stay replayable. Returns how many, per destination."""
-
-    @abc.abstractmethod
-    def attempts(self, delivery_id: int) -> list[Attempt]: ...
-
-    @abc.abstractmethod
-    def counts_by_provider(self) -> dict[str, dict[State, int]]:
-        """Deliveries per provider and state (providers with none are absent)."""
-
-    @abc.abstractmethod
-    def counts_by_destination(self) -> dict[str, dict[State, int]]:
-        """Deliveries per destination and state (destinations with none are absent)."""
-
-    def counts(self) -> dict[State, int]:
-        """Deliveries per state, every state present."""
-        totals = dict.fromkeys(State, 0)
-        for per_state in self.counts_by_provider().values():
-            for state, count in per_state.items():
-                totals[state] += count
-        return totals
-
-    @abc.abstractmethod
-    def oldest_pending_received_at(self) -> float | None: ...
-
-    @abc.abstractmethod
-    def oldest_claims(self) -> dict[str, float]:
-        """When the longest-held claim of each destination was made (deliveries being
-        delivered, by destination; destinations with none are absent): one held longer
-        than its receiver's timeout is stuck."""
-
-    @abc.abstractmethod
-    def pause_destination(self, destination: str, reason: str, now: float) -> None:
-        """Send nothing more to `destination`, from any instance, until it is resumed."""
-
-    @abc.abstractmethod
-    def resume_destination(self, destination: str) -> bool:
-        """Lift a pause; False when the destination was not paused."""
-
-    @abc.abstractmethod
-    def paused_destinations(self) -> dict[str, Pause]: ...
-
-    @abc.abstractmethod
-    def report_forwarders(self, reports: Sequence[ForwarderReport]) -> None:
-        """Record each destination's report, one row per destination: the last report
-        wins, whichever process sent it.
-
-        Not synced, like a claim: a report lost to a crash is replaced by the next one."""
-
-    @abc.abstractmethod
-    def forwarder_reports(self) -> dict[str, ForwarderReport]:
-        """Every destination's last report, by destination; destinations never reported
-        are absent. Reports are kept, even of destinations since taken out of the
-        configuration: readers look up the destinations they know."""
-
-    @abc.abstractmethod
-    def revoke_session(self, nonce: str, expires_at: float, now: float) -> None:
-        """Remember that the admin session `nonce` was logged out, until `expires_at`
-        (when its cookie is refused anyway); forgets sessions expired by `now`."""
-
-    @abc.abstractmethod
-    def session_revoked(self, nonce: str, now: float) -> bool:
-        """True if the admin session `nonce` was logged out and has not expired by `now`."""
-
-    @abc.abstractmethod
-    def ping(self) -> None:
-        """Raise StoreUnavailable unless the store answers."""
-
-    def listen(self, callback: Callable[[], None]) -> Callable[[], None] | None:
-        """Call `callback` (from any thread) whenever any process stores new work, and
-        once when listening starts (work stored while nobody listened announced itself
-        to no one). It may also be called when nothing new is due: a wake-up costs a
-        claim that finds nothing.
-
-        Returns a function that stops listening, or None when the store cannot push
-        (then the forwarder relies on polling, which is fine within one process).
-        PostgreSQL pushes with NOTIFY; SQLite watches its file for commits by any other
-        connection, so a `relay forward` process hears of webhooks the web process stored."""
-        return None
-
-    @abc.abstractmethod
-    def close(self) -> None: ...
-
-    # --- reconciliation (relay.reconciliation) ----------------------------------------
-
-    @abc.abstractmethod
-    def reconciliations(self) -> list[Reconciliation]:
-        """Every provider's reconciliation state (a provider never reconciled is absent)."""
-
-    @abc.abstractmethod
-    def lease_reconciliation(self, provider: str, owner: str, now: float,
-                             expires_at: float) -> Reconciliation | None:
-        """Take the provider's reconciliation lease for `owner` until `expires_at`,
-        unless someone else holds a live one: then None, otherwise the state as it stands.
-        This is what makes instances sharing a database reconcile one at a time."""
-
-    @abc.abstractmethod
-    def save_reconciliation(self, provider: str, owner: str, progress: Progress,
-                            expires_at: float) -> bool:
-        """Record `progress` and extend the lease, if `owner` still holds it; False when
-        the lease was lost (someone else has taken over the provider's run)."""
-
-    @abc.abstractmethod
-    def end_reconciliation(self, provider: str, owner: str, outcome: RunOutcome | None) -> bool:
-        """Release the lease and record how the run went (None: it was stopped before it
-        ended, so nothing is recorded); False when `owner` no longer held the lease."""
-
-    @abc.abstractmethod
-    def held(self, provider: str, dedupe_keys: Sequence[str]) -> set[str]:
-        """Which of `dedupe_keys` the outbox already holds for `provider`."""
-
-    @abc.abstractmethod
-    def renew_reconciliation(self, provider: str, owner: str, expires_at: float) -> bool:
-        """Extend the lease to `expires_at`, if `owner` still holds it (a run does, every
-        third of its lease, while it lives); False when someone else has taken it over."""
-
-    @abc.abstractmethod
-    def traffic(self, now: float, step: float, count: int, destination: str | None = None) -> list[Bucket]:
-        """What came in and went out in `count` buckets of `step` seconds, oldest first,
-        the last one holding `now`, to every destination or to `destination` alone (see
-        relay.outbox.traffic)."""

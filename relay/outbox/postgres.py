@@ -24,19 +24,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
 import psycopg
 import structlog
 from psycopg import errors as pg_errors
+from psycopg.abc import ConnDict
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
-from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_random
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential, wait_random
 
 from relay.core.errors import StoreUnavailable
+from relay.core.names import ROARK
 from relay.outbox import migrations
-from relay.outbox.model import ROARK, Delivery
-from relay.outbox.sql import COLUMNS, JOINED, SQLBackend, Statements, delivery_from_row
+from relay.outbox.model import Delivery
+from relay.outbox.sql import SQLBackend, delivery_from_row
+from relay.outbox.statements import COLUMNS, JOINED, Statements
 
 log = structlog.get_logger("relay.outbox.postgres")
 
@@ -56,7 +60,7 @@ FAIL_FAST_SECONDS = 1.0
 RECONNECT_WINDOW = 5.0
 #: libpq defaults (the URL's own values win): fail a connection attempt in seconds, and
 #: notice a peer that vanished without closing the connection.
-CONNECT_OPTIONS = {
+CONNECT_OPTIONS: ConnDict = {
     "connect_timeout": 5, "tcp_user_timeout": 30_000, "keepalives": 1, "keepalives_idle": 30,
     "keepalives_interval": 10, "keepalives_count": 3, "fallback_application_name": "roark-relay",
 }
@@ -115,13 +119,13 @@ class PostgresBackend(SQLBackend):
         password = urlsplit(url).password or ""
         self._secrets = {s for s in (password, unquote(password)) if s}
         self._pool: ConnectionPool | None = None
-        self._options: dict[str, object] | None = None
+        self._options: ConnDict | None = None
         self._unreachable: tuple[float, str] = (0.0, "")  # (until, why), monotonic time
         self._connect_error: str | None = None  # why the pool's last connection attempt failed
         self._lock = threading.Lock()
         self._listeners: set[Callable[[], None]] = set()
 
-    def _connect_options(self) -> dict[str, object]:
+    def _connect_options(self) -> ConnDict:
         """CONNECT_OPTIONS the URL does not set itself; checks the URL on first use."""
         if self._options is None:
             try:
@@ -160,7 +164,7 @@ class PostgresBackend(SQLBackend):
 
         class Connection(psycopg.Connection):
             @classmethod
-            def connect(cls, *args, **kwargs):  # type: ignore[override]
+            def connect(cls, *args: Any, **kwargs: Any) -> Self:
                 try:
                     conn = super().connect(*args, **kwargs)
                 except psycopg.Error as error:
@@ -222,7 +226,7 @@ class PostgresBackend(SQLBackend):
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
                     (migration.version, migration.name, time.time()),
                 )
-            (version,) = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+            [(version,)] = conn.execute("SELECT max(version) FROM schema_migrations").fetchall()
         return version or 0
 
     def claim(self, token: str, now: float, lease_seconds: float, limit: int,
@@ -259,7 +263,7 @@ class PostgresBackend(SQLBackend):
         thread.start()
         return unlisten
 
-    def _listen(self, callback: Callable[[], None], options: dict[str, object],
+    def _listen(self, callback: Callable[[], None], options: dict[str, Any],
                 stop: threading.Event) -> None:
         lost = False
 
@@ -274,12 +278,20 @@ class PostgresBackend(SQLBackend):
                 raise
             return conn
 
-        def lose(error: BaseException | None) -> None:
+        def lose(error: BaseException) -> None:
             nonlocal lost
             if not lost:
                 log.warning("outbox_listen_lost", error=self._describe(error),
                             consequence="forwarders poll until it is back")
             lost = True
+
+        def lose_attempt(attempt: RetryCallState) -> None:
+            error = attempt.outcome.exception() if attempt.outcome else None
+            assert error is not None  # only a failed attempt is retried
+            lose(error)
+
+        def sleep(seconds: float) -> None:
+            stop.wait(seconds)
 
         # Sleeping on the stop event lets a stop end the wait at once (`connect` then
         # sees it). Each connection gets a fresh call, so each outage starts the backoff
@@ -288,8 +300,8 @@ class PostgresBackend(SQLBackend):
             retry=retry_if_exception_type(psycopg.Error),
             wait=(wait_exponential(multiplier=LISTEN_BACKOFF_SECONDS[0], max=LISTEN_BACKOFF_SECONDS[1])
                   + wait_random(0, LISTEN_BACKOFF_SECONDS[0])),
-            sleep=stop.wait,
-            before_sleep=lambda attempt: lose(attempt.outcome.exception()),
+            sleep=sleep,
+            before_sleep=lose_attempt,
         )
         while (conn := reconnect(connect)) is not None:
             if lost:

@@ -1,7 +1,8 @@
 """The outbox's part in reconciliation (relay.reconciliation): per provider, a lease so
 that instances sharing a database take turns, how far the runs got, how the last one
-ended; and which webhooks are held already. Written once for both backends, like
-`relay.outbox.sql`, whose `Statements` and `SQLBackend` take these in.
+ended; and which webhooks are held already. Written once for both backends, like the
+rest of the outbox's SQL: `relay.outbox.statements.Statements` and
+`relay.outbox.sql.SQLBackend` take these in.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ RECONCILIATIONS = f"SELECT {RECONCILIATION_COLUMNS} FROM reconciliation ORDER BY
 
 
 class ReconciliationStatements:
-    """Mixed into `relay.outbox.sql.Statements`, whose parameter mark they use."""
+    """Mixed into `relay.outbox.statements.Statements`, whose parameter mark they use."""
 
     mark: str
     _in: Any  # (column, values) -> "column IN (marks)"
@@ -46,7 +47,8 @@ class ReconciliationStatements:
 
     def end_reconciliation(self, provider: str, owner: str, outcome: RunOutcome | None) -> Query:
         m = self.mark
-        sets, params = "lease_owner = NULL, lease_expires_at = NULL", []
+        sets = "lease_owner = NULL, lease_expires_at = NULL"
+        params: list[object] = []
         if outcome is not None and outcome.error is None:
             sets += (f", last_run_at = {m}, last_queued = {m}, last_error = NULL, last_success_at = {m}, "
                      "failing_since = NULL")

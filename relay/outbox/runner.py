@@ -8,40 +8,25 @@ stores them all with a single sync. Each webhook is still acknowledged only afte
 commit that holds it, and each completion reports whether its lease still held.
 
 Few, large transactions matter twice here: each costs a sync, and each statement the
-writer thread runs hands the GIL to the event loop and back. While the loop is busy,
-taking it back costs up to the interpreter's switch interval: at Python's default 5 ms a
-claim of 200 rows took 0.5 s under load (BENCHMARKS.md), hence SWITCH_INTERVAL.
+writer thread runs hands the GIL to the event loop and back (which is why every relay
+process shortens the interpreter's switch interval: relay.core.runtime).
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from functools import partial
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
-from relay.outbox.model import (
-    Attempt,
-    Backend,
-    Completion,
-    Delivery,
-    DeliveryFilter,
-    ForwarderReport,
-    Inserted,
-    NewDelivery,
-    Pause,
-    ROARK,
-    Progress,
-    Reconciliation,
-    RunOutcome,
-    State,
-)
-from relay.outbox.traffic import Bucket
+from relay.outbox.model import Completion, Inserted, NewDelivery
+from relay.outbox.store import Backend, Counts, Deliveries, Pauses, Reconciliations, Reports, Sessions
 
 T = TypeVar("T")
+P = ParamSpec("P")
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -49,8 +34,6 @@ Result = TypeVar("Result")
 MAX_BATCH = 512
 #: Threads for reads (status page, health, metrics), which never wait on the writer.
 READ_THREADS = 4
-#: Longest the event loop keeps the GIL from a database thread that wants it (seconds).
-SWITCH_INTERVAL = 0.001
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -99,7 +82,7 @@ class GroupCommit(Generic[Item, Result]):
         outcome: Sequence[Result] | BaseException
         try:
             outcome = self._write([item for item, _ in batch])
-        except Exception as error:  # every waiter learns its item was not written
+        except Exception as error:  # noqa: BLE001  (every waiter learns its item was not written)
             outcome = error
         with self._lock:
             more = self._queued = bool(self._pending)
@@ -121,9 +104,9 @@ class GroupCommit(Generic[Item, Result]):
                 future.set_result(outcome[i])
         if idle:
             drained, self._drained = self._drained, []
-            for future in drained:
-                if not future.done():
-                    future.set_result(None)
+            for waiter in drained:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def drain(self) -> None:
         """Return once every write submitted so far has been settled."""
@@ -138,102 +121,88 @@ def _expire(future: asyncio.Future[Any]) -> None:
         future.set_exception(TimeoutError())
 
 
+class _OffLoop(Generic[P, T]):
+    """A backend method as an awaitable of the outbox: run on its writer thread (in order,
+    one at a time) or on one of its reader threads, with the same arguments."""
+
+    def __init__(self, method: Callable[Concatenate[Any, P], T], *, writes: bool) -> None:
+        self._name = method.__name__
+        self._writes = writes
+
+    def __get__(self, outbox: AsyncOutbox, owner: type | None = None) -> Callable[P, Awaitable[T]]:
+        method = getattr(outbox.backend, self._name)
+        executor = outbox._writer if self._writes else outbox._readers
+
+        async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await asyncio.get_running_loop().run_in_executor(executor, partial(method, *args, **kwargs))
+
+        return run
+
+
+def _reads(method: Callable[Concatenate[Any, P], T]) -> _OffLoop[P, T]:
+    return _OffLoop(method, writes=False)
+
+
+def _writes(method: Callable[Concatenate[Any, P], T]) -> _OffLoop[P, T]:
+    return _OffLoop(method, writes=True)
+
+
 class AsyncOutbox:
+    """The backend from the event loop: every method of `Backend` under the same name and
+    arguments, awaited. Inserts and completions are group-committed (see GroupCommit);
+    `clock` dates an insert's transaction."""
+
     def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
-        self._clock = clock
-        # Process-wide, and set here because these threads are what needs it: the loop
-        # gives up the GIL sooner, database threads wait for it less (see the docstring).
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._writer, self._readers = _executors()
         self._inserts: GroupCommit[NewDelivery, Inserted] = GroupCommit(
-            lambda: self._writer, lambda items: self.backend.insert_many(items, self._clock()))
+            lambda: self._writer, lambda items: self.backend.insert_many(items, clock()))
         self._completions: GroupCommit[tuple[int, str, Completion], bool] = GroupCommit(
             lambda: self._writer, self.backend.complete_many)
-
-    async def _write(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
-
-    async def _read(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
 
     async def insert(self, item: NewDelivery, timeout: float | None = None) -> Inserted:
         """Store one webhook durably; returns once its transaction has committed, or raises
         TimeoutError after `timeout` seconds (the commit goes on, and may still land)."""
         return await self._inserts.submit(item, timeout)
 
-    async def migrate(self) -> int:
-        return await self._write(self.backend.migrate)
-
-    async def claim(self, token: str, lease_seconds: float, limit: int,
-                    max_bytes: int | None = None, destination: str = ROARK) -> list[Delivery]:
-        return await self._write(self.backend.claim, token, self._clock(), lease_seconds, limit,
-                                 max_bytes, destination)
-
     async def complete(self, delivery_id: int, token: str, completion: Completion) -> bool:
-        """Apply `completion` if `token` still holds the lease (see Backend.complete_many)."""
+        """Apply `completion` if `token` still holds the lease (see Deliveries.complete_many)."""
         return await self._completions.submit((delivery_id, token, completion))
 
-    async def get(self, delivery_id: int) -> Delivery | None:
-        return await self._read(self.backend.get, delivery_id)
+    migrate = _writes(Backend.migrate)
+    ping = _reads(Backend.ping)
 
-    async def attempts(self, delivery_id: int) -> list[Attempt]:
-        return await self._read(self.backend.attempts, delivery_id)
+    claim = _writes(Deliveries.claim)
+    get = _reads(Deliveries.get)
+    list_deliveries = _reads(Deliveries.list_deliveries)
+    attempts = _reads(Deliveries.attempts)
+    replay = _writes(Deliveries.replay)
+    prune = _writes(Deliveries.prune)
+    fail_unconfigured = _writes(Deliveries.fail_unconfigured)
 
-    async def list_deliveries(self, where: DeliveryFilter, before_id: int | None, limit: int) -> list[Delivery]:
-        return await self._read(self.backend.list_deliveries, where, before_id, limit)
+    counts = _reads(Counts.counts)
+    counts_by_provider = _reads(Counts.counts_by_provider)
+    counts_by_destination = _reads(Counts.counts_by_destination)
+    oldest_pending_received_at = _reads(Counts.oldest_pending_received_at)
+    oldest_claims = _reads(Counts.oldest_claims)
+    traffic = _reads(Counts.traffic)
 
-    async def replay(self, ids: Sequence[int] | None, where: DeliveryFilter) -> list[int]:
-        return await self._write(self.backend.replay, ids, where, self._clock())
+    pause_destination = _writes(Pauses.pause_destination)
+    resume_destination = _writes(Pauses.resume_destination)
+    paused_destinations = _reads(Pauses.paused_destinations)
 
-    async def prune(self, received_before: float, states: Sequence[State], limit: int) -> int:
-        return await self._write(self.backend.prune, received_before, states, limit)
+    report_forwarders = _writes(Reports.report_forwarders)
+    forwarder_reports = _reads(Reports.forwarder_reports)
 
-    async def revoke_session(self, nonce: str, expires_at: float) -> None:
-        await self._write(self.backend.revoke_session, nonce, expires_at, self._clock())
+    revoke_session = _writes(Sessions.revoke_session)
+    session_revoked = _reads(Sessions.session_revoked)
 
-    async def session_revoked(self, nonce: str) -> bool:
-        return await self._read(self.backend.session_revoked, nonce, self._clock())
-
-    async def counts(self) -> dict[State, int]:
-        return await self._read(self.backend.counts)
-
-    async def counts_by_provider(self) -> dict[str, dict[State, int]]:
-        return await self._read(self.backend.counts_by_provider)
-
-    async def counts_by_destination(self) -> dict[str, dict[State, int]]:
-        return await self._read(self.backend.counts_by_destination)
-
-    async def fail_unconfigured(self, destinations: Sequence[str]) -> dict[str, int]:
-        return await self._write(self.backend.fail_unconfigured, destinations, self._clock())
-
-    async def pause_destination(self, destination: str, reason: str) -> None:
-        await self._write(self.backend.pause_destination, destination, reason, self._clock())
-
-    async def resume_destination(self, destination: str) -> bool:
-        return await self._write(self.backend.resume_destination, destination)
-
-    async def paused_destinations(self) -> dict[str, Pause]:
-        return await self._read(self.backend.paused_destinations)
-
-    async def report_forwarders(self, reports: Sequence[ForwarderReport]) -> None:
-        """Record what the forwarders say about their destinations (Backend.report_forwarders)."""
-        await self._write(self.backend.report_forwarders, reports)
-
-    async def forwarder_reports(self) -> dict[str, ForwarderReport]:
-        return await self._read(self.backend.forwarder_reports)
-
-    async def oldest_pending_received_at(self) -> float | None:
-        return await self._read(self.backend.oldest_pending_received_at)
-
-    async def oldest_claims(self) -> dict[str, float]:
-        return await self._read(self.backend.oldest_claims)
-
-    async def traffic(self, step: float, count: int, destination: str | None = None) -> list[Bucket]:
-        return await self._read(self.backend.traffic, self._clock(), step, count, destination)
-
-    async def ping(self) -> None:
-        await self._read(self.backend.ping)
+    reconciliations = _reads(Reconciliations.reconciliations)
+    lease_reconciliation = _writes(Reconciliations.lease_reconciliation)
+    save_reconciliation = _writes(Reconciliations.save_reconciliation)
+    renew_reconciliation = _writes(Reconciliations.renew_reconciliation)
+    end_reconciliation = _writes(Reconciliations.end_reconciliation)
+    held = _reads(Reconciliations.held)
 
     async def close(self) -> None:
         """Finish pending commits, wait for every running operation (a cancelled caller
@@ -247,28 +216,6 @@ class AsyncOutbox:
         await loop.run_in_executor(None, readers.shutdown)
         await loop.run_in_executor(writer, self.backend.close)
         await loop.run_in_executor(None, writer.shutdown)
-
-    # --- reconciliation (relay.reconciliation) ----------------------------------------
-
-    async def reconciliations(self) -> list[Reconciliation]:
-        return await self._read(self.backend.reconciliations)
-
-    async def lease_reconciliation(self, provider: str, owner: str, seconds: float) -> Reconciliation | None:
-        now = self._clock()
-        return await self._write(self.backend.lease_reconciliation, provider, owner, now, now + seconds)
-
-    async def save_reconciliation(self, provider: str, owner: str, progress: Progress, seconds: float) -> bool:
-        return await self._write(self.backend.save_reconciliation, provider, owner, progress,
-                                 self._clock() + seconds)
-
-    async def end_reconciliation(self, provider: str, owner: str, outcome: RunOutcome | None) -> bool:
-        return await self._write(self.backend.end_reconciliation, provider, owner, outcome)
-
-    async def held(self, provider: str, dedupe_keys: Sequence[str]) -> set[str]:
-        return await self._read(self.backend.held, provider, dedupe_keys)
-
-    async def renew_reconciliation(self, provider: str, owner: str, seconds: float) -> bool:
-        return await self._write(self.backend.renew_reconciliation, provider, owner, self._clock() + seconds)
 
 
 def _executors() -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:

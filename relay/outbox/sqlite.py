@@ -33,15 +33,17 @@ from contextlib import contextmanager
 from urllib.parse import quote
 
 from relay.core.errors import StoreUnavailable
+from relay.core.names import ROARK
 from relay.outbox import migrations
-from relay.outbox.model import ROARK, Delivery
-from relay.outbox.sql import COLUMNS, JOINED, SQLBackend, Statements, delivery_from_row
+from relay.outbox.model import Delivery
+from relay.outbox.sql import SQLBackend, delivery_from_row
+from relay.outbox.statements import COLUMNS, JOINED, Statements
 
 SQL = Statements(mark="?", binary_mark="?")
 
 #: The WAL is reused from its start once checkpointed, but never shrinks by itself: a
-#: group commit of twenty 21 MB reports left it at hundreds of MB for good, a large part
-#: of a small volume. Past this size a durable commit checkpoints and truncates it, and
+#: group commit of many large reports would leave it at hundreds of MB for good, a large
+#: part of a small volume. Past this size a durable commit checkpoints and truncates it, and
 #: SQLite trims it to this size whenever it starts over.
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
@@ -326,7 +328,8 @@ def _claimable(conn: sqlite3.Connection, index: str, state: str, due_column: str
 
 def _within(sized: list[tuple[int, int]], max_bytes: int | None) -> list[int]:
     """Ids of the longest prefix of (id, size) that fits in `max_bytes`, at least one."""
-    ids, total = [], 0
+    ids: list[int] = []
+    total = 0
     for delivery_id, size in sized:
         total += size
         if ids and max_bytes is not None and total > max_bytes:

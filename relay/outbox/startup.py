@@ -23,8 +23,8 @@ from tenacity import (
 )
 
 from relay.core.errors import StoreUnavailable
-from relay.outbox.model import Backend
 from relay.outbox.runner import AsyncOutbox
+from relay.outbox.store import Backend
 
 log = structlog.get_logger("relay.outbox")
 
@@ -60,6 +60,7 @@ async def migrate_when_available_async(outbox: AsyncOutbox,
 
 def _policy(patience: float) -> dict[str, Any]:
     def log_wait(attempt: RetryCallState) -> None:
+        assert attempt.outcome is not None  # before_sleep follows a finished attempt
         log.warning("outbox_unavailable_at_start", error=str(attempt.outcome.exception()),
                     attempt=attempt.attempt_number,
                     retry_in_seconds=round(attempt.upcoming_sleep, 2),

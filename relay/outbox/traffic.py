@@ -82,7 +82,8 @@ def buckets(conn: Any, mark: str, now: float, step: float, count: int,
     parameters are written `mark`."""
     start = window(now, step, count)
     found = [Bucket(start + n * step) for n in range(count)]
-    for n, kind, events, latency_mean, latency_max in conn.execute(*query(mark, now, step, count, destination)).fetchall():
+    rows = conn.execute(*query(mark, now, step, count, destination)).fetchall()
+    for n, kind, events, latency_mean, latency_max in rows:
         n = min(n, count - 1)  # an event a hair before the end, rounded up by the division
         found[n] = replace(found[n], **{_KINDS[kind]: events})
         if kind == "delivered":

@@ -16,7 +16,7 @@ time, so a run holds about one answer and one call whatever the provider sends.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -86,7 +86,7 @@ class CallSource(abc.ABC):
         self.key_variable = key_variable
 
     @abc.abstractmethod
-    def pages(self, api: Api, window: Window, token: str | None) -> AsyncIterator[Page]:
+    def pages(self, api: Api, window: Window, token: str | None) -> AsyncGenerator[Page, None]:
         """The calls whose end (or last update) falls in `window`, page by page, from
         the start or from a page's `token`. Calls may repeat; the outbox dedupes them."""
 

@@ -11,7 +11,7 @@ out, so each call the outbox does not hold yet is fetched whole before it is sto
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -68,7 +68,7 @@ def call_ended(call: Fields) -> bytes:
 def listed_call(item: msgspec.Raw) -> ListedCall | None:
     call = fields_of(item)
     call_id = small(call.get("call_id")) if call is not None else None
-    if not call_id:
+    if call is None or not call_id:
         return None
     ended = small(call.get("call_status")) in ENDED_STATUSES and present(call.get("end_timestamp"))
     return ListedCall(call_id, ended)  # the listing leaves transcripts out: fetched whole to be stored
@@ -94,7 +94,7 @@ class _Paging:
 class RetellCalls(CallSource):
     event = "call_ended"
 
-    async def pages(self, api: Api, window: Window, token: str | None) -> AsyncIterator[Page]:
+    async def pages(self, api: Api, window: Window, token: str | None) -> AsyncGenerator[Page, None]:
         paging = _Paging(token)
         while not paging.done:
             # Yielded without a name: no page outlives the request for the next one.

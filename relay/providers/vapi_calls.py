@@ -11,9 +11,9 @@ not only against `limit`, since a server may cap `limit` lower than asked.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -21,6 +21,7 @@ import structlog
 
 from relay.core import jsonbody
 from relay.core.errors import ProviderApiError
+from relay.core.timefmt import iso
 from relay.providers.calls import (
     Api,
     CallSource,
@@ -56,10 +57,6 @@ def parse_time(value: object) -> float | None:
     except ValueError:
         return None
     return parsed.timestamp() if parsed.tzinfo is not None else None
-
-
-def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --- the report ------------------------------------------------------------------------
@@ -109,7 +106,7 @@ def listed_call(item: msgspec.Raw) -> ListedCall | None:
     """A call object from the listing; None when it has no id to name it by."""
     call = fields_of(item)
     call_id = small(call.get("id")) if call is not None else None
-    if not call_id:
+    if call is None or not call_id:
         return None
     return ListedCall(call_id, small(call.get("status")) == "ended", call)
 
@@ -142,8 +139,9 @@ class Bound:
 def query(window: Window, bound: Bound | None, limit: int = PAGE_LIMIT) -> dict[str, Any]:
     """`GET /call`'s parameters for one page. The window widens to whole milliseconds:
     a call listed twice costs nothing, one left out is the whole point."""
-    params: dict[str, Any] = {"limit": limit, "updatedAtGe": iso(math.floor(window.start * 1000) / 1000),
-                              "updatedAtLt": iso(math.ceil(window.end * 1000) / 1000)}
+    params: dict[str, Any] = {"limit": limit,
+                              "updatedAtGe": iso(math.floor(window.start * 1000) / 1000, milliseconds=True),
+                              "updatedAtLt": iso(math.ceil(window.end * 1000) / 1000, milliseconds=True)}
     if bound is not None:
         params[f"createdAt{bound.op}"] = bound.at
     return params
@@ -190,7 +188,7 @@ class _Paging:
 class VapiCalls(CallSource):
     event = "end-of-call-report"
 
-    async def pages(self, api: Api, window: Window, token: str | None) -> AsyncIterator[Page]:
+    async def pages(self, api: Api, window: Window, token: str | None) -> AsyncGenerator[Page, None]:
         paging = _Paging(Bound.parse(token) if token else None)
         while not paging.done:
             # Yielded without a name: no page outlives the request for the next one.

@@ -29,14 +29,14 @@ from tenacity import (
     stop_any,
     wait_exponential,
 )
+from tenacity.stop import stop_base
 
 from relay import __version__
 from relay.core import jsonbody
 from relay.core.errors import ProviderAnswerTooLarge, ProviderApiError, ProviderKeyRefused
+from relay.core.transport import AnswerTooLarge, Transport, describe_error, parse_retry_after, request_timeout
 from relay.providers import Provider
 from relay.providers.calls import CallSource
-from relay.forwarding.retry import parse_retry_after
-from relay.core.transport import AnswerTooLarge, Transport, describe_error
 
 log = structlog.get_logger("relay.reconciliation")
 
@@ -44,8 +44,6 @@ log = structlog.get_logger("relay.reconciliation")
 MAX_TRIES = 5
 MAX_WAIT = 60.0
 _backoff = wait_exponential(multiplier=1.0, max=MAX_WAIT)  # 1, 2, 4, 8 s
-#: The longest connecting alone may take, within a request's deadline.
-CONNECT_SECONDS = 5.0
 #: Requests are made one at a time; a spare connection covers a reconnect.
 MAX_CONNECTIONS = 2
 #: How much of an unexpected answer an error keeps.
@@ -73,9 +71,12 @@ def _wait(state: RetryCallState) -> float:
     return max(_backoff(state), _asked(state) or 0.0)
 
 
-def _asked_too_long(state: RetryCallState) -> bool:
-    asked = _asked(state)
-    return asked is not None and asked > MAX_WAIT
+class _AskedTooLong(stop_base):
+    """Stops once the provider asks for a wait longer than MAX_WAIT."""
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        asked = _asked(retry_state)
+        return asked is not None and asked > MAX_WAIT
 
 
 class ProviderApi:
@@ -94,7 +95,7 @@ class ProviderApi:
         self._clock = clock
         self._last_start: float | None = None
         self._client = httpx.AsyncClient(
-            base_url=source.base_url, timeout=httpx.Timeout(deadline, connect=min(deadline, CONNECT_SECONDS)),
+            base_url=source.base_url, timeout=request_timeout(deadline),
             follow_redirects=False,
             headers={"Authorization": f"Bearer {source.api_key.reveal()}",
                      "User-Agent": f"roark-relay/{__version__}", "Accept": "application/json"},
@@ -115,15 +116,20 @@ class ProviderApi:
     async def _request(self, method: str, path: str, into: Any, missing_ok: bool, **options: Any) -> Any:
         if self._last_start is not None and (too_soon := self._last_start + self._interval - self._clock()) > 0:
             await self._sleep(too_soon)  # requests start the interval apart at least
+
+        def log_retry(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            assert isinstance(error, _Transient)  # the only error retried
+            log.warning("reconcile_api_retry", provider=self._provider.name, request=f"{method} {path}",
+                        why=error.why, wait_seconds=round(state.upcoming_sleep, 1))
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient),
-            stop=stop_any(stop_after_attempt(MAX_TRIES), _asked_too_long),
+            stop=stop_any(stop_after_attempt(MAX_TRIES), _AskedTooLong()),
             # A try again is a request too: it waits at least the interval.
             wait=lambda state: max(_wait(state), self._interval),
             sleep=self._sleep,
-            before_sleep=lambda state: log.warning(
-                "reconcile_api_retry", provider=self._provider.name, request=f"{method} {path}",
-                why=state.outcome.exception().why, wait_seconds=round(state.upcoming_sleep, 1)),
+            before_sleep=log_retry,
             reraise=True,
         )
         try:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from relay.core.errors import ProviderApiError, StoreUnavailable
+from relay.core.timefmt import iso
 from relay.outbox import AsyncOutbox, Backend
 from relay.providers import PROVIDERS
 from relay.providers.calls import Window
@@ -25,7 +26,6 @@ from relay.reconciliation.run import Tally, reconcile_window, scheduled_run
 from relay.reconciliation.schedule import Planned, chosen_window, next_run
 from relay.reconciliation.service import call_sources, limits, provider_api, timing
 from relay.settings import Settings
-from relay.admin.views import iso
 
 #: A chosen window, made from the time the run starts.
 Chooser = Callable[[float], Window]

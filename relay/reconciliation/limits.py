@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay.core.errors import ProviderApiError
+from relay.core.timefmt import duration
 from relay.providers.calls import Page
-from relay.forwarding.trouble import duration
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from relay.destinations import Destination, owed
 from relay.core.errors import RelayError, StoreError
+from relay.destinations import Destination, owed
 from relay.outbox import AsyncOutbox, NewDelivery, Progress, Reconciliation, RunOutcome
 from relay.providers import Provider
 from relay.providers.base import call_dedupe_key
@@ -112,14 +112,14 @@ async def reconcile_window(provider: Provider, source: CallSource, api: Api, out
 
 
 async def keep_lease(outbox: AsyncOutbox, provider: str, owner: str, seconds: float,
-                     wait: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                     clock: Callable[[], float], wait: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
     """Renew the run's lease every third of it, for as long as the run lives (it is
     cancelled when the run ends): only a run whose process died gives its provider up,
     `seconds` after. Ends when another instance has taken the provider over."""
     while True:
         await wait(seconds / 3)
         try:
-            if not await outbox.renew_reconciliation(provider, owner, seconds):
+            if not await outbox.renew_reconciliation(provider, owner, clock() + seconds):
                 log.warning("reconcile_lease_lost", provider=provider,
                             consequence="another instance took the run over; this one stops at its next page")
                 return
@@ -135,7 +135,8 @@ async def scheduled_run(provider: Provider, source: CallSource, api: Api, outbox
     stored state (a window a failed run left part-way first, then the rest), saves its
     progress page by page and records how it ended. False when another instance holds
     the lease (nothing was done). Errors are recorded, then raised."""
-    state = await outbox.lease_reconciliation(provider.name, owner, limits.lease_seconds)
+    now = clock()
+    state = await outbox.lease_reconciliation(provider.name, owner, now, now + limits.lease_seconds)
     if state is None:
         return False
     budget = RunBudget(limits, provider.title, clock())
@@ -146,8 +147,9 @@ async def scheduled_run(provider: Provider, source: CallSource, api: Api, outbox
 
     async def saved(page: Page) -> bool:
         nonlocal reconciled_until, saved_pages, lost
+        assert planned is not None  # pages are saved only while a planned window runs
         done = progress(reconciled_until, planned.window, page.token)
-        if not await outbox.save_reconciliation(provider.name, owner, done, limits.lease_seconds):
+        if not await outbox.save_reconciliation(provider.name, owner, done, clock() + limits.lease_seconds):
             log.warning("reconcile_lease_lost", provider=provider.name,
                         consequence="another instance took the run over; this one stops")
             lost = True
@@ -155,7 +157,7 @@ async def scheduled_run(provider: Provider, source: CallSource, api: Api, outbox
         reconciled_until, saved_pages = done.reconciled_until, saved_pages + 1
         return True
 
-    renewing = asyncio.create_task(keep_lease(outbox, provider.name, owner, limits.lease_seconds),
+    renewing = asyncio.create_task(keep_lease(outbox, provider.name, owner, limits.lease_seconds, clock),
                                    name=f"relay-reconcile-lease-{provider.name}")
     try:
         try:
@@ -179,7 +181,7 @@ async def scheduled_run(provider: Provider, source: CallSource, api: Api, outbox
             # Resuming failed at once (a token the provider no longer takes, say): the
             # next run lists the window from its start rather than stalling on it.
             await outbox.save_reconciliation(provider.name, owner, Progress(reconciled_until),
-                                             limits.lease_seconds)
+                                             clock() + limits.lease_seconds)
         await outbox.end_reconciliation(provider.name, owner, RunOutcome(clock(), tally.queued, describe(error)))
         raise
     await outbox.end_reconciliation(provider.name, owner, RunOutcome(clock(), tally.queued))

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay.core.timefmt import duration
 from relay.outbox import Progress, Reconciliation
 from relay.providers.calls import Window
-from relay.forwarding.trouble import duration
 
 OVERLAP_SECONDS = 300.0
 

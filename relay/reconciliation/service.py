@@ -18,6 +18,7 @@ import structlog
 
 from relay.core.errors import ProviderApiError, StoreError, StoreUnavailable
 from relay.core.metrics import Metrics
+from relay.core.timefmt import iso
 from relay.outbox import AsyncOutbox, Reconciliation
 from relay.providers import PROVIDERS, Provider
 from relay.providers.calls import CallSource
@@ -26,7 +27,6 @@ from relay.reconciliation.limits import Limits
 from relay.reconciliation.run import Tally, scheduled_run
 from relay.reconciliation.schedule import Timing, failing_too_long, stopped_without_finishing
 from relay.settings import Settings
-from relay.admin.views import iso
 
 log = structlog.get_logger("relay.reconciliation")
 

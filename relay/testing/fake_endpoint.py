@@ -6,25 +6,28 @@ Scripted behaviours (`Respond(410)`, `Slow(...)`, `Reset()`, ...) work as on `Fa
 
 from __future__ import annotations
 
+from typing import Any
+
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from relay.testing.fake_roark import FakeRoark, _Outcome, _rejection, error_body
+from relay.testing.fake_roark import FakeRoark
+from relay.testing.roark_contract import Outcome, error_body, rejection
 
 
 class FakeEndpoint(FakeRoark):
-    def __init__(self, secret: str, **options: object) -> None:
+    def __init__(self, secret: str, **options: Any) -> None:
         super().__init__(**options)
         self.webhook = Webhook(secret)
 
     def _success_body(self) -> dict[str, object]:
         return {"received": True}
 
-    def _evaluate(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Outcome:
+    def _evaluate(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Outcome:
         if method != "POST":
-            return _Outcome(405, error_body(405, f"{method} is not allowed here"), ())
+            return Outcome(405, error_body(405, f"{method} is not allowed here"), ())
         try:
             self.webhook.verify(body, headers, json_parse=False)
         except (WebhookVerificationError, ValueError) as error:
-            return _rejection(401, "unauthorized", f"signature not verified: {error}")
-        return _Outcome(200, self._success_body(), ())
+            return rejection(401, "unauthorized", f"signature not verified: {error}")
+        return Outcome(200, self._success_body(), ())

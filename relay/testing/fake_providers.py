@@ -23,14 +23,17 @@ import socket
 import struct
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from relay.providers.vapi_calls import iso, parse_time
-from relay.testing.fake_roark import Behaviour, RateLimited, Reset, Respond, Slow, Trickle, error_body
-from relay.testing.webhooks import sample
+from relay.core.timefmt import iso
+from relay.providers.samples import sample
+from relay.providers.vapi_calls import parse_time
+from relay.testing.behaviours import Behaviour, RateLimited, Reset, Respond, Slow, Trickle
+from relay.testing.roark_contract import error_body
 
 
 def vapi_call(call_id: str, ended_at: float, *, created_at: float | None = None,
@@ -39,12 +42,12 @@ def vapi_call(call_id: str, ended_at: float, *, created_at: float | None = None,
     the call, recordings under `artifact.recording` as well as the deprecated URLs."""
     message = json.loads(sample("vapi/end-of-call-report"))["message"]
     created_at = ended_at - 30 if created_at is None else created_at
-    call = {**message["call"], "id": call_id, "status": status, "createdAt": iso(created_at),
-            "updatedAt": iso(ended_at if status == "ended" else created_at + 1)}
+    call = {**message["call"], "id": call_id, "status": status, "createdAt": iso(created_at, milliseconds=True),
+            "updatedAt": iso(ended_at if status == "ended" else created_at + 1, milliseconds=True)}
     for name in ("endedReason", "cost", "costs", "analysis", "artifact", "startedAt", "assistant",
                  "customer", "phoneNumber"):
         call[name] = copy.deepcopy(message[name])
-    call["startedAt"], call["endedAt"] = iso(created_at + 1), iso(ended_at)
+    call["startedAt"], call["endedAt"] = iso(created_at + 1, milliseconds=True), iso(ended_at, milliseconds=True)
     call["artifact"]["recording"] = {"stereoUrl": f"https://storage.vapi.ai/{call_id}-stereo.wav",
                                      "mono": {"combinedUrl": f"https://storage.vapi.ai/{call_id}-mono.wav"}}
     if status != "ended":
@@ -155,7 +158,7 @@ class _FakeApi:
         with self._lock:
             return self._script.popleft() if self._script else None
 
-    def limit(self, asked: object, default: int) -> int:
+    def limit(self, asked: str | float | None, default: int) -> int:
         limit = int(asked) if asked is not None else default
         return limit if self.cap is None else min(limit, self.cap)
 
@@ -244,12 +247,14 @@ class FakeRetell(_FakeApi):
         return {name: value for name, value in whole.items() if name not in self.omitted}
 
 
-def _normal(text: str) -> str:
-    """An ISO 8601 time as the fake stores them, so that strings compare as times."""
-    return iso(parse_time(text))
+def _normal(text: str) -> str | None:
+    """An ISO 8601 time as the fake stores them, so that strings compare as times; None
+    when `text` is not one."""
+    return iso(parse_time(text), milliseconds=True)
 
 
-_COMPARISONS = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
 
 
 def _matches(call: dict[str, Any], criteria: dict[str, Any]) -> bool:

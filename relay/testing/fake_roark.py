@@ -17,6 +17,7 @@ by a default behaviour, or at random.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import socket
@@ -26,16 +27,14 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from functools import lru_cache
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence, Union
+from typing import Any
 
-from jsonschema import Draft202012Validator
-
-CONTRACT_PATH = Path(__file__).with_name("roark_contract.json")
+from relay.testing.behaviours import Accept, Behaviour, RateLimited, Reset, Respond, Slow, Trickle
+from relay.testing.roark_contract import Outcome, camel_case, describe, error_body, rejection, validator_for
 
 # Route -> (request schema, snake_case name of the field that carries the provider payload).
 _UPLOAD_ROUTES = {
@@ -44,59 +43,8 @@ _UPLOAD_ROUTES = {
 }
 #: GET <this><job_id>: an evaluation job, which `relay check --upstream` reads to prove a key.
 _JOB_ROUTE = "/v1/evaluation/job/"
-_ERROR_TYPES = {400: "validation", 401: "authentication", 403: "forbidden", 404: "not_found",
-                429: "rate_limit"}
-# Schema messages quote the offending value, which can be a multi-megabyte transcript.
-_MAX_PROBLEM_CHARS = 300
 # VAPI reports with transcripts and assistant config can exceed several MB.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Accept:
-    """Answer as Roark would: 201 for a valid request, the deserved error otherwise."""
-
-
-@dataclass(frozen=True)
-class Respond:
-    """Answer `status`; the default body is an ErrorResponse (a success body for 2xx)."""
-
-    status: int
-    body: dict[str, Any] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RateLimited:
-    """429 with Retry-After, plus retry-after-ms when given (the official SDK prefers it)."""
-
-    retry_after: str = "1"
-    retry_after_ms: str | None = None
-
-
-@dataclass(frozen=True)
-class Slow:
-    """Hold the request for `seconds`, then behave as `then` (as Accept when None)."""
-
-    seconds: float
-    then: Behaviour | None = None
-
-
-@dataclass(frozen=True)
-class Reset:
-    """Read the request, then reset the connection without answering."""
-
-
-@dataclass(frozen=True)
-class Trickle:
-    """Answer as `then` would (as Accept when None), but send its body one byte every
-    `seconds` after the headers: a peer that never quite stops answering."""
-
-    seconds: float
-    then: Behaviour | None = None
-
-
-Behaviour = Union[Accept, Respond, RateLimited, Slow, Reset, Trickle]
 
 
 @dataclass(frozen=True)
@@ -109,57 +57,6 @@ class ReceivedRequest:
     status: int  # what the fake answered; 0 when it answered nothing (Reset, or stopped)
     received_at: float  # time.time()
     problems: tuple[str, ...]  # how it breaks the contract, whatever the fake answered
-
-
-class _Outcome(NamedTuple):
-    status: int
-    body: dict[str, Any]
-    problems: tuple[str, ...]
-
-
-def load_contract() -> dict[str, Any]:
-    """The embedded schemas, as `{"components": {"schemas": {...}}}` so spec refs resolve."""
-    return json.loads(CONTRACT_PATH.read_text(encoding="utf-8"))
-
-
-def camel_case(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-@lru_cache(maxsize=None)
-def validator_for(schema_name: str, field_case: str = "snake") -> Draft202012Validator:
-    """A validator for one contract schema; "camel" renames its top-level fields the way
-    the official SDK up to 2.24.1 spelled them."""
-    components = load_contract()["components"]
-    if field_case == "camel":
-        schema = components["schemas"][schema_name]
-        schema["properties"] = {camel_case(k): v for k, v in schema["properties"].items()}
-        schema["required"] = [camel_case(k) for k in schema.get("required", [])]
-    root = {"$ref": f"#/components/schemas/{schema_name}", "components": components}
-    return Draft202012Validator(root)
-
-
-def error_body(status: int, message: str, error_code: str | None = None,
-               **extra: Any) -> dict[str, Any]:
-    """The ErrorResponse Roark would send with `status`."""
-    phrase = BaseHTTPRequestHandler.responses.get(status, ("Error",))[0]
-    return {
-        "error_type": _ERROR_TYPES.get(status, "internal" if status >= 500 else "validation"),
-        "error_code": error_code or phrase.lower().replace(" ", "_").replace("-", "_"),
-        "message": message,
-        "request_id": f"req_{uuid.uuid4().hex[:16]}",
-        **extra,
-    }
-
-
-def _rejection(status: int, error_code: str, problem: str) -> _Outcome:
-    return _Outcome(status, error_body(status, problem, error_code), (problem,))
-
-
-def _describe(error: Any) -> str:
-    text = error.message if error.json_path == "$" else f"{error.json_path}: {error.message}"
-    return text if len(text) <= _MAX_PROBLEM_CHARS else text[: _MAX_PROBLEM_CHARS - 1] + "…"
 
 
 class FakeRoark:
@@ -294,38 +191,38 @@ class FakeRoark:
     def _success_body(self) -> dict[str, Any]:
         return {"data": {self._field_name("call_id"): str(uuid.uuid4())}}
 
-    def _evaluate(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Outcome:
+    def _evaluate(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Outcome:
         """What a correct Roark would answer, and everything wrong with the request."""
         is_health = (method, path) == ("GET", "/health")
         job_id = path.removeprefix(_JOB_ROUTE) if method == "GET" and path.startswith(_JOB_ROUTE) else ""
         is_job = bool(job_id) and "/" not in job_id
         if not (is_health or is_job or (method == "POST" and path in _UPLOAD_ROUTES)):
-            return _rejection(404, "resource_not_found", f"no such endpoint: {method} {path}")
+            return rejection(404, "resource_not_found", f"no such endpoint: {method} {path}")
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            return _rejection(401, "unauthorized", "missing Authorization: Bearer <api key>")
+            return rejection(401, "unauthorized", "missing Authorization: Bearer <api key>")
         if token != self.api_key:
-            return _rejection(401, "unauthorized", "bearer token is not a valid API key")
+            return rejection(401, "unauthorized", "bearer token is not a valid API key")
         if is_health:
-            now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+            now = datetime.now(UTC).isoformat(timespec="milliseconds")
             health = {"status": "healthy", "version": "fake",
                       "timestamp": now.replace("+00:00", "Z"),
                       "uptime_seconds": int(time.monotonic() - self._started_at)}
-            return _Outcome(200, {"data": health}, ())
+            return Outcome(200, {"data": health}, ())
         if is_job:  # the fake runs no evaluations, so it knows no job
             try:
                 uuid.UUID(job_id)
             except ValueError:
-                return _Outcome(400, error_body(400, f"job_id {job_id!r} is not a UUID",
+                return Outcome(400, error_body(400, f"job_id {job_id!r} is not a UUID",
                                                 "invalid_parameter", parameter="job_id"), ())
-            return _Outcome(404, error_body(404, f"evaluation job {job_id} not found",
+            return Outcome(404, error_body(404, f"evaluation job {job_id} not found",
                                             "resource_not_found"), ())
         problems = self._body_problems(path, headers, body)
         if problems:
             details = {"problems": list(problems)}
-            return _Outcome(400, error_body(400, "; ".join(problems), "invalid_parameter",
+            return Outcome(400, error_body(400, "; ".join(problems), "invalid_parameter",
                                             details=details), problems)
-        return _Outcome(201, self._success_body(), ())
+        return Outcome(201, self._success_body(), ())
 
     def _body_problems(self, path: str, headers: dict[str, str], body: bytes) -> tuple[str, ...]:
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -339,7 +236,7 @@ class FakeRoark:
         validator = validator_for(schema_name, self.field_case)
         errors = sorted(validator.iter_errors(document), key=lambda e: e.json_path)
         if errors:
-            return tuple(_describe(e) for e in errors)
+            return tuple(describe(e) for e in errors)
         key = self._field_name(snake_key)
         payload = document[key]
         problems = []
@@ -379,10 +276,8 @@ class _Server(ThreadingHTTPServer):
         with self._connections_lock:
             connections = list(self._connections)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients, Reset and stop() drop connections all the time; only real bugs are news.
@@ -448,6 +343,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
             self.close_connection = True
             return
+        response: dict[str, Any] | None
         status, response, extra_headers = outcome.status, outcome.body, {}
         if isinstance(behaviour, Respond):
             status, response, extra_headers = behaviour.status, behaviour.body, behaviour.headers
@@ -463,15 +359,15 @@ class _Handler(BaseHTTPRequestHandler):
         record(status, outcome.problems)
         self._send(status, response, extra_headers, trickle)
 
-    def _read_body(self, headers: dict[str, str], limit: int) -> tuple[bytes, _Outcome | None]:
+    def _read_body(self, headers: dict[str, str], limit: int) -> tuple[bytes, Outcome | None]:
         declared = headers.get("content-length")
         if "transfer-encoding" in headers or (declared is None and self.command == "POST"):
-            return b"", _rejection(411, "length_required",
+            return b"", rejection(411, "length_required",
                                    "Content-Length is required (chunked bodies are not supported)")
         if declared is None:
             return b"", None
         if not declared.isdigit():
-            return b"", _rejection(400, "invalid_content_length",
+            return b"", rejection(400, "invalid_content_length",
                                    f"Content-Length {declared!r} is not a byte count")
         remaining = int(declared)
         if remaining <= limit:
@@ -482,7 +378,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not chunk:
                 break
             remaining -= len(chunk)
-        return b"", _rejection(400, "payload_too_large",
+        return b"", rejection(400, "payload_too_large",
                                f"a {declared} byte body exceeds the fake's {limit} byte limit")
 
     def _send(self, status: int, body: dict[str, Any] | None,
@@ -519,10 +415,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with FakeRoark(args.api_key, args.field_case, args.host, args.port) as fake:
         print(f"fake Roark listening on {fake.url} (Ctrl-C to stop)", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":

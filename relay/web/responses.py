@@ -1,5 +1,6 @@
-"""JSON answers rendered by msgspec, the relay's one JSON library: about a tenth of the
-standard library's cost, which Starlette's JSONResponse pays on every webhook's answer."""
+"""JSON answers rendered by msgspec, the relay's one JSON library, rather than by the
+standard library's json, whose cost Starlette's JSONResponse pays on every webhook's
+answer (BENCHMARKS.md, "The third round")."""
 
 from __future__ import annotations
 

@@ -151,8 +151,8 @@ def rows(env: dict[str, str]) -> list[dict]:
     path = env["RELAY_DATABASE_URL"].removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:
         conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM webhooks JOIN deliveries ON deliveries.webhook_id = webhooks.id "
-                                                   "ORDER BY deliveries.id")]
+        return [dict(r) for r in conn.execute(
+            "SELECT * FROM webhooks JOIN deliveries ON deliveries.webhook_id = webhooks.id ORDER BY deliveries.id")]
 
 
 @pytest.fixture

@@ -83,7 +83,7 @@ def test_bodies_announced_and_never_sent_hold_nothing_and_are_cut_off_within_sec
     relay = start_relay({**relay_env, "VAPI_HMAC_SECRET": VAPI_HMAC_SECRET})
     # 25 MiB + 7 MiB announced: the whole unverified budget, had announcements counted.
     idle = [connect(relay.port) for _ in range(2)]
-    for sock, length in zip(idle, (25 * MIB, 7 * MIB)):
+    for sock, length in zip(idle, (25 * MIB, 7 * MIB), strict=True):
         sock.sendall(forged_head(relay.port, length))
     try:
         with httpx.Client(timeout=10) as http:

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from relay.testing.fake_roark import Slow
+from relay.testing.behaviours import Slow
 from tests.e2e.conftest import rows
 from tests.helpers import eventually, retell_headers, vapi_headers, with_call_id
-from tests.secret_scan import SecretScan, secret_scan  # noqa: F401  (fixture)
+from tests.secret_scan import SecretScan
 
 pytestmark = pytest.mark.e2e
 
@@ -106,7 +106,8 @@ def sender(jobs: queue.Queue, target: Target, tally: Tally, scan: SecretScan, do
                             break
                         tally.statuses[str(response.status_code)] += 1
                         if response.status_code != 503:
-                            tally.unexpected.append(f"{provider} {call_id}: {response.status_code} {response.text[:200]}")
+                            tally.unexpected.append(
+                                f"{provider} {call_id}: {response.status_code} {response.text[:200]}")
                             break
             finally:
                 jobs.task_done()
@@ -149,14 +150,14 @@ def test_sigkill_under_load_loses_nothing_acknowledged(start_relay, relay_env, f
     kills = 0
     try:
         per_cycle = max(4, len(calls + resends) // (CYCLES + 2))
-        for cycle in range(CYCLES):
+        for _ in range(CYCLES):
             relay = start_relay(env)
             target.set(relay.url)
             # Kill after a varying number of acknowledgements in this life: early, late,
             # in the middle of a group commit or of deliveries.
             goal = tally.count() + rng.randint(1, per_cycle)
             with tally.changed:
-                tally.changed.wait_for(lambda: tally.count() >= goal or jobs.unfinished_tasks == 0, WAIT)
+                tally.changed.wait_for(lambda goal=goal: tally.count() >= goal or jobs.unfinished_tasks == 0, WAIT)
             target.set(None)
             relay.kill()
             kills += 1

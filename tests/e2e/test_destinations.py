@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from relay.destinations import new_secret
+from relay.testing.behaviours import Respond
 from relay.testing.fake_endpoint import FakeEndpoint
-from relay.testing.fake_roark import Respond
 from tests.e2e.test_pass_through import TOOL_RESULT, team  # noqa: F401 - the fixture
 from tests.helpers import VAPI_SECRET, eventually, retell_headers, sample, vapi_headers, with_call_id
 

@@ -41,14 +41,14 @@ def gone(pid: int) -> bool:
 
 
 def test_serve_forwards_from_a_child_process_restarted_when_it_dies(start_relay, relay_env, fake_roark):
-    relay = start_relay({**relay_env, "RELAY_ADMIN_TOKEN": ADMIN_TOKEN})
+    relay = start_relay({**relay_env, "RELAY_ADMIN_TOKEN": ADMIN_TOKEN, "RELAY_METRICS_INTERVAL_SECONDS": "0.2"})
     child = forwarding_child(relay)
     assert not fresh_interpreter(child)
     first = with_call_id("vapi/end-of-call-report", "call-before")
     assert relay.post("/webhooks/vapi", first, vapi_headers()).status_code == 200
     fake_roark.wait_for(lambda rs: len(rs) >= 1, WAIT)
 
-    # The child's counters reach the server's /metrics (it rewrites its file every 5 s).
+    # The child's counters reach the server's /metrics (it rewrites its file every 0.2 s here).
     def attempts_shown() -> bool:
         text = httpx.get(f"{relay.url}/metrics", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).text
         return any(line.startswith("relay_delivery_attempts_total{") and 'outcome="delivered"' in line

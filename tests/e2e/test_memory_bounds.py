@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay.testing.fake_roark import Respond
+from relay.testing.behaviours import Respond
 from tests.e2e.conftest import rows
 from tests.helpers import retell_headers, sample, vapi_headers
 
@@ -107,7 +107,7 @@ def test_a_flood_of_large_bodies_stays_inside_a_small_machine(start_relay, relay
         assert 401 in forged_answers  # refused from the headers alone, body or no body
         assert set(valid_answers) <= {200, 503}, valid_answers
         # Providers send a 503'd webhook again; here one at a time, until all are stored.
-        for (call_id, body), answer in zip(reports.items(), valid_answers):
+        for (call_id, body), answer in zip(reports.items(), valid_answers, strict=True):
             deadline = time.monotonic() + 60
             while answer != 200 and time.monotonic() < deadline:
                 time.sleep(0.5)

@@ -16,10 +16,10 @@ import httpx
 import psycopg
 import pytest
 
-from relay.testing.fake_roark import FakeRoark, Slow
+from relay.testing.behaviours import Slow
+from relay.testing.fake_roark import FakeRoark
 from tests.e2e.conftest import RelayProcess
-from tests.helpers import ROARK_KEY, eventually, retell_headers, vapi_headers, with_call_id
-from tests.helpers import fresh_schema
+from tests.helpers import ROARK_KEY, eventually, fresh_schema, retell_headers, vapi_headers, with_call_id
 
 pytestmark = pytest.mark.e2e
 
@@ -108,7 +108,9 @@ def test_three_instances_one_killed_lose_nothing_and_duplicate_only_expired_leas
             assert acknowledged == set(calls), "the surviving instances should take every webhook"
 
             # Every acknowledged webhook reaches Roark (a 2xx from a fake) at least once.
-            accepted = lambda: [r for fake in fakes for r in fake.accepted()]
+            def accepted():
+                return [r for fake in fakes for r in fake.accepted()]
+
             eventually(lambda: acknowledged <= {forwarded_key(r) for r in accepted()}, WAIT,
                        message="acknowledged webhooks were not all forwarded")
             with psycopg.connect(url) as conn:

@@ -97,7 +97,8 @@ def test_the_team_server_hears_of_the_connection_from_the_relay_not_the_caller(s
     bearer = {"content-type": "application/json", "authorization": f"Bearer {VAPI_SECRET}"}
     assert post(relay, tool_calls, bearer).status_code == 200
     (first, _), (second, _) = team.received
-    assert (first["x-forwarded-for"], first["x-forwarded-proto"], first["via"]) == ("127.0.0.2", "http", "1.1 roark-relay")
+    assert (first["x-forwarded-for"], first["x-forwarded-proto"], first["via"]) == (
+        "127.0.0.2", "http", "1.1 roark-relay")
     assert not {"forwarded", "x-real-ip", "cookie", "authorization"} & first.keys()
     assert first["x-signature"] and first["x-call-id"] == "call-9"  # VAPI's own, for the team's server to check
     assert second["authorization"] == f"Bearer {VAPI_SECRET}"

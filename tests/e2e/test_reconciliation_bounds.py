@@ -20,8 +20,8 @@ import time
 import httpx
 import pytest
 
+from relay.testing.behaviours import Accept, Slow, Trickle
 from relay.testing.fake_providers import FakeRetell, FakeVapi, retell_call, vapi_call
-from relay.testing.fake_roark import Accept, Slow, Trickle
 from tests.e2e.conftest import SMALL_MACHINE_BYTES
 from tests.helpers import RETELL_KEY, eventually
 
@@ -59,7 +59,7 @@ def reconciled(env: dict[str, str], provider: str) -> set[str]:
 
 def run_state(env: dict[str, str], provider: str) -> dict:
     found = query(env, "SELECT lease_owner, last_run_at, last_error FROM reconciliation WHERE provider = ?", provider)
-    return dict(zip(("lease_owner", "last_run_at", "last_error"), found[0])) if found else {}
+    return dict(zip(("lease_owner", "last_run_at", "last_error"), found[0], strict=True)) if found else {}
 
 
 def waited(relay, condition, failure: str, cgroup=None):

@@ -10,7 +10,8 @@ import jsonschema
 import pytest
 
 from relay.core.redaction import Redactor
-from relay.testing.fake_roark import Accept, Respond, Slow, load_contract
+from relay.testing.behaviours import Accept, Respond, Slow
+from relay.testing.roark_contract import load_contract
 from tests.e2e.conftest import rows
 from tests.helpers import (
     RETELL_KEY,
@@ -164,7 +165,8 @@ def test_send_sample_proves_a_relay_accepts_what_the_providers_send(start_relay,
         sent = CliRunner(env=relay_env).invoke(main, ["send-sample", provider, "--url", relay.url])
         assert sent.exit_code == 0, sent.output
         assert "HTTP 200" in sent.output and '"accepted"' in sent.output
-    other = CliRunner(env=relay_env).invoke(main, ["send-sample", "vapi", "--url", relay.url, "--event", "status-update"])
+    other = CliRunner(env=relay_env).invoke(
+        main, ["send-sample", "vapi", "--url", relay.url, "--event", "status-update"])
     assert other.exit_code == 0 and '"ignored"' in other.output
     assert len(rows(relay_env)) == 2
     wrong = CliRunner(env={**relay_env, "RETELL_API_KEY": "not-the-relays-key"}).invoke(

@@ -24,15 +24,10 @@ import pytest
 
 from relay.destinations import new_secret
 from relay.providers import retell, vapi
-from relay.testing.fake_roark import Accept, Respond
+from relay.testing.behaviours import Accept, Respond
 from tests.e2e.conftest import rows
 from tests.helpers import RETELL_KEY, ROARK_KEY, VAPI_SECRET, eventually, retell_headers, vapi_headers, with_call_id
-from tests.secret_scan import (  # noqa: F401  (secret_scan is a fixture)
-    ADMIN_TOKEN,
-    TWILIO_AUTH_TOKEN,
-    VAPI_HMAC_SECRET,
-    secret_scan,
-)
+from tests.secret_scan import ADMIN_TOKEN, TWILIO_AUTH_TOKEN, VAPI_HMAC_SECRET
 
 pytestmark = pytest.mark.e2e
 WAIT = 20
@@ -188,9 +183,10 @@ def test_values_under_cookie_pass_pwd_and_session_id_are_masked_and_health_names
         subprocess.run([shutil.which("relay"), "deliveries", "show", str(row["id"])], capture_output=True,
                        text=True, env={"PATH": os.environ["PATH"], **env}, timeout=60).stdout,
     ]
-    for where, text in zip(("API", "page", "CLI"), shown):
+    for where, text in zip(("API", "page", "CLI"), shown, strict=True):
         assert "leak-fields" in text, f"the {where} did not show the delivery"
         assert not [value for value in secrets.values() if value in text], f"the {where} showed a secret"
     public = httpx.get(f"{relay.url}/health").json()["data"]
     assert "acme-internal-crm" not in json.dumps(public) and "destinations_delivery" in public["dependencies"]
-    assert "acme-internal-crm_delivery" in httpx.get(f"{relay.url}/health", headers=admin).json()["data"]["dependencies"]
+    private = httpx.get(f"{relay.url}/health", headers=admin).json()["data"]
+    assert "acme-internal-crm_delivery" in private["dependencies"]

@@ -15,8 +15,8 @@ from urllib.parse import unquote
 import pytest
 
 from relay.destinations import new_secret
+from relay.testing.behaviours import Accept, Trickle
 from relay.testing.fake_endpoint import FakeEndpoint
-from relay.testing.fake_roark import Accept, Trickle
 from tests.e2e.conftest import rows
 from tests.helpers import eventually, retell_headers, vapi_headers, with_call_id
 

@@ -21,8 +21,8 @@ from playwright.sync_api import Dialog, sync_playwright
 from relay.admin.auth import SESSION_COOKIE
 from relay.destinations import new_secret
 from relay.outbox import Attempt, Completion, NewDelivery, State, open_backend
+from relay.testing.behaviours import Accept, Respond
 from relay.testing.fake_endpoint import FakeEndpoint
-from relay.testing.fake_roark import Accept, Respond
 from tests.helpers import eventually, retell_headers, vapi_headers, with_call_id
 
 pytestmark = pytest.mark.e2e
@@ -62,7 +62,7 @@ def test_operator_logs_in_sees_a_failure_opens_it_and_replays_it(
                   lambda d: d["message"]["artifact"].update(transcript=XSS_TRANSCRIPT))
     others = [send(relay, "retell", "retell-still-failing"), send(relay, "vapi", "vapi-still-failing")]
     for delivery_id in (target, *others):
-        eventually(lambda: state_of(relay, delivery_id) == "failed", WAIT)
+        eventually(lambda delivery_id=delivery_id: state_of(relay, delivery_id) == "failed", WAIT)
 
     dialogs: list[str] = []
     with sync_playwright() as playwright:
@@ -175,8 +175,10 @@ def seed_a_week(database_url: str, now: float) -> int:
             done = started + rng.uniform(0.1, 0.9)
             state = {"delivered": State.DELIVERED, "retryat": State.PENDING, "giveup": State.FAILED}[outcome]
             status = {"delivered": 201, "retryat": 503, "giveup": 400}[outcome]
-            results.append((d.id, "seed", Completion(state, now=done, next_attempt_at=now, status_code=status, attempt=Attempt(
-                round_, started, (done - started) * 1000, status, None if status == 201 else f"HTTP {status}", outcome))))
+            attempt = Attempt(round_, started, (done - started) * 1000, status,
+                              None if status == 201 else f"HTTP {status}", outcome)
+            results.append((d.id, "seed", Completion(state, now=done, next_attempt_at=now, status_code=status,
+                                                     attempt=attempt)))
         store.complete_many(results)
     store.close()
     return len(items)
@@ -195,7 +197,7 @@ def test_the_page_fits_a_laptop_and_a_phone_without_scrolling_sideways(
     ids = [send(relay, "vapi", LONG_CALL_ID), send(relay, "retell", "retell-narrow-1"),
            send(relay, "vapi", "vapi-narrow-2")]
     for delivery_id in ids:
-        eventually(lambda: state_of(relay, delivery_id) == "failed", WAIT)
+        eventually(lambda delivery_id=delivery_id: state_of(relay, delivery_id) == "failed", WAIT)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": width, "height": height},

@@ -17,6 +17,7 @@ the number of webhooks.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sqlite3
@@ -25,11 +26,11 @@ from collections import defaultdict
 
 import pytest
 
-from relay.forwarding.retry import RetryPolicy, backoff_delay
-from relay.testing.fake_roark import RateLimited, Reset, Respond, Slow, error_body
+from relay.core.backoff import RetryPolicy, backoff_delay
+from relay.testing.behaviours import RateLimited, Reset, Respond, Slow
+from relay.testing.roark_contract import error_body
 from tests.e2e.conftest import rows
 from tests.helpers import eventually, retell_headers, vapi_headers, with_call_id
-from tests.secret_scan import secret_scan  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -127,7 +128,7 @@ def check_schedule(history: list[sqlite3.Row], policy: RetryPolicy) -> list[str]
         problems.append(f"attempts numbered {[a['attempt'] for a in history]}")
     if len(history) > policy.max_attempts:
         problems.append(f"{len(history)} attempts > {policy.max_attempts}")
-    for before, after in zip(history, history[1:]):
+    for before, after in itertools.pairwise(history):
         gap = after["started_at"] - ended(before)
         lowest = max(backoff_delay(policy, before["attempt"], lambda: 0.0),
                      asked_wait(before["status_code"], before["error"]))
@@ -238,7 +239,7 @@ def test_nothing_reaches_a_rate_limited_upstream_before_retry_after(start_relay,
     secret_scan.logged(tmp_path / "relay.log")
     requests = sorted(fake_roark.requests, key=lambda r: r.received_at)
     told = 0
-    for before, after in zip(requests, requests[1:]):
+    for before, after in itertools.pairwise(requests):
         wait = {429: 1.0, 503: 0.4}.get(before.status, 0.0)
         told += bool(wait)
         assert after.received_at - before.received_at >= wait, (
@@ -263,7 +264,7 @@ def test_a_delivery_that_always_fails_stops_after_max_attempts_on_schedule(start
         history = by_delivery[row["id"]]
         assert row["attempts"] == len(history) == policy.max_attempts
         assert not check_schedule(history, policy)
-        for before, after in zip(history, history[1:]):
+        for before, after in itertools.pairwise(history):
             gap = after["started_at"] - ended(before)
             # not later than the longest jittered delay plus a poll and some scheduling
             assert gap <= backoff_delay(policy, before["attempt"], lambda: 1.0) + 1.0

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from relay.admin.openapi import openapi_document
 from relay.http.app import create_app
 from relay.settings import Settings
-from relay.testing.fake_roark import Accept, Respond
+from relay.testing.behaviours import Accept, Respond
 from tests.helpers import eventually, retell_headers, vapi_headers, with_call_id
 
 TOKEN = "admin-token-for-tests-0123456789"

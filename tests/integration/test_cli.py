@@ -8,10 +8,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from relay.cli import main
 from relay.cli.check import KEY_PROBE_PATH
-from relay.cli import main, parse_duration
-from relay.outbox import migrations
-from relay.outbox import Attempt, Completion, NewDelivery, State, open_backend
+from relay.cli.common import parse_duration
+from relay.outbox import Attempt, Completion, NewDelivery, State, migrations, open_backend
 from relay.settings import Settings
 from relay.testing.fake_roark import FakeRoark
 from tests.helpers import free_port
@@ -60,7 +60,8 @@ def run(env, *args):
 def add(store, call_id, state, body=None, provider="vapi", received_at=NOW):
     body = body or json.dumps({"message": {"type": "end-of-call-report", "call": {"id": call_id},
                                            "phoneNumber": {"twilioAuthToken": "tw-secret-123"}}}).encode()
-    [row] = store.insert_many([NewDelivery(provider, "end-of-call-report", call_id, f"e:{call_id}", body, received_at)], NOW)
+    [row] = store.insert_many(
+        [NewDelivery(provider, "end-of-call-report", call_id, f"e:{call_id}", body, received_at)], NOW)
     if state is not State.PENDING:
         store.claim("cli-test", NOW, 60, 1)
         status, error = (400, "HTTP 400 invalid_parameter: bad") if state is State.FAILED else (201, None)
@@ -96,7 +97,8 @@ def test_settings_prints_an_environment_file_the_relay_reads_back(tmp_path):
 
 def test_a_dotenv_file_in_the_working_directory_is_read_and_the_environment_wins(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / ".env").write_text(f"ROARK_API_KEY=rk_from_dotenv\nRELAY_DATABASE_URL=sqlite:///{tmp_path / 'file.db'}\n")
+    (tmp_path / ".env").write_text(
+        f"ROARK_API_KEY=rk_from_dotenv\nRELAY_DATABASE_URL=sqlite:///{tmp_path / 'file.db'}\n")
     result = CliRunner().invoke(main, ["check"])
     assert result.exit_code == 0 and "file.db" in result.output
     result = CliRunner(env={"RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'env.db'}"}).invoke(main, ["check"])
@@ -115,7 +117,8 @@ def test_list_filters_and_json(env, store):
     add(store, "retell-1", State.PENDING, provider="retell")
     table = run(env, "deliveries", "list").output
     assert "call-failed" in table and "call-done" in table and "invalid_parameter" in table
-    only_failed = [json.loads(line) for line in run(env, "deliveries", "list", "--state", "failed", "--json").output.splitlines()]
+    only_failed = [json.loads(line)
+                   for line in run(env, "deliveries", "list", "--state", "failed", "--json").output.splitlines()]
     assert [r["id"] for r in only_failed] == [failed] and only_failed[0]["last_status"] == 400
     assert "retell-1" in run(env, "deliveries", "list", "--provider", "retell").output
     assert "call-done" not in run(env, "deliveries", "list", "--call-id", "call-f").output
@@ -149,7 +152,8 @@ def test_replay_ids_and_all_failed(env, store):
     done = add(store, "c", State.DELIVERED)
     result = run(env, "replay", str(a), str(done))
     assert result.exit_code == 0
-    assert f"replayed 1 delivery: {a}" in result.output and f"not replayed (delivered or being delivered): {done}" in result.output
+    assert f"replayed 1 delivery: {a}" in result.output
+    assert f"not replayed (delivered or being delivered): {done}" in result.output
     assert store.get(a).state is State.PENDING and store.get(a).attempts == 0
     assert f"replayed 1 delivery: {b}" in run(env, "replay", "--all-failed").output
     assert store.counts()[State.FAILED] == 0
@@ -255,18 +259,20 @@ def test_secret_prints_a_fresh_secret_the_relay_accepts(env):
 
 def test_destinations_list_filter_resume_and_replay(env, store):
     env = {**env, "RELAY_DESTINATIONS": json.dumps(
-        [{"name": "crm", "url": "https://user:pw@crm.example/hooks?token=t0p", "secret": run(env, "secret").output.strip()}])}
+        [{"name": "crm", "url": "https://user:pw@crm.example/hooks?token=t0p",
+          "secret": run(env, "secret").output.strip()}])}
     [row] = store.insert_many([NewDelivery("vapi", "end-of-call-report", "call-d", "e:call-d", b"{}", NOW,
                                            destinations=("roark", "crm"))], NOW)
     crm_id = row.deliveries["crm"]
-    [claimed] = store.claim("cli-test", NOW, 60, 1, destination="crm")
+    [_claimed] = store.claim("cli-test", NOW, 60, 1, destination="crm")
     store.complete(crm_id, "cli-test", Completion(State.FAILED, NOW, status_code=410, error="gone"))
     store.pause_destination("crm", "destination crm answered 410 Gone: stopped until an operator resumes it", NOW)
 
     listed = run(env, "destinations", "list").output
     assert "crm.example/hooks" in listed and "t0p" not in listed and "pw@" not in listed
     assert "failed=1" in listed and "STOPPED since" in listed and "410 Gone" in listed
-    only_crm = [json.loads(line) for line in run(env, "deliveries", "list", "--destination", "crm", "--json").output.splitlines()]
+    only_crm = [json.loads(line)
+                for line in run(env, "deliveries", "list", "--destination", "crm", "--json").output.splitlines()]
     assert [(r["id"], r["destination"]) for r in only_crm] == [(crm_id, "crm")]
 
     assert run(env, "destinations", "resume", "crm").output == "resumed crm\n"

@@ -7,15 +7,15 @@ import json
 import pytest
 from starlette.testclient import TestClient
 
-from relay.http.app import create_app
 from relay.destinations import new_secret
 from relay.forwarding.destination import message_id
+from relay.http.app import create_app
 from relay.settings import Settings
+from relay.testing.behaviours import Respond, Slow
 from relay.testing.fake_endpoint import FakeEndpoint
-from relay.testing.fake_roark import Respond, Slow
+from tests.helpers import VAPI_SECRET, eventually, retell_headers, sample, vapi_headers, with_call_id
 from tests.integration.test_admin_api import conforms
 from tests.integration.test_admin_auth import csrf_of, login
-from tests.helpers import VAPI_SECRET, eventually, retell_headers, sample, vapi_headers, with_call_id
 
 WAIT = 15
 TOKEN = "admin-token-for-destinations-8c2e"
@@ -90,7 +90,8 @@ def test_events_only_a_destination_wants_are_stored_for_it_alone(relay_env, fake
         repeat = post_vapi(client, json.dumps(update).encode())  # the same bytes again: a retry
         analyzed = sample("retell/call_analyzed")
         third = client.post("/webhooks/retell", content=analyzed, headers=retell_headers(analyzed)).json()["data"]
-        assert [d["status"] for d in (first, second, repeat, third)] == ["accepted", "accepted", "duplicate", "accepted"]
+        assert [d["status"] for d in (first, second, repeat, third)] == [
+            "accepted", "accepted", "duplicate", "accepted"]
         assert all(set(d["deliveries"]) == {"crm"} for d in (first, second, third))
         for d in (first, second, third):
             delivered(client, d["delivery_id"])
@@ -99,7 +100,8 @@ def test_events_only_a_destination_wants_are_stored_for_it_alone(relay_env, fake
         ignored = post_vapi(client, json.dumps(transcript).encode())
     assert ignored["status"] == "ignored" and "no destination" in ignored["reason"]
     assert fake_roark.requests == []
-    assert sorted(r.headers["x-relay-event"] for r in crm.requests) == ["call_analyzed", "status-update", "status-update"]
+    assert sorted(r.headers["x-relay-event"] for r in crm.requests) == [
+        "call_analyzed", "status-update", "status-update"]
 
 
 def test_retries_keep_the_webhook_id_and_sign_each_attempt_anew(relay_env, fake_roark, crm):
@@ -173,7 +175,8 @@ def test_listing_and_metrics_per_destination(relay_env, fake_roark, crm):
     assert [d["destination"] for d in only_crm] == ["crm"]
     assert bad.status_code == 400 and conforms(bad.json(), "ErrorResponse")["parameter"] == "destination"
     assert 'relay_queue_depth{destination="crm",state="delivered"} 1.0' in metrics
-    assert 'relay_delivery_attempts_total{destination="crm",outcome="delivered",provider="vapi",status_class="2xx"} 1.0' in metrics
+    assert ('relay_delivery_attempts_total{destination="crm",outcome="delivered",provider="vapi",'
+            'status_class="2xx"} 1.0') in metrics
 
 
 def test_the_status_page_shows_a_stopped_destination_and_resumes_it(relay_env, fake_roark, crm):

@@ -12,16 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay.testing.fake_roark import (
-    Accept,
-    FakeRoark,
-    RateLimited,
-    Reset,
-    Respond,
-    Slow,
-    load_contract,
-    validator_for,
-)
+from relay.testing.behaviours import Accept, RateLimited, Reset, Respond, Slow
+from relay.testing.fake_roark import FakeRoark
+from relay.testing.roark_contract import load_contract, validator_for
 
 SPEC_PATH = Path("/work/shared/roark-openapi.json")
 API_KEY = "rk_test"
@@ -147,11 +140,10 @@ def test_evaluation_job_read_checks_the_key_then_finds_no_job(fake: FakeRoark, c
 
 def test_camel_mode_accepts_camel_and_rejects_snake() -> None:
     camel_body = {"vapiEndOfCallReportPayload": VAPI_REPORT, "skipAlreadyImported": True}
-    with FakeRoark(api_key=API_KEY, field_case="camel") as camel:
-        with connect(camel) as http:
-            accepted = http.post("/v1/vapi/call", json=camel_body)
-            retell = http.post("/v1/retell/call", json={"retellCallEndedPayload": RETELL_ENDED})
-            rejected = http.post("/v1/vapi/call", json=VAPI_BODY)
+    with FakeRoark(api_key=API_KEY, field_case="camel") as camel, connect(camel) as http:
+        accepted = http.post("/v1/vapi/call", json=camel_body)
+        retell = http.post("/v1/retell/call", json={"retellCallEndedPayload": RETELL_ENDED})
+        rejected = http.post("/v1/vapi/call", json=VAPI_BODY)
 
     assert accepted.status_code == 201 and "callId" in accepted.json()["data"]
     assert retell.status_code == 201

@@ -9,7 +9,7 @@ from starlette.testclient import TestClient
 
 from relay.http.app import create_app
 from relay.settings import Settings
-from relay.testing.fake_roark import Accept, RateLimited, Reset, Respond, Slow
+from relay.testing.behaviours import Accept, RateLimited, Reset, Respond, Slow
 from tests.helpers import ROARK_KEY, eventually, retell_headers, sample, vapi_headers, with_call_id
 
 WAIT = 15  # seconds; generous upper bounds on conditions, never slept

@@ -7,7 +7,8 @@ from contextlib import closing
 import psycopg
 import pytest
 
-from relay.outbox import ROARK, Attempt, Completion, DeliveryFilter, NewDelivery, State, migrations, open_backend
+from relay.core.names import ROARK
+from relay.outbox import Attempt, Completion, DeliveryFilter, NewDelivery, State, migrations, open_backend
 from tests.helpers import fresh_schema
 
 NOW = 1_700_000_000.0
@@ -88,7 +89,8 @@ def test_rows_of_the_old_schema_survive_and_are_delivered(upgraded):
                                                 "end-of-call-report:id:str:call-1", b"x", NOW)], NOW)
     assert (again.delivery_id, again.duplicate) == (1, True)
     [new] = upgraded.insert_many([NewDelivery("vapi", "end-of-call-report", "call-4",
-                                              "end-of-call-report:id:str:call-4", b"x", NOW, destinations=(ROARK, "crm"))],
+                                              "end-of-call-report:id:str:call-4", b"x", NOW,
+                                              destinations=(ROARK, "crm"))],
                                  NOW)
     assert not new.duplicate and min(new.deliveries.values()) > 3
     assert upgraded.get(new.deliveries["crm"]).webhook_id == upgraded.get(new.delivery_id).webhook_id > 3

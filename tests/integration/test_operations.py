@@ -1,5 +1,6 @@
 """Operating the relay: /metrics, /health thresholds and who sees why, retention."""
 
+import re
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -8,7 +9,7 @@ from starlette.testclient import TestClient
 from relay.http.app import create_app
 from relay.outbox import Completion, NewDelivery, State, open_backend
 from relay.settings import Settings
-from relay.testing.fake_roark import Respond, Slow
+from relay.testing.behaviours import Respond, Slow
 from tests.helpers import eventually, retell_headers, sample, vapi_headers
 
 ADMIN = "admin-token-0123456789abcdef"
@@ -59,10 +60,12 @@ def test_metrics_count_webhooks_attempts_and_queue(relay_env, fake_roark):
     assert metric(text, "relay_webhooks_received_total", provider="vapi", outcome="ignored") == 1
     assert metric(text, "relay_webhooks_received_total", provider="vapi", outcome="rejected") == 1
     assert metric(text, "relay_webhooks_received_total", provider="retell", outcome="accepted") == 1
-    attempts = sum(metric(text, "relay_delivery_attempts_total", provider=p, destination="roark", outcome="delivered", status_class="2xx")
+    attempts = sum(metric(text, "relay_delivery_attempts_total", provider=p, destination="roark",
+                          outcome="delivered", status_class="2xx")
                    for p in ("vapi", "retell"))
     assert attempts == 2
-    retried = sum(metric(text, "relay_delivery_attempts_total", provider=p, destination="roark", outcome="retryat", status_class="5xx")
+    retried = sum(metric(text, "relay_delivery_attempts_total", provider=p, destination="roark",
+                         outcome="retryat", status_class="5xx")
                   for p in ("vapi", "retell"))
     assert retried == 1
     assert metric(text, "relay_delivery_attempt_duration_seconds_count", provider="vapi", destination="roark") >= 1
@@ -75,8 +78,8 @@ def store_old_pending(env, age_seconds: float) -> None:
     backend = open_backend(env["RELAY_DATABASE_URL"])
     backend.migrate()
     now = time.time()
-    backend.insert_many([NewDelivery("vapi", "end-of-call-report", "old-call", "e:old", sample("vapi/end-of-call-report"),
-                                     now - age_seconds)], now)
+    backend.insert_many([NewDelivery("vapi", "end-of-call-report", "old-call", "e:old",
+                                     sample("vapi/end-of-call-report"), now - age_seconds)], now)
     backend.close()
 
 
@@ -157,7 +160,9 @@ def test_an_outage_of_roark_is_named_at_once_on_health_and_the_status_page(relay
         assert problem.startswith("Roark answering 503 to every attempt for ")
         assert client.get("/health").json()["data"]["status"] == "degraded"  # the reason needs the token
         summary = client.get("/admin/api/summary", headers=BEARER).json()["data"]
-        assert summary["trouble"] == problem
+        # The same report, but for how long it has lasted by now.
+        lasting = re.compile(r" for [0-9.]+ (ms|s|min|h|d):")
+        assert lasting.sub(" for X:", summary["trouble"]) == lasting.sub(" for X:", problem)
         page = client.get("/status", headers=BEARER).text
         assert 'id="trouble"' in page and "Delivery running." not in page
         # The retrying view: pending deliveries that failed at least once.

@@ -54,7 +54,7 @@ def test_claim_leases_due_rows_once(backend):
 
 def test_rows_not_yet_due_are_not_claimed(backend):
     [row] = backend.insert_many([new()], NOW)
-    [claimed] = backend.claim("w", NOW, LEASE, 1)
+    [_claimed] = backend.claim("w", NOW, LEASE, 1)
     backend.complete(row.delivery_id, "w", Completion(State.PENDING, NOW, next_attempt_at=NOW + 30))
     assert backend.claim("w2", NOW + 29, LEASE, 1) == []
     assert [d.id for d in backend.claim("w2", NOW + 30, LEASE, 1)] == [row.delivery_id]
@@ -152,7 +152,10 @@ def test_listing_filters(backend):
     backend.insert_many([new("abc-1"), new("abc-2", provider="retell"), new("xyz-1"), new("a%_")], NOW)
     [claimed] = backend.claim("w", NOW, LEASE, 1)
     backend.complete(claimed.id, "w", Completion(State.FAILED, NOW, error="boom"))
-    ids = lambda where: sorted(d.call_id for d in backend.list_deliveries(where, None, 50))
+
+    def ids(where):
+        return sorted(d.call_id for d in backend.list_deliveries(where, None, 50))
+
     assert ids(DeliveryFilter(provider="retell")) == ["abc-2"]
     assert ids(DeliveryFilter(call_id_prefix="abc")) == ["abc-1", "abc-2"]
     assert ids(DeliveryFilter(call_id_prefix="a%")) == ["a%_"]

@@ -23,16 +23,16 @@ import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
-from relay.http.app import create_app
 from relay.cli import main
 from relay.core.errors import StoreUnavailable
-from relay.outbox import AsyncOutbox, DeliveryFilter, NewDelivery, State, migrations
-from relay.outbox import postgres
+from relay.http.app import create_app
+from relay.outbox import AsyncOutbox, DeliveryFilter, NewDelivery, State, migrations, postgres
 from relay.outbox.postgres import FAIL_FAST_SECONDS, PostgresBackend
 from relay.outbox.startup import migrate_when_available, migrate_when_available_async
 from relay.settings import Settings
-from relay.testing.fake_roark import load_contract
-from tests.helpers import free_port, eventually, retell_headers, vapi_headers, with_call_id
+from relay.testing.roark_contract import load_contract
+from relay.web.requests import STORE_RETRY_AFTER_SECONDS
+from tests.helpers import eventually, free_port, retell_headers, vapi_headers, with_call_id
 from tests.secret_scan import captured_relay_logs
 
 NOW = 1_700_000_000.0
@@ -229,8 +229,10 @@ def test_the_app_stores_and_forwards_on_postgres(pg_url, relay_env, fake_roark):
         fake_roark.wait_for(lambda rs: len(rs) >= 2, WAIT)
         reader = PostgresBackend(pg_url)
         try:
-            delivered = lambda: [d for d in reader.list_deliveries(DeliveryFilter(), None, 10)
-                                 if d.state is State.DELIVERED and d.roark_call_id]
+            def delivered():
+                return [d for d in reader.list_deliveries(DeliveryFilter(), None, 10)
+                        if d.state is State.DELIVERED and d.roark_call_id]
+
             assert len(eventually(lambda: len(delivered()) == 2 and delivered(), WAIT)) == 2
             assert reader.get(first["delivery_id"]).body == with_call_id("vapi/end-of-call-report", "pg-call")
         finally:
@@ -371,9 +373,8 @@ def test_relay_migrate_waits_for_a_database_that_is_still_starting(pg_url):
 
 
 def test_the_relay_starts_once_its_database_is_up(pg_url, relay_env):
-    with server_appearing(pg_url, after=1.0) as url:
-        with start({**relay_env, "RELAY_DATABASE_URL": url}) as client:
-            assert client.get("/health").json()["data"]["dependencies"]["database"] == "healthy"
+    with server_appearing(pg_url, after=1.0) as url, start({**relay_env, "RELAY_DATABASE_URL": url}) as client:
+        assert client.get("/health").json()["data"]["dependencies"]["database"] == "healthy"
 
 
 @pytest.mark.parametrize("flavour", ["blocking", "async"])
@@ -402,7 +403,7 @@ def test_outage_answers_503_then_recovers_without_a_restart(pg_url, relay_env, f
             for call_id in ("during-1", "during-2"):
                 response = send_vapi(client, call_id)
                 assert response.status_code == 503, response.text  # never a 2xx
-                assert response.headers["retry-after"] == str(Settings.from_env(env).store_retry_after_seconds)
+                assert response.headers["retry-after"] == str(STORE_RETRY_AFTER_SECONDS)
                 body = response.json()
                 jsonschema.validate(body, error_schema)
                 assert body["error_code"] == "store_unavailable"
@@ -415,8 +416,9 @@ def test_outage_answers_503_then_recovers_without_a_restart(pg_url, relay_env, f
             eventually(lambda: send_vapi(client, "after").status_code == 200, WAIT, interval=0.2,
                        message="ingest did not recover after the database came back")
             assert client.get("/health").status_code == 200
-            forwarded = lambda rs: {r.json["vapi_end_of_call_report_payload"]["call"]["id"]
-                                    for r in rs if r.status == 201}
+            def forwarded(rs):
+                return {r.json["vapi_end_of_call_report_payload"]["call"]["id"] for r in rs if r.status == 201}
+
             fake_roark.wait_for(lambda rs: {"before", "after"} <= forwarded(rs), WAIT)
     reader = PostgresBackend(pg_url)
     try:

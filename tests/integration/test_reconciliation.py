@@ -16,8 +16,8 @@ from relay.reconciliation.command import reconcile_now
 from relay.reconciliation.run import Tally, keep_lease
 from relay.reconciliation.service import Reconcilers
 from relay.settings import Settings
+from relay.testing.behaviours import Accept, RateLimited, Reset, Respond
 from relay.testing.fake_providers import FakeRetell, FakeVapi, retell_call, vapi_call
-from relay.testing.fake_roark import Accept, RateLimited, Reset, Respond
 from tests.helpers import ROARK_KEY, free_port, with_call_id
 
 NOW = 1_750_000_000.0
@@ -116,7 +116,8 @@ def test_vapi_calls_whose_webhook_never_came_are_queued_once(backend, vapi, outb
                for d in queued)
     listings = [r for r in vapi.requests if r.path == "/call"]
     assert len(listings) > 3 and all(r.query["limit"] == "50" for r in listings)  # the server capped at 4
-    assert relay.state("vapi").reconciled_until == NOW - 600 and relay.metrics.reconciled.labels("vapi")._value.get() == 9
+    assert relay.state("vapi").reconciled_until == NOW - 600
+    assert relay.metrics.reconciled.labels("vapi")._value.get() == 9
 
     # Next run: the call that had just ended is past its grace; the long call ended since.
     vapi.add(vapi_call("long-call", NOW + 500, created_at=NOW - 2 * HOUR))
@@ -372,7 +373,7 @@ def test_a_run_renews_its_lease_while_it_lives(backend, outbox_url):
 
         try:
             with pytest.raises(asyncio.CancelledError):
-                await keep_lease(outbox, "vapi", "instance-1", 60, wait)
+                await keep_lease(outbox, "vapi", "instance-1", 60, clock, wait)
         finally:
             await outbox.close()
         assert waits == [20, 20, 20]

@@ -11,10 +11,12 @@ import time
 
 import pytest
 
+from relay.core.backoff import RetryPolicy
+from relay.forwarding.attempt import Outcome
+from relay.forwarding.retry import RetryAt, decide
+from relay.forwarding.roark import RoarkClient
 from relay.outbox import Delivery, State
-from relay.forwarding.retry import RetryAt, RetryPolicy, decide
 from relay.settings import Settings
-from relay.forwarding.roark import Outcome, RoarkClient
 from tests.helpers import ROARK_KEY, free_port, with_call_id
 
 CALL_ID = "11111111-2222-4333-8444-555555555555"

@@ -12,6 +12,7 @@ storage-fault suite (tests/e2e/test_storage_faults.py), are pinned here:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -32,10 +33,8 @@ def delivery(call_id: str) -> NewDelivery:
 def open_descriptors(path: str) -> int:
     count = 0
     for fd in os.listdir("/proc/self/fd"):
-        try:
+        with contextlib.suppress(OSError):
             count += os.readlink(f"/proc/self/fd/{fd}").startswith(path)
-        except OSError:
-            pass
     return count
 
 
@@ -55,7 +54,7 @@ def test_a_connection_opened_while_read_only_recovers_once_writable(tmp_path):
     finally:
         subprocess.run(["chattr", "-i", path], check=True)
     results = []
-    for attempt in range(2):  # at most one more refusal, then the thread must write again
+    for _ in range(2):  # at most one more refusal, then the thread must write again
         try:
             results.append(worker.submit(backend.insert_many, [delivery("after")], time.time()).result())
             break

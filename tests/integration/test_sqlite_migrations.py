@@ -2,8 +2,7 @@
 
 import sqlite3
 
-from relay.outbox import Attempt, DeliveryFilter, NewDelivery, State, open_backend
-from relay.outbox import migrations
+from relay.outbox import Attempt, DeliveryFilter, NewDelivery, State, migrations, open_backend
 
 NOW = 1_700_000_000.0
 

@@ -144,7 +144,8 @@ def test_a_window_is_read_through_indexes_however_long_the_history(backend, outb
         conn.execute("INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, outcome) "
                      "SELECT id, 1, received_at + 1, 20, CASE WHEN id % 10 = 0 THEN 'delivered' ELSE 'retryat' END "
                      "FROM deliveries")
-        conn.execute("ANALYZE" if isinstance(conn, sqlite3.Connection) else "VACUUM ANALYZE deliveries, delivery_attempts")
+        conn.execute("ANALYZE" if isinstance(conn, sqlite3.Connection)
+                     else "VACUUM ANALYZE deliveries, delivery_attempts")
         plan = scanned(conn, *query(mark, NOW, step, count))
     if mark == "?":
         assert sorted(plan) == [

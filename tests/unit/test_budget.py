@@ -1,4 +1,4 @@
-from relay.web.budget import BodyHold, ByteBudget
+from relay.core.budget import BodyHold, ByteBudget
 
 
 def test_a_pool_refuses_what_would_take_it_past_its_limit():

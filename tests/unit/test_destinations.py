@@ -9,8 +9,8 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from relay.destinations import Destinations, new_secret, owed
 from relay.core.errors import ConfigError
+from relay.destinations import Destinations, new_secret, owed
 from relay.settings import Settings
 
 SECRET = new_secret()

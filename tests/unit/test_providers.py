@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from relay.core.errors import BadRequest
 from relay.core.jsonbody import parse
+from relay.forwarding.roark import roark_body
 from relay.providers import PROVIDER_NAMES, PROVIDERS
 from relay.providers.retell import RETELL
 from relay.providers.vapi import VAPI
-from relay.forwarding.roark import roark_body
 
 # JSON values as the stdlib reads them back (no lone surrogates: they are refused).
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)

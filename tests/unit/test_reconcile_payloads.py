@@ -8,17 +8,17 @@ import msgspec
 import pytest
 
 from relay.core import jsonbody
+from relay.forwarding.roark import roark_body
 from relay.providers import PROVIDERS
 from relay.providers.base import call_dedupe_key
 from relay.providers.calls import Fields
 from relay.providers.retell_calls import RetellCalls, call_ended
 from relay.providers.retell_calls import listed_call as retell_listed
+from relay.providers.samples import sample
 from relay.providers.vapi_calls import REPORT_FIELDS, VapiCalls, recording_urls, webhook_body
 from relay.providers.vapi_calls import listed_call as vapi_listed
 from relay.testing.fake_providers import retell_call, vapi_call
-from relay.testing.fake_roark import validator_for
-from relay.testing.webhooks import sample
-from relay.forwarding.roark import roark_body
+from relay.testing.roark_contract import validator_for
 
 ENDED = 1_747_667_642.5  # the sample report's endedAt
 REPORT = json.loads(sample("vapi/end-of-call-report"))["message"]

@@ -1,8 +1,10 @@
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from relay.core.backoff import RetryPolicy, backoff_delay, schedule_bounds
+from relay.core.transport import parse_retry_after
 from relay.forwarding.retry import (
     AttemptResult,
     Delivered,
@@ -10,12 +12,8 @@ from relay.forwarding.retry import (
     PauseDelivery,
     Receiver,
     RetryAt,
-    RetryPolicy,
     StopReceiver,
-    backoff_delay,
     decide,
-    parse_retry_after,
-    schedule_bounds,
 )
 
 NOW = 1_700_000_000.0
@@ -103,7 +101,7 @@ def test_backoff_wins_when_retry_after_is_shorter():
 
 
 def test_retry_after_http_date():
-    when = datetime.fromtimestamp(NOW, timezone.utc) + timedelta(seconds=90)
+    when = datetime.fromtimestamp(NOW, UTC) + timedelta(seconds=90)
     headers = {"Retry-After": format_datetime(when, usegmt=True)}
     assert parse_retry_after(headers, NOW) == pytest.approx(90)
     decision = decide(POLICY, 1, status(429, **headers), NOW, rand=lambda: 0.5)
@@ -115,7 +113,7 @@ def test_retry_after_ms_takes_precedence():
 
 
 def test_past_http_date_means_now():
-    when = datetime.fromtimestamp(NOW, timezone.utc) - timedelta(hours=1)
+    when = datetime.fromtimestamp(NOW, UTC) - timedelta(hours=1)
     assert parse_retry_after({"retry-after": format_datetime(when, usegmt=True)}, NOW) == 0
 
 

@@ -233,7 +233,7 @@ def test_every_setting_has_help_and_a_unique_variable():
 def test_bounds_are_enforced_from_the_declaration():
     with pytest.raises(ConfigError, match="at most 512"):
         settings(RELAY_FORWARD_CONCURRENCY="513")
-    with pytest.raises(ConfigError, match="at least 0.01"):
+    with pytest.raises(ConfigError, match=r"at least 0\.01"):
         settings(RELAY_POLL_INTERVAL_SECONDS="0.001")
 
 

@@ -7,7 +7,7 @@ import pytest
 from starlette.datastructures import Headers
 
 from relay.core.errors import Unauthorized
-from relay.providers import vapi
+from relay.providers import vapi_credentials
 
 TOKEN = "vapi-token-3f9b27c1"
 OLD_TOKEN = "vapi-token-old-88a0d"
@@ -43,20 +43,20 @@ def assert_rejected(code, headers, verify, *leading_args) -> Unauthorized:
 
 
 def reject_token(scheme, headers, code) -> Unauthorized:
-    return assert_rejected(code, wire(headers), vapi.verify_token, scheme, BODY)
+    return assert_rejected(code, wire(headers), vapi_credentials.verify_token, scheme, BODY)
 
 
 def reject_hmac(scheme, headers, code, body=BODY) -> Unauthorized:
-    return assert_rejected(code, wire(headers), vapi.verify_hmac, scheme, body)
+    return assert_rejected(code, wire(headers), vapi_credentials.verify_hmac, scheme, body)
 
 
 # --- token ----------------------------------------------------------------------------
 
-DEFAULT = vapi.TokenScheme(tokens=(TOKEN,))
-CUSTOM = vapi.TokenScheme(tokens=(TOKEN,), header="X-Roark-Token")
-CUSTOM_PREFIXED = vapi.TokenScheme(tokens=(TOKEN,), header="X-Roark-Token", prefix="Token ")
-AUTHORIZATION = vapi.TokenScheme(tokens=(TOKEN,), header="authorization")
-AUTHORIZATION_RAW = vapi.TokenScheme(tokens=(TOKEN,), header="Authorization", prefix="")
+DEFAULT = vapi_credentials.TokenScheme(tokens=(TOKEN,))
+CUSTOM = vapi_credentials.TokenScheme(tokens=(TOKEN,), header="X-Roark-Token")
+CUSTOM_PREFIXED = vapi_credentials.TokenScheme(tokens=(TOKEN,), header="X-Roark-Token", prefix="Token ")
+AUTHORIZATION = vapi_credentials.TokenScheme(tokens=(TOKEN,), header="authorization")
+AUTHORIZATION_RAW = vapi_credentials.TokenScheme(tokens=(TOKEN,), header="Authorization", prefix="")
 
 
 @pytest.mark.parametrize(
@@ -71,11 +71,11 @@ AUTHORIZATION_RAW = vapi.TokenScheme(tokens=(TOKEN,), header="Authorization", pr
         (CUSTOM_PREFIXED, {"x-roark-token": f"token {TOKEN}"}),
         (AUTHORIZATION, {"Authorization": f"Bearer {TOKEN}"}),
         (AUTHORIZATION_RAW, {"Authorization": TOKEN}),
-        (vapi.TokenScheme(tokens=(OLD_TOKEN, TOKEN)), {"X-Vapi-Secret": TOKEN}),
+        (vapi_credentials.TokenScheme(tokens=(OLD_TOKEN, TOKEN)), {"X-Vapi-Secret": TOKEN}),
     ],
 )
 def test_token_is_accepted(scheme, headers):
-    vapi.verify_token(scheme, BODY, Headers(headers=headers), NOW)
+    vapi_credentials.verify_token(scheme, BODY, Headers(headers=headers), NOW)
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_token_is_accepted(scheme, headers):
         (DEFAULT, {"X-Vapi-Secret": ""}, "malformed_signature"),
         (DEFAULT, {"X-Vapi-Secret": f"{TOKEN}é"}, "malformed_signature"),
         (DEFAULT, {"X-Vapi-Secret": OLD_TOKEN, "Authorization": "Basic x"}, "invalid_signature"),
-        (DEFAULT, {"X-Vapi-Secret": "", "Authorization": f"Bearer {OLD_TOKEN}"}, 
+        (DEFAULT, {"X-Vapi-Secret": "", "Authorization": f"Bearer {OLD_TOKEN}"},
          "invalid_signature"),
         (CUSTOM, {"X-Vapi-Secret": TOKEN}, "missing_signature"),
         (CUSTOM, {"Authorization": f"Bearer {TOKEN}"}, "missing_signature"),
@@ -126,12 +126,12 @@ def test_missing_token_message_names_the_expected_headers():
 )
 def test_invalid_token_scheme_is_refused(kwargs, error):
     with pytest.raises(error):
-        vapi.TokenScheme(**kwargs)
+        vapi_credentials.TokenScheme(**kwargs)
 
 
 # --- HMAC -----------------------------------------------------------------------------
 
-HMAC = vapi.HmacScheme(secrets=(SECRET,))
+HMAC = vapi_credentials.HmacScheme(secrets=(SECRET,))
 
 
 def oracle(key: bytes, payload: bytes, algorithm: str = "sha256") -> bytes:
@@ -141,47 +141,47 @@ def oracle(key: bytes, payload: bytes, algorithm: str = "sha256") -> bytes:
 @pytest.mark.parametrize("algorithm", ["sha256", "sha512", "sha1"])
 @pytest.mark.parametrize("encoding", ["hex", "base64"])
 def test_every_algorithm_and_encoding_round_trips(algorithm, encoding):
-    scheme = vapi.HmacScheme(secrets=(SECRET,), algorithm=algorithm, encoding=encoding)
+    scheme = vapi_credentials.HmacScheme(secrets=(SECRET,), algorithm=algorithm, encoding=encoding)
     digest = oracle(SECRET.encode(), f"{TS}.".encode() + BODY, algorithm)
     expected = digest.hex() if encoding == "hex" else base64.b64encode(digest).decode()
 
-    assert vapi.hmac_signature(scheme, SECRET, BODY, TS) == expected
-    vapi.verify_hmac(scheme, BODY, Headers(headers=vapi.sign_hmac(scheme, BODY, TS)), NOW)
+    assert vapi_credentials.hmac_signature(scheme, SECRET, BODY, TS) == expected
+    vapi_credentials.verify_hmac(scheme, BODY, Headers(headers=vapi_credentials.sign_hmac(scheme, BODY, TS)), NOW)
 
 
 def test_default_headers_and_payload_match_an_independent_hmac():
     signature = hmac.new(SECRET.encode(), f"{TS}.".encode() + BODY, hashlib.sha256).hexdigest()
     headers = {"X-Signature": signature, "X-Timestamp": TS}
 
-    assert vapi.sign_hmac(HMAC, BODY, TS) == {"x-signature": signature, "x-timestamp": TS}
-    vapi.verify_hmac(HMAC, BODY, Headers(headers=headers), NOW)
+    assert vapi_credentials.sign_hmac(HMAC, BODY, TS) == {"x-signature": signature, "x-timestamp": TS}
+    vapi_credentials.verify_hmac(HMAC, BODY, Headers(headers=headers), NOW)
     uppercase = {**headers, "X-Signature": signature.upper()}
-    vapi.verify_hmac(HMAC, BODY, Headers(headers=uppercase), NOW)
+    vapi_credentials.verify_hmac(HMAC, BODY, Headers(headers=uppercase), NOW)
 
 
 @pytest.mark.parametrize("header_prefix", ["sha256=", "SHA256=", ""])
 def test_prefix_is_stripped_when_present(header_prefix):
-    scheme = vapi.HmacScheme(secrets=(SECRET,), prefix="sha256=")
-    signed = vapi.sign_hmac(scheme, BODY, TS)
+    scheme = vapi_credentials.HmacScheme(secrets=(SECRET,), prefix="sha256=")
+    signed = vapi_credentials.sign_hmac(scheme, BODY, TS)
     assert signed["x-signature"].startswith("sha256=")
 
-    signature = vapi.hmac_signature(scheme, SECRET, BODY, TS)
+    signature = vapi_credentials.hmac_signature(scheme, SECRET, BODY, TS)
     headers = {"x-signature": header_prefix + signature, "x-timestamp": TS}
-    vapi.verify_hmac(scheme, BODY, Headers(headers=headers), NOW)
+    vapi_credentials.verify_hmac(scheme, BODY, Headers(headers=headers), NOW)
 
 
 def test_base64_secret_is_decoded_to_the_real_key():
-    scheme = vapi.HmacScheme(
+    scheme = vapi_credentials.HmacScheme(
         secrets=(base64.b64encode(RAW_KEY).decode(),), secret_is_base64=True, encoding="base64"
     )
     expected = base64.b64encode(oracle(RAW_KEY, f"{TS}.".encode() + BODY)).decode()
 
-    assert vapi.sign_hmac(scheme, BODY, TS)["x-signature"] == expected
-    vapi.verify_hmac(scheme, BODY, Headers(headers=vapi.sign_hmac(scheme, BODY, TS)), NOW)
+    assert vapi_credentials.sign_hmac(scheme, BODY, TS)["x-signature"] == expected
+    vapi_credentials.verify_hmac(scheme, BODY, Headers(headers=vapi_credentials.sign_hmac(scheme, BODY, TS)), NOW)
 
 
 def test_custom_headers_and_payload_template():
-    scheme = vapi.HmacScheme(
+    scheme = vapi_credentials.HmacScheme(
         secrets=(SECRET,),
         signature_header="X-Hook-Sig",
         timestamp_header="X-Hook-Time",
@@ -190,35 +190,35 @@ def test_custom_headers_and_payload_template():
     expected = oracle(SECRET.encode(), f"v1:{TS}:".encode() + BODY + f":{TS}".encode()).hex()
     headers = {"X-Hook-Sig": expected, "X-Hook-Time": TS}
 
-    vapi.verify_hmac(scheme, BODY, Headers(headers=headers), NOW)
+    vapi_credentials.verify_hmac(scheme, BODY, Headers(headers=headers), NOW)
     reject_hmac(HMAC, headers, "missing_signature")
 
 
 def test_unicode_body_is_signed_over_raw_bytes():
-    vapi.verify_hmac(HMAC, UNICODE_BODY, wire(vapi.sign_hmac(HMAC, UNICODE_BODY, TS)), NOW)
+    vapi_credentials.verify_hmac(HMAC, UNICODE_BODY, wire(vapi_credentials.sign_hmac(HMAC, UNICODE_BODY, TS)), NOW)
 
     reserialised = json.dumps(json.loads(UNICODE_BODY), ensure_ascii=True).encode()
-    reject_hmac(HMAC, vapi.sign_hmac(HMAC, UNICODE_BODY, TS), "invalid_signature", reserialised)
+    reject_hmac(HMAC, vapi_credentials.sign_hmac(HMAC, UNICODE_BODY, TS), "invalid_signature", reserialised)
 
 
 def test_invalid_utf8_body_is_signed_over_raw_bytes():
     body = b'{"message": "\xff\xfe"}'
-    vapi.verify_hmac(HMAC, body, wire(vapi.sign_hmac(HMAC, body, TS)), NOW)
-    reject_hmac(HMAC, vapi.sign_hmac(HMAC, body, TS), "invalid_signature", b'{"message": ""}')
+    vapi_credentials.verify_hmac(HMAC, body, wire(vapi_credentials.sign_hmac(HMAC, body, TS)), NOW)
+    reject_hmac(HMAC, vapi_credentials.sign_hmac(HMAC, body, TS), "invalid_signature", b'{"message": ""}')
 
 
 @pytest.mark.parametrize(
     ("verifier", "signer", "body"),
     [
         (HMAC, HMAC, BODY.replace(b"c1", b"c2")),
-        (HMAC, vapi.HmacScheme(secrets=(OLD_SECRET,)), BODY),
-        (HMAC, vapi.HmacScheme(secrets=(SECRET,), algorithm="sha512"), BODY),
-        (HMAC, vapi.HmacScheme(secrets=(SECRET,), payload_template="{body}"), BODY),
+        (HMAC, vapi_credentials.HmacScheme(secrets=(OLD_SECRET,)), BODY),
+        (HMAC, vapi_credentials.HmacScheme(secrets=(SECRET,), algorithm="sha512"), BODY),
+        (HMAC, vapi_credentials.HmacScheme(secrets=(SECRET,), payload_template="{body}"), BODY),
     ],
     ids=["tampered-body", "wrong-secret", "other-algorithm", "other-template"],
 )
 def test_bad_signature_is_rejected(verifier, signer, body):
-    signed = vapi.sign_hmac(signer, BODY, TS)
+    signed = vapi_credentials.sign_hmac(signer, BODY, TS)
     if verifier.algorithm != signer.algorithm:
         signed["x-signature"] = signed["x-signature"][:64]
     reject_hmac(verifier, signed, "invalid_signature", body)
@@ -226,8 +226,8 @@ def test_bad_signature_is_rejected(verifier, signer, body):
 
 @pytest.mark.parametrize("signing_secret", [OLD_SECRET, SECRET])
 def test_any_configured_secret_is_accepted(signing_secret):
-    headers = vapi.sign_hmac(vapi.HmacScheme(secrets=(signing_secret,)), BODY, TS)
-    vapi.verify_hmac(vapi.HmacScheme(secrets=(OLD_SECRET, SECRET)), BODY, wire(headers), NOW)
+    headers = vapi_credentials.sign_hmac(vapi_credentials.HmacScheme(secrets=(signing_secret,)), BODY, TS)
+    vapi_credentials.verify_hmac(vapi_credentials.HmacScheme(secrets=(OLD_SECRET, SECRET)), BODY, wire(headers), NOW)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +235,7 @@ def test_any_configured_secret_is_accepted(signing_secret):
     ["1699999700", "1700000300", TS, "1699999700000", "1700000300000", TS_MS, f"00{TS}"],
 )
 def test_timestamp_inside_window_is_accepted(timestamp):
-    vapi.verify_hmac(HMAC, BODY, wire(vapi.sign_hmac(HMAC, BODY, timestamp)), NOW)
+    vapi_credentials.verify_hmac(HMAC, BODY, wire(vapi_credentials.sign_hmac(HMAC, BODY, timestamp)), NOW)
 
 
 @pytest.mark.parametrize(
@@ -243,18 +243,18 @@ def test_timestamp_inside_window_is_accepted(timestamp):
     ["1699999699", "1700000301", "1699999699999", "1700000300001", "0", "9" * 20],
 )
 def test_timestamp_outside_window_is_rejected(timestamp):
-    error = reject_hmac(HMAC, vapi.sign_hmac(HMAC, BODY, timestamp), "stale_timestamp")
+    error = reject_hmac(HMAC, vapi_credentials.sign_hmac(HMAC, BODY, timestamp), "stale_timestamp")
     assert error.message == "signature timestamp is outside the 300 s window"
 
 
 def test_tolerance_is_configurable():
-    headers = wire(vapi.sign_hmac(HMAC, BODY, "1699999980"))
-    vapi.verify_hmac(HMAC, BODY, headers, NOW, tolerance=20)
+    headers = wire(vapi_credentials.sign_hmac(HMAC, BODY, "1699999980"))
+    vapi_credentials.verify_hmac(HMAC, BODY, headers, NOW, tolerance=20)
     with pytest.raises(Unauthorized, match="outside the 10 s window"):
-        vapi.verify_hmac(HMAC, BODY, headers, NOW, tolerance=10)
+        vapi_credentials.verify_hmac(HMAC, BODY, headers, NOW, tolerance=10)
 
 
-GOOD_SIGNATURE = vapi.hmac_signature(HMAC, SECRET, BODY, TS)
+GOOD_SIGNATURE = vapi_credentials.hmac_signature(HMAC, SECRET, BODY, TS)
 
 
 @pytest.mark.parametrize(
@@ -270,7 +270,7 @@ def test_missing_headers_are_rejected(headers, missing):
     assert error.message == f"{missing} header is missing"
 
 
-BASE64 = vapi.HmacScheme(secrets=(SECRET,), encoding="base64")
+BASE64 = vapi_credentials.HmacScheme(secrets=(SECRET,), encoding="base64")
 
 
 @pytest.mark.parametrize(
@@ -316,11 +316,11 @@ def test_malformed_headers_are_rejected(scheme, signature, timestamp):
 )
 def test_invalid_hmac_scheme_is_refused(kwargs):
     with pytest.raises(ValueError):
-        vapi.HmacScheme(**kwargs)
+        vapi_credentials.HmacScheme(**kwargs)
 
 
 def test_repr_never_shows_secrets():
-    schemes = vapi.TokenScheme(tokens=(TOKEN, OLD_TOKEN)), vapi.HmacScheme(secrets=(SECRET,))
+    schemes = vapi_credentials.TokenScheme(tokens=(TOKEN, OLD_TOKEN)), vapi_credentials.HmacScheme(secrets=(SECRET,))
     text = "".join(repr(scheme) + str(scheme) for scheme in schemes)
     for secret in (TOKEN, OLD_TOKEN, SECRET):
         assert secret not in text
@@ -331,13 +331,13 @@ def test_repr_never_shows_secrets():
 
 def test_nothing_configured_is_rejected():
     with pytest.raises(Unauthorized) as info:
-        vapi.verify_credentials(None, None, BODY, Headers(headers={"X-Vapi-Secret": TOKEN}), NOW)
+        vapi_credentials.verify_credentials(None, None, BODY, Headers(headers={"X-Vapi-Secret": TOKEN}), NOW)
     assert info.value.error_code == "provider_not_configured"
     assert "VAPI_SECRET" in info.value.message
     assert "VAPI_HMAC_SECRET" in info.value.message
 
 
-SIGNED = vapi.sign_hmac(HMAC, BODY, TS)
+SIGNED = vapi_credentials.sign_hmac(HMAC, BODY, TS)
 
 
 @pytest.mark.parametrize(
@@ -352,7 +352,7 @@ SIGNED = vapi.sign_hmac(HMAC, BODY, TS)
     ],
 )
 def test_any_configured_scheme_may_accept(token, hmac_scheme, headers):
-    vapi.verify_credentials(token, hmac_scheme, BODY, Headers(headers=headers), NOW)
+    vapi_credentials.verify_credentials(token, hmac_scheme, BODY, Headers(headers=headers), NOW)
 
 
 @pytest.mark.parametrize(
@@ -364,7 +364,7 @@ def test_any_configured_scheme_may_accept(token, hmac_scheme, headers):
          "missing; x-signature header is missing"),
         (DEFAULT, HMAC, {"X-Vapi-Secret": OLD_TOKEN}, "invalid_signature", "X-Vapi-Secret"),
         (DEFAULT, HMAC, {"x-timestamp": TS}, "missing_signature", "X-Vapi-Secret"),
-        (DEFAULT, HMAC, {"X-Vapi-Secret": OLD_TOKEN, **vapi.sign_hmac(HMAC, BODY, "1")},
+        (DEFAULT, HMAC, {"X-Vapi-Secret": OLD_TOKEN, **vapi_credentials.sign_hmac(HMAC, BODY, "1")},
          "stale_timestamp", "window"),
         (DEFAULT, HMAC, {"X-Vapi-Secret": OLD_TOKEN, "x-signature": "garbage"},
          "malformed_signature", "x-signature"),
@@ -372,5 +372,5 @@ def test_any_configured_scheme_may_accept(token, hmac_scheme, headers):
     ],
 )
 def test_most_informative_failure_is_reported(token, hmac_scheme, headers, code, mentions):
-    error = assert_rejected(code, wire(headers), vapi.verify_credentials, token, hmac_scheme, BODY)
+    error = assert_rejected(code, wire(headers), vapi_credentials.verify_credentials, token, hmac_scheme, BODY)
     assert mentions in error.message

@@ -1,8 +1,9 @@
 """Realistic provider webhooks, signed the way VAPI and Retell sign them.
 
-Used by the tests, the benchmarks and `relay demo`. The samples in `samples/` are
-representative payloads of each provider (one VAPI report carries a fake
-`twilioAuthToken`, to prove it is masked wherever the relay shows a payload).
+`relay send-sample` and `relay demo` send them, and the tests and benchmarks use them.
+The payloads in `sample_payloads/` are representative of each provider (one VAPI report
+carries a fake `twilioAuthToken`, to prove it is masked wherever the relay shows a
+payload).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from relay.providers import retell
 
-SAMPLES = Path(__file__).with_name("samples")
+SAMPLES = Path(__file__).with_name("sample_payloads")
 
 
 def sample(name: str) -> bytes:
