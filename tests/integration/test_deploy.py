@@ -155,6 +155,15 @@ def test_heroku_and_docker_install_the_same_pinned_set():
     assert (ROOT / "requirements.txt").read_text().split("\n", 1)[1].split() == ["-r", "requirements.lock", "."]
 
 
+def test_ci_runs_the_readmes_test_command_on_the_pinned_set():
+    """What ships (requirements.lock) is what CI tests, with the README's own command."""
+    readme = (ROOT / "README.md").read_text()
+    [documented] = [line for line in readme.splitlines() if line.endswith("&& pytest")]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()[-1]
+    assert ci == documented.replace("pip install ", "pip install -q ")
+    assert "pip install -r requirements.lock -e '.[test]'" in documented
+
+
 def test_fly_config_points_at_real_paths_and_a_valid_configuration():
     config = tomllib.loads((ROOT / "deploy" / "fly.toml").read_text())
     assert (ROOT / "deploy" / config["build"]["dockerfile"]).exists()
