@@ -186,7 +186,7 @@ def _quote_after(text: bytes, at: int) -> int:
 
 
 def _skip_space(text: bytes, at: int) -> int:
-    return _SPACE.match(text, at).end()  # type: ignore[union-attr]  (a * pattern always matches)
+    return _SPACE.match(text, at).end()  # type: ignore[union-attr]  # a * pattern always matches
 
 
 def _value_end(text: bytes, start: int) -> int:
@@ -195,7 +195,7 @@ def _value_end(text: bytes, start: int) -> int:
     if first == _QUOTE:
         return _quote_after(text, start + 1) + 1
     if first not in b"{[":
-        return _SCALAR_END.search(text, start).start()  # type: ignore[union-attr]  (…|$ always matches)
+        return _SCALAR_END.search(text, start).start()  # type: ignore[union-attr]  # …|$ always matches
     depth, at = 0, start
     while True:  # brackets counted, strings skipped whole: no recursion, however deep
         found = _STRUCTURE.search(text, at)
