@@ -9,7 +9,7 @@ shared with the status page, so both show and accept exactly the same things.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,15 @@ MAX_CALL_ID = 256
 MAX_JSON_BODY = 64 * 1024
 #: A view, not a state: pending deliveries whose every attempt so far failed.
 RETRYING = "retrying"
+
+
+def state_selection(names: Sequence[str]) -> tuple[tuple[State, ...], bool]:
+    """The states, and whether only deliveries tried at least once, that state names
+    select (none: every state); RETRYING selects the pending ones tried at least once."""
+    if RETRYING in names:
+        return (State.PENDING,), True
+    return tuple(State(name) for name in names), False
+
 _DIGITS = re.compile(r"[0-9]{1,19}")
 # Written so that Python's re and the JSON Schema (ECMA-262) pattern in the admin
 # OpenAPI document read them alike. A cursor is an id below 10**18, so that a pattern
@@ -126,10 +135,11 @@ def parse_listing(params: QueryParams, *, default_state: str, extra: tuple[str, 
     limit = _single(params, "limit")
     if limit is not None and not (_DIGITS.fullmatch(limit) and 1 <= int(limit) <= MAX_LIMIT):
         raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", parameter="limit")
+    states, tried = state_selection(() if state == "all" else (state,))
     return Listing(
         where=DeliveryFilter(
-            states=() if state == "all" else (State.PENDING,) if state == RETRYING else (State(state),),
-            tried=state == RETRYING,
+            states=states,
+            tried=tried,
             provider=parse_provider(_single(params, "provider")),
             destination=parse_destination(_single(params, "destination")),
             call_id_prefix=parse_call_id(_single(params, "call_id")),

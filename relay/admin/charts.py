@@ -25,6 +25,9 @@ from relay.outbox.traffic import Bucket
 MINUTES = (60.0, 60)
 HOURS = (3600.0, 168)
 
+#: A lone value's dot: a little wider than the lines, so it reads as a point and not a speck.
+DOT_RADIUS = 3
+
 FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, sans-serif'
 
 
@@ -81,12 +84,12 @@ def seconds(value: float | None) -> str:
     return "—" if value is None else duration(value)
 
 
-def _style(series: Sequence[Series]) -> Style:
+def _style(colors: Sequence[str]) -> Style:
     return Style(background="transparent", plot_background="transparent", foreground="#1d232b",
                  foreground_strong="#1d232b", foreground_subtle="#5f6b7a",
                  guide_stroke_color="#e3e7ec", major_guide_stroke_color="#e3e7ec",
                  guide_stroke_dasharray="none", major_guide_stroke_dasharray="none",
-                 colors=tuple(s.color for s in reversed(series)), font_family=FONT, label_font_size=12,
+                 colors=tuple(colors), font_family=FONT, label_font_size=12,
                  major_label_font_size=12, no_data_font_size=14, opacity="1", opacity_hover="1",
                  stroke_opacity="1", stroke_opacity_hover="1", stroke_width="2", stroke_width_hover="2",
                  transition="0s")
@@ -103,6 +106,12 @@ def _named(element: Any, name: str) -> bool:
     return str(element.tag).rpartition("}")[2] == name  # with or without the SVG namespace
 
 
+def _isolated(values: Sequence[float | None]) -> list[float | None]:
+    """Each value with no neighbour to draw a line to; None in place of every other."""
+    around = [None, *values, None]
+    return [value if around[n] is None and around[n + 2] is None else None for n, value in enumerate(values)]
+
+
 def _draw(buckets: Sequence[Bucket], step: float, series: Sequence[Series], title: str, size: Size,
           value_formatter: Callable[[float], str], order_min: int | None, no_data: str) -> str:
     every = size.minute_labels if step < 3600 else size.hour_labels
@@ -110,10 +119,15 @@ def _draw(buckets: Sequence[Bucket], step: float, series: Sequence[Series], titl
     # `every` are shown under the axis.
     labels = [time.strftime("%H:%M" if step < 3600 else "%a %d" if b.start % 86400 == 0 else "%a %d %H:00",
                             time.gmtime(b.start)) for b in buckets]
+    lines = [(s, [s.value(b) for b in buckets]) for s in reversed(series)]
+    # With dots off and interruptions on, a value between two empty buckets draws nothing,
+    # and sparse traffic (most relays') leaves most of them so: those get a dot of their own.
+    lone = [(s, _isolated(values)) for s, values in lines]
+    dots = [(s, values) for s, values in lone if any(v is not None for v in values)]
     chart = pygal.Line(
-        style=_style(series), width=size.width, height=size.height, js=[], disable_xml_declaration=True,
-        show_legend=False, show_dots=False, include_x_axis=True, allow_interruptions=True,
-        x_labels=labels,
+        style=_style([s.color for s, _ in (*lines, *dots)]), width=size.width, height=size.height, js=[],
+        disable_xml_declaration=True, show_legend=False, show_dots=False, include_x_axis=True,
+        allow_interruptions=True, x_labels=labels,
         x_labels_major=[label for label, b in zip(labels, buckets, strict=True) if b.start % every == 0],
         show_minor_x_labels=False, show_x_guides=False, truncate_label=-1, margin=4, spacing=6,
         margin_right=18,  # room for half a label under the last bucket
@@ -128,8 +142,10 @@ def _draw(buckets: Sequence[Bucket], step: float, series: Sequence[Series], titl
                 element.text = title
         return svg
     chart.add_xml_filter(describe)
-    for s in reversed(series):
-        chart.add(s.name, [s.value(b) for b in buckets], stroke_style={"dasharray": s.dashes})
+    for s, values in lines:
+        chart.add(s.name, values, stroke_style={"dasharray": s.dashes})
+    for s, values in dots:
+        chart.add(s.name, values, stroke=False, show_dots=True, dots_size=DOT_RADIUS)
     return chart.render(is_unicode=True)
 
 

@@ -48,6 +48,16 @@ def ago(timestamp: float | None, now: float) -> str:
     return f"{duration(now - timestamp)} ago" if now >= timestamp else f"in {duration(now - timestamp)}"
 
 
+def condition(destination: dict[str, Any]) -> str:
+    """A destination's state in one word (its badge), from what `Operations.destinations`
+    says holds it back."""
+    if destination["stopped"]:
+        return "stopped"
+    if destination["paused"]:
+        return "paused"
+    return "failing" if destination["trouble"] else "running"
+
+
 def pretty(payload: Any) -> str:
     try:
         text = json.dumps(payload, indent=2, ensure_ascii=False)
@@ -65,7 +75,9 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["iso"] = lambda ts: iso(ts) or "—"
-    env.globals.update(ago=ago, duration=duration, states=STATES, providers=PROVIDER_NAMES, outcomes=OUTCOMES)
+    env.globals.update(ago=ago, duration=duration, states=STATES, providers=PROVIDER_NAMES, outcomes=OUTCOMES,
+                       condition=condition)
+    env.tests["running"] = lambda destination: condition(destination) == "running"
     return env
 
 

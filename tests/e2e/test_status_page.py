@@ -133,6 +133,10 @@ def test_operator_logs_in_sees_a_failure_opens_it_and_replays_it(
                 return page.inner_text("#state") == "delivered"
             eventually(delivered, WAIT, interval=0.2, message="the replayed delivery never became delivered")
             assert page.locator("text=Replay this delivery").count() == 0
+            # Both attempts are counted, as the table lists them; the one since the replay
+            # is the one the retry limit counts.
+            assert page.locator("#attempts tbody tr").count() == 2
+            assert page.inner_text("#attempt-count").startswith("2 (1 counted toward the retry limit")
 
             page.goto(f"{relay.url}/status?state=all")
             assert "delivered" in page.inner_text(f"#delivery-{target}")
@@ -184,48 +188,81 @@ def seed_a_week(database_url: str, now: float) -> int:
     return len(items)
 
 
+def inside(locator, width: int) -> dict:
+    """The element's box, which must lie within the window's width: seen without scrolling sideways."""
+    box = locator.bounding_box()
+    assert box is not None and box["width"] > 0, f"{locator} is not shown"
+    assert 0 <= box["x"] and box["x"] + box["width"] <= width, f"{locator} is at {box}, outside 0..{width} px"
+    return box
+
+
 @pytest.mark.parametrize("width, height", [(1280, 800), (390, 844)])
 def test_the_page_fits_a_laptop_and_a_phone_without_scrolling_sideways(
     start_relay, relay_env, fake_roark, chromium_path, width, height
 ):
-    """With a week of traffic behind it. RELAY_SCREENSHOTS=docs keeps the page at each
-    width as docs/status-WIDTH.png, the README's pictures."""
+    """With a week of traffic behind it and a second destination. RELAY_SCREENSHOTS=docs
+    keeps the page at each width as docs/status-WIDTH.png, the README's pictures."""
     fake_roark.set_default(Respond(400, {"error_type": "validation", "error_code": "invalid_parameter",
                                          "message": "Invalid VAPI payload: " + "assistantOverrides " * 30}))
     seeded = seed_a_week(relay_env["RELAY_DATABASE_URL"], time.time())
-    relay = start_relay({**relay_env, "RELAY_ADMIN_TOKEN": TOKEN})
-    ids = [send(relay, "vapi", LONG_CALL_ID), send(relay, "retell", "retell-narrow-1"),
-           send(relay, "vapi", "vapi-narrow-2")]
-    for delivery_id in ids:
-        eventually(lambda delivery_id=delivery_id: state_of(relay, delivery_id) == "failed", WAIT)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": width, "height": height},
-                                extra_http_headers={"Authorization": f"Bearer {TOKEN}"})
-        for path in ("/status", "/status?state=all", f"/status/deliveries/{ids[0]}"):
-            page.goto(relay.url + path)
-            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
-            assert overflow <= 0, f"{path} is {overflow} px wider than a {width} px window"
-        page.goto(relay.url + "/status")
-        # The long id is shortened on one line, whole on hover.
-        link = page.locator(f'a.callid[title="{LONG_CALL_ID}"]')
-        box = link.bounding_box()
-        assert box is not None and box["height"] < 30 and box["width"] < width
+    secret = new_secret()
+    with FakeEndpoint(secret) as crm:
+        relay = start_relay({**relay_env, "RELAY_ADMIN_TOKEN": TOKEN, "RELAY_DESTINATIONS": json.dumps(
+            [{"name": "crm", "url": f"{crm.url}/hooks", "secret": secret}])})
+        ids = [send(relay, "vapi", LONG_CALL_ID), send(relay, "retell", "retell-narrow-1"),
+               send(relay, "vapi", "vapi-narrow-2")]
+        for delivery_id in ids:
+            eventually(lambda delivery_id=delivery_id: state_of(relay, delivery_id) == "failed", WAIT)
+        eventually(lambda: len(crm.accepted()) == len(ids), WAIT)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": width, "height": height},
+                                    extra_http_headers={"Authorization": f"Bearer {TOKEN}"})
+            for path in ("/status", "/status?state=all", f"/status/deliveries/{ids[0]}"):
+                page.goto(relay.url + path)
+                scroll_width = page.evaluate("document.documentElement.scrollWidth")
+                assert scroll_width <= width, f"{path} is {scroll_width} px wide in a {width} px window"
 
-        # Four charts, each drawn for this width and inside the window; no script came with them.
-        shown = "narrow" if width < 700 else "wide"
-        charts = page.locator(f"#traffic .{shown} svg")
-        assert charts.count() == 4 and page.locator("#traffic svg:visible").count() == 4
-        for n in range(4):
-            box = charts.nth(n).bounding_box()
-            assert box["x"] >= 0 and box["x"] + box["width"] <= width and box["width"] > 0.75 * min(width, 600)
-        assert page.locator("script").count() == 0
-        week = page.locator("#traffic .panel").nth(1).locator("figcaption").first.inner_text()
-        assert f"received {seeded + 3}" in week and "failed" in week and "retrying" in week
-        if os.environ.get("RELAY_SCREENSHOTS"):  # the top of the page: the table's rows go on and on
-            page.screenshot(path=str(Path(os.environ["RELAY_SCREENSHOTS"]) / f"status-{width}.png"), full_page=True,
-                            clip={"x": 0, "y": 0, "width": width, "height": 1100 if width > 700 else 2000})
-        browser.close()
+            # What is wrong, in view: how many failed, a destination's state, a failure's
+            # status and error. On a laptop each table's row is one line of cells.
+            page.goto(relay.url + f"/status/deliveries/{ids[0]}")
+            attempt = page.locator("#attempts tbody tr").first
+            for cell in ('td[data-label="Status"]', 'td[data-label="Error"]'):
+                inside(attempt.locator(cell), width)
+            page.goto(relay.url + "/status")
+            inside(page.locator('#provider-vapi td[data-label="failed"]'), width)
+            inside(page.locator("#destination-crm .state"), width)
+            row = page.locator(f"#delivery-{ids[0]}")
+            badge, status, error = (inside(row.locator(cell), width) for cell in (
+                ".state", 'td[data-label="Last status"]', 'td[data-label="Last error"]'))
+            assert row.locator(".state").inner_text() == "failed" and "400" in row.inner_text()
+            assert page.locator("#deliveries thead").is_visible() == (width > 700)
+            if width > 700:
+                assert badge["x"] < status["x"] < error["x"] and abs(status["y"] - error["y"]) < 2
+            else:  # a card: its state on top, then what went wrong
+                assert badge["y"] < status["y"] < error["y"]
+
+            # The long id is shortened on one line, whole on hover.
+            link = page.locator(f'a.callid[title="{LONG_CALL_ID}"]')
+            box = link.bounding_box()
+            assert box is not None and box["height"] < 30 and box["width"] < width
+
+            # Four charts, each drawn for this width and inside the window; no script came with them.
+            shown = "narrow" if width < 700 else "wide"
+            charts = page.locator(f"#traffic .{shown} svg")
+            assert charts.count() == 4 and page.locator("#traffic svg:visible").count() == 4
+            for n in range(4):
+                box = charts.nth(n).bounding_box()
+                assert box["x"] >= 0 and box["x"] + box["width"] <= width and box["width"] > 0.75 * min(width, 600)
+            assert page.locator("script").count() == 0
+            week = page.locator("#traffic .panel").nth(1).locator("figcaption").first.inner_text()
+            # Each of the three webhooks is stored once for Roark and once for crm.
+            assert f"received {seeded + 2 * len(ids)}" in week and "failed" in week and "retrying" in week
+            if os.environ.get("RELAY_SCREENSHOTS"):  # the top of the page: the table's rows go on and on
+                page.screenshot(path=str(Path(os.environ["RELAY_SCREENSHOTS"]) / f"status-{width}.png"),
+                                full_page=True,
+                                clip={"x": 0, "y": 0, "width": width, "height": 1100 if width > 700 else 2000})
+            browser.close()
 
 
 def test_operator_sees_a_stopped_destination_and_resumes_it_from_the_page(
@@ -256,11 +293,23 @@ def test_operator_sees_a_stopped_destination_and_resumes_it_from_the_page(
                 assert "410 Gone" in banner.inner_text()
                 assert "stopped" in page.inner_text("#destinations")
                 assert "s3cr3t-in-url" not in page.content()
+                # The summary above it says what runs and what does not, in amber, not green.
+                summary = page.locator("#summary")
+                assert summary.inner_text() == "Delivery to Roark running; crm stopped."
+                assert summary.get_attribute("class") == "banner warn"
+
+                # Two deliveries in one minute, between empty ones: each latency chart still
+                # shows them (a dot where there is no neighbour to draw a line to).
+                for chart in (page.locator("#traffic .wide svg").nth(n) for n in (1, 3)):
+                    drawn = chart.locator(".series circle, .series path.line")
+                    assert any(drawn.nth(i).is_visible() for i in range(drawn.count())), "the latency chart is blank"
 
                 banner.locator("button").click()
                 page.wait_for_url(f"{relay.url}/status?resumed=crm")
                 assert "Resumed crm" in page.inner_text("#flash")
                 assert page.locator("#stopped-crm").count() == 0
+                assert summary.inner_text() == "Delivery running."
+                assert summary.get_attribute("class") == "banner ok"
             finally:
                 browser.close()
         # Resumed: the copy that waited goes out; the one that failed waits for a replay.

@@ -2,10 +2,11 @@
 
 import xml.etree.ElementTree as ET
 
-from relay.admin.charts import HOURS, MINUTES, panels, seconds
+from relay.admin.charts import DOT_RADIUS, HOURS, MINUTES, panels, seconds
 from relay.outbox.traffic import Bucket, window
 
 NOW = 1_700_000_000.0  # Tue 14 Nov 2023 22:13:20 UTC
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def week(**fields) -> list[Bucket]:
@@ -47,6 +48,39 @@ def test_the_legend_gives_totals_and_the_mean_latency_over_all_deliveries():
     assert [(series.name, value) for series, value in counts.legend] == [
         ("received", "3"), ("delivered", "4"), ("failed", "1"), ("retrying", "4")]
     assert [(series.name, value) for series, value in latency.legend] == [("mean", "5 s"), ("slowest", "30 s")]
+
+
+def drawn(svg: ET.Element) -> tuple[list[ET.Element], list[ET.Element]]:
+    """The lines and dots a chart's series draw (the axes and guides left out)."""
+    series = [g for g in svg.iter(f"{SVG}g") if "series" in (g.get("class") or "").split()]
+    lines = [p for g in series for p in g.iter(f"{SVG}path") if "line" in p.get("class", "").split()]
+    dots = [c for g in series for c in g.iter(f"{SVG}circle")]
+    return lines, dots
+
+
+def test_a_lone_minute_of_traffic_is_drawn_as_a_dot():
+    """One delivery in an hour, with empty minutes either side: no line to draw, so a dot
+    for each latency series; the first minute, with nothing before it, too."""
+    for lone in (30, 0):
+        minutes = hour()
+        minutes[lone] = Bucket(minutes[lone].start, received=1, delivered=1, latency_mean=0.7, latency_max=2.1)
+        _, latency = panels(minutes, week())[0].charts
+        for drawing in (latency.wide, latency.narrow):
+            lines, dots = drawn(parse(drawing))
+            assert lines == []
+            assert len(dots) == 2 and dots[0].get("cx") == dots[1].get("cx")
+            assert {float(dot.get("r")) for dot in dots} == {DOT_RADIUS}
+            slowest, mean = dots  # the mean's drawn last, over the slowest's
+            assert float(slowest.get("cy")) < float(mean.get("cy"))
+
+
+def test_neighbouring_minutes_are_joined_by_a_line_without_dots():
+    minutes = hour()
+    for n in (30, 31):
+        minutes[n] = Bucket(minutes[n].start, received=1, delivered=1, latency_mean=0.7, latency_max=2.1)
+    _, latency = panels(minutes, week())[0].charts
+    lines, dots = drawn(parse(latency.wide))
+    assert len(lines) == 2 and dots == []
 
 
 def test_with_nothing_delivered_latency_says_so():
