@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,3 +86,10 @@ def fresh_schema(url: str) -> Iterator[str]:
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute("SET lock_timeout = '10s'")  # never hang the suite on a leaked session
             admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def relay_process(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`relay ...` as a user runs it: a process of its own, in `cwd` (where a .env would
+    be read), with nothing in its environment but `env` and PATH."""
+    return subprocess.run([sys.executable, "-m", "relay", *args], env={"PATH": os.environ["PATH"], **env},
+                          cwd=cwd, capture_output=True, text=True, timeout=60)

@@ -10,16 +10,18 @@ import click
 
 from relay import __version__
 from relay.cli import check, deliveries, demo, destinations, reconcile, running
+from relay.settings import DOTENV
 
 
-@click.group()
-@click.version_option(__version__, prog_name="relay")
-def main() -> None:
-    """Roark Relay: receive VAPI and Retell webhooks, store them durably, forward them
+@click.group(help=f"""Roark Relay: receive VAPI and Retell webhooks, store them durably, forward them
     to Roark Analytics.
 
-    Configuration comes from environment variables; see config/relay.env.example.
-    """
+    Configuration comes from environment variables, and from a {DOTENV} file in the
+    working directory when there is one (the environment wins). `relay settings`
+    prints every variable, with its default and meaning.""")
+@click.version_option(__version__, prog_name="relay")
+def main() -> None:
+    """Every command's group; its help is given above, where it can name DOTENV."""
 
 
 for module in (running, check, deliveries, destinations, reconcile, demo):

@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 import httpx
@@ -24,6 +25,7 @@ from relay.cli.common import display_url, load_settings
 from relay.core.errors import StoreUnavailable
 from relay.core.transport import parse_retry_after
 from relay.outbox import open_backend
+from relay.outbox.sqlite import SQLiteBackend
 from relay.providers import PROVIDER_NAMES, PROVIDERS
 from relay.providers.samples import sample_events, with_call_id
 from relay.settings import Settings
@@ -119,12 +121,17 @@ def check(upstream: bool) -> None:
     settings = load_settings()
     failed = False
     click.echo(f"configuration: ok (Roark at {settings.roark_base_url})")
+    for warning in settings.unknown_variable_warnings():
+        click.echo(f"configuration: WARNING {warning}")
+    notes = settings.provider_notes()
     for provider, warnings in settings.provider_warnings().items():
         for warning in warnings:
             click.echo(f"{provider}: WARNING {warning}")
         if provider not in settings.insecure_skip_verification and \
                 PROVIDERS[provider].configured(settings.providers[provider]):
             click.echo(f"{provider}: signature verification configured")
+        for note in notes.get(provider, []):
+            click.echo(f"{provider}: note: {note}")
     if settings.admin_token is None:
         click.echo("status page, admin API and /metrics: disabled (set RELAY_ADMIN_TOKEN to enable)")
     backend = open_backend(settings.database_url, pool_size=settings.database_pool_size)
@@ -133,8 +140,10 @@ def check(upstream: bool) -> None:
         click.echo(f"database: ok ({display_url(settings.database_url)}, schema version {version})")
     except StoreUnavailable as error:
         failed = True
-        click.echo(f"database: FAILED ({display_url(settings.database_url)}): {error}. "
-                   "Check RELAY_DATABASE_URL (or DATABASE_URL) and that the database is up.")
+        # SQLite's reasons say what to do themselves (a missing directory, a permission).
+        advice = "" if isinstance(backend, SQLiteBackend) else \
+            " Check RELAY_DATABASE_URL (or DATABASE_URL) and that the PostgreSQL server is up."
+        click.echo(f"database: FAILED ({display_url(settings.database_url)}): {error}.{advice}")
     finally:
         backend.close()
     for destination in settings.destinations:
@@ -148,7 +157,9 @@ def check(upstream: bool) -> None:
 
 @click.command("send-sample")
 @click.argument("provider", type=click.Choice(PROVIDER_NAMES))
-@click.option("--url", help="The relay to send to (default: this machine's, on PORT).")
+@click.option("--url", help="The relay to send to: its base URL, or the webhook URL given to the provider "
+                            "(/webhooks/<provider>, or a named source's /webhooks/<provider>/<source>); "
+                            "default: this machine's, on PORT.")
 @click.option("--event", help="Which sample: an event the provider sends (default: the one "
                               "Roark takes). See relay/providers/sample_payloads/.")
 def send_sample(provider: str, url: str | None, event: str | None) -> None:
@@ -168,7 +179,7 @@ def send_sample(provider: str, url: str | None, event: str | None) -> None:
     except ValueError as error:
         click.echo(f"relay: cannot sign a {provider} webhook: {error}; set it as the relay has it", err=True)
         sys.exit(2)
-    target = (url or f"http://127.0.0.1:{settings.port}").rstrip("/") + f"/webhooks/{provider}"
+    target = webhook_url(url or f"http://127.0.0.1:{settings.port}", provider)
     try:
         answer = httpx.post(target, content=body, headers={"content-type": "application/json", **headers},
                             timeout=30)
@@ -178,6 +189,23 @@ def send_sample(provider: str, url: str | None, event: str | None) -> None:
     click.echo(f"{event} -> {target}: HTTP {answer.status_code}")
     click.echo(answer.text)
     sys.exit(0 if answer.is_success else 1)
+
+
+def webhook_url(url: str, provider: str) -> str:
+    """Where a sample for `provider` goes: `url` itself when it is a webhook URL (the one
+    pasted from the provider's dashboard, a named source's too), otherwise `url` as the
+    relay's base, however deep it is mounted."""
+    from relay.http.app import WEBHOOK_PATH  # the server's routes, imported for this command alone
+
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    _, marker, tail = path.rpartition("/webhooks/")
+    if marker and (match := WEBHOOK_PATH.fullmatch(marker + tail)):
+        if match[1] != provider:
+            raise click.BadParameter(f"{url} is the {match[1]} webhook URL; give {provider}'s, or the "
+                                     "relay's base URL", param_hint="--url")
+        return urlunsplit(parts._replace(path=path))
+    return urlunsplit(parts._replace(path=f"{path}/webhooks/{provider}"))
 
 
 COMMANDS = (check, send_sample)

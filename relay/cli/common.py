@@ -1,9 +1,12 @@
-"""What the commands share: settings or a one-line error, the outbox opened and migrated,
-and how ages and times are typed on a command line."""
+"""What the commands share: settings or a one-line error, a port checked before anything
+starts, the outbox opened and migrated, and how ages and times are typed on a command line."""
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +17,7 @@ import click
 
 from relay.core.errors import ConfigError, StoreUnavailable
 from relay.outbox import Backend, open_backend
+from relay.outbox.sqlite import SQLiteBackend
 from relay.outbox.startup import migrate_when_available
 from relay.settings import Settings
 
@@ -31,11 +35,37 @@ def load_settings(forwarding: bool = True) -> Settings:
         sys.exit(2)
 
 
+def require_free_port(command: str, host: str, port: int, choose: str) -> None:
+    """End the command with a message when `host:port` cannot be listened on; `choose`
+    says how to pick another port. Checked before anything starts: a server that cannot
+    bind would otherwise fail after starting its forwarding process."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As uvicorn binds: a port left in TIME_WAIT by an earlier run is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                click.echo(f"{command}: port {port} is in use; choose another with {choose}", err=True)
+            else:
+                click.echo(f"{command}: cannot listen on {host}:{port}: {error.strerror or error}", err=True)
+            sys.exit(1)
+
+
 @contextmanager
-def opened_outbox(settings: Settings, patience: float = 0.0) -> Iterator[Backend]:
+def opened_outbox(settings: Settings, patience: float = 0.0, *, existing: bool = False) -> Iterator[Backend]:
     """The configured outbox, migrated once it is available (waiting at most `patience`
-    seconds); store failures end the command with a message."""
+    seconds); store failures end the command with a message. `existing`: the command
+    only reads or repairs what the relay stored, so a SQLite file that is not there is
+    a mistaken RELAY_DATABASE_URL, said so, never an empty outbox made."""
     backend = open_backend(settings.database_url, pool_size=settings.database_pool_size)
+    if existing and isinstance(backend, SQLiteBackend) and not os.path.exists(backend.path):
+        backend.close()
+        click.echo(f"relay: the database {os.path.abspath(backend.path)} does not exist (RELAY_DATABASE_URL "
+                   f"is {settings.database_url}); set RELAY_DATABASE_URL to the relay's database. This "
+                   "command only reads or repairs one, and creates none.", err=True)
+        sys.exit(1)
     try:
         migrate_when_available(backend, patience)
         yield backend

@@ -10,6 +10,8 @@ import time
 
 import click
 
+from relay.admin.api import RETRYING, state_selection
+from relay.admin.operations import STATES
 from relay.admin.views import delivery_json, masked_payload
 from relay.cli.common import load_settings, opened_outbox, parse_duration
 from relay.core.redaction import Redactor
@@ -25,8 +27,9 @@ def deliveries() -> None:
 
 
 @deliveries.command("list")
-@click.option("--state", type=click.Choice([s.value for s in State]), multiple=True,
-              help="Only deliveries in this state (repeatable).")
+@click.option("--state", type=click.Choice([*STATES, RETRYING]), multiple=True,
+              help=f"Only deliveries in this state (repeatable); {RETRYING}: pending ones tried at least "
+                   "once, as on the status page.")
 @click.option("--provider", type=click.Choice(PROVIDER_NAMES), help="Only this provider's deliveries.")
 @click.option("--destination", metavar="NAME", help="Only deliveries to this destination (roark, or a name "
                                                     "from RELAY_DESTINATIONS).")
@@ -38,8 +41,11 @@ def deliveries() -> None:
 def list_deliveries(state: tuple[str, ...], provider: str | None, destination: str | None,
                     call_id: str | None, limit: int, before_id: int | None, as_json: bool) -> None:
     """List deliveries, newest first."""
-    where = DeliveryFilter(tuple(State(s) for s in state), provider, destination, call_id)
-    with opened_outbox(load_settings(forwarding=False)) as backend:
+    if RETRYING in state and len(state) > 1:
+        raise click.BadParameter(f"{RETRYING} (pending, tried at least once) goes alone", param_hint="--state")
+    states, tried = state_selection(state)
+    where = DeliveryFilter(states, provider, destination, call_id, tried=tried)
+    with opened_outbox(load_settings(forwarding=False), existing=True) as backend:
         rows = backend.list_deliveries(where, before_id, limit)
     if as_json:
         for row in rows:
@@ -65,7 +71,7 @@ def list_deliveries(state: tuple[str, ...], provider: str | None, destination: s
 def show_delivery(delivery_id: int) -> None:
     """Show one delivery: its state, attempt history and payload (secrets masked)."""
     settings = load_settings(forwarding=False)
-    with opened_outbox(settings) as backend:
+    with opened_outbox(settings, existing=True) as backend:
         delivery = backend.get(delivery_id)
         if delivery is None:
             click.echo(f"relay: no delivery {delivery_id}", err=True)
@@ -102,13 +108,14 @@ def replay(delivery_ids: tuple[int, ...], all_failed: bool, provider: str | None
     if delivery_ids and (provider or destination or call_id):
         raise click.UsageError("--provider, --destination and --call-id narrow --all-failed only")
     where = DeliveryFilter((State.FAILED,), provider, destination, call_id) if all_failed else DeliveryFilter()
-    with opened_outbox(load_settings(forwarding=False)) as backend:
+    with opened_outbox(load_settings(forwarding=False), existing=True) as backend:
         replayed = backend.replay(list(delivery_ids) if delivery_ids else None, where, time.time())
         skipped = sorted(set(delivery_ids) - set(replayed))
         unknown = [delivery_id for delivery_id in skipped if backend.get(delivery_id) is None]
-    click.echo(f"replayed {len(replayed)} deliver{'y' if len(replayed) == 1 else 'ies'}"
-               + (f": {', '.join(map(str, replayed))}" if replayed else ""))
     left = [delivery_id for delivery_id in skipped if delivery_id not in unknown]
+    if replayed or left or not unknown:  # not "replayed 0" before saying none of them exists
+        click.echo(f"replayed {len(replayed)} deliver{'y' if len(replayed) == 1 else 'ies'}"
+                   + (f": {', '.join(map(str, replayed))}" if replayed else ""))
     if left:
         click.echo(f"not replayed (delivered or being delivered): {', '.join(map(str, left))}")
     if unknown:
@@ -133,7 +140,7 @@ def prune(older_than: str, failed: bool) -> None:
         finally:
             await store.close()
 
-    with opened_outbox(settings) as backend:
+    with opened_outbox(settings, existing=True) as backend:
         deleted = asyncio.run(prune_in_batches(backend))
     click.echo(f"deleted {deleted} deliveries received before {iso(cutoff)}")
 

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import socket
-import sys
 import time
 
 import click
 import httpx
 
+from relay.cli.common import require_free_port
 from relay.providers.samples import retell_headers, sample, vapi_headers, with_call_id
 from relay.settings import Settings
+
+#: Loopback only: the demo prints its secrets.
+HOST = "127.0.0.1"
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((HOST, 0))
         return sock.getsockname()[1]
 
 
@@ -51,15 +55,6 @@ def _send_samples(base_url: str, vapi_secret: str, retell_key: str) -> None:
             click.echo(f"  {label:32} -> {response.status_code} {outcome}")
 
 
-def _port_taken(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
 @click.command()
 @click.option("--port", type=int, default=8000, show_default=True, help="Port for the relay.")
 @click.option("--database", type=click.Path(dir_okay=False), default="relay-demo.db", show_default=True,
@@ -75,10 +70,7 @@ def demo(port: int, database: str, keep: bool) -> None:
     from relay.testing.behaviours import Respond
     from relay.testing.fake_roark import FakeRoark
 
-    if _port_taken(port):
-        click.echo(f"relay demo: port {port} is in use; choose another with --port, "
-                   f"e.g. relay demo --port {port + 1}", err=True)
-        sys.exit(1)
+    require_free_port("relay demo", HOST, port, f"--port, e.g. relay demo --port {port + 1}")
     database = os.path.abspath(database)
     if not keep:  # the samples' call ids are new each run, but old failures would linger
         for leftover in (database, f"{database}-wal", f"{database}-shm"):
@@ -89,6 +81,7 @@ def demo(port: int, database: str, keep: bool) -> None:
     vapi_secret = secrets.token_urlsafe(16)
     retell_key = f"key_demo_{secrets.token_hex(8)}"
     admin_token = secrets.token_urlsafe(24)
+    database_url = f"sqlite:///{database}"
     fake = FakeRoark(api_key=roark_key, port=_free_port()).start()
     # The first two calls forwarded are rejected for good; the third meets an outage first.
     invalid = {"error_type": "validation", "error_code": "invalid_parameter",
@@ -97,13 +90,15 @@ def demo(port: int, database: str, keep: bool) -> None:
     settings = Settings.from_env({
         "ROARK_API_KEY": roark_key,
         "ROARK_BASE_URL": fake.url,
-        "RELAY_DATABASE_URL": f"sqlite:///{database}",
+        "RELAY_DATABASE_URL": database_url,
         "VAPI_SECRET": vapi_secret,
         "RETELL_API_KEY": retell_key,
         "RELAY_RECONCILE_INTERVAL_SECONDS": "0",  # the demo's Retell key is no real account's
         "RELAY_ADMIN_TOKEN": admin_token,
         "RELAY_RETRY_BASE_SECONDS": "2",
-        "RELAY_LOG_LEVEL": "warning",
+        # The rejections and the outage the demo stages would each log a warning amid its
+        # table; the table and the status page say the same.
+        "RELAY_LOG_LEVEL": "error",
         "RELAY_LOG_FORMAT": "console",
     })
 
@@ -115,13 +110,16 @@ def demo(port: int, database: str, keep: bool) -> None:
 Status page:  {base_url}/status
 Admin token:  {admin_token}
 Admin API:    curl -H 'Authorization: Bearer {admin_token}' '{base_url}/admin/api/deliveries?state=failed'
-CLI:          RELAY_DATABASE_URL=sqlite:///{database} relay deliveries list
+CLI:          RELAY_DATABASE_URL={shlex.quote(database_url)} relay deliveries list
+Send another: VAPI_SECRET={shlex.quote(vapi_secret)} relay send-sample vapi --url {base_url}
+              RETELL_API_KEY={shlex.quote(retell_key)} relay send-sample retell --url {base_url}
+              (throwaway secrets, made for this demo run and good for nothing else)
 Replay the failed ones from the page (the fake Roark accepts them now). Ctrl-C stops.""")
 
     try:
         # Inline: these settings are the demo's own, not the environment's, which a
         # forwarding process would read.
-        run(settings, host="127.0.0.1", port=port, on_started=started, forwarding="inline")
+        run(settings, host=HOST, port=port, on_started=started, forwarding="inline")
     finally:
         fake.stop()
 

@@ -29,7 +29,7 @@ def destinations() -> None:
 def list_destinations() -> None:
     """Each destination, its deliveries by state, and whether it is stopped."""
     settings = load_settings(forwarding=False)
-    with opened_outbox(settings) as backend:
+    with opened_outbox(settings, existing=True) as backend:
         counts = backend.counts_by_destination()
         stopped = backend.paused_destinations()
     urls = settings.destination_urls()
@@ -48,7 +48,7 @@ def resume_destination(name: str) -> None:
     """Send to a stopped destination again (one stops when it answers 410 Gone). Every
     relay instance picks it up within a poll interval; failed deliveries stay failed
     until replayed (relay replay --all-failed --destination NAME)."""
-    with opened_outbox(load_settings(forwarding=False)) as backend:
+    with opened_outbox(load_settings(forwarding=False), existing=True) as backend:
         resumed = backend.resume_destination(name)
     if not resumed:
         click.echo(f"relay: destination {name} is not stopped", err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from relay.cli.common import load_settings, opened_outbox
+from relay.cli.common import load_settings, opened_outbox, require_free_port
 from relay.outbox.startup import startup_patience
 
 
@@ -20,11 +20,14 @@ def serve(host: str | None, port: int | None) -> None:
     from relay.http.server import run
 
     settings = load_settings()
+    host = host or settings.host
+    port = settings.port if port is None else port
+    require_free_port("relay serve", host, port, f"PORT={port + 1} or --port {port + 1}")
     # The outbox is opened (and migrated) here first, so a relay that cannot start says
     # why in one line rather than in uvicorn's traceback of its lifespan.
     with opened_outbox(settings, patience=startup_patience(settings.database_url)):
         pass
-    run(settings, host=host or settings.host, port=settings.port if port is None else port)
+    run(settings, host=host, port=port)
 
 
 @click.command()

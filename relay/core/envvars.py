@@ -16,15 +16,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from relay.core import jsonbody
 from relay.core.errors import ConfigError
 
 T = TypeVar("T")
+#: How msgspec places a syntax error: "JSON is malformed: <problem> (byte <offset>)".
+JSON_SYNTAX = re.compile(r"(?:JSON is malformed: )?(.*) \(byte (\d+)\)")
 
 
 class Secret:
@@ -136,15 +140,35 @@ class Url(Parser):
         return raw.rstrip("/")
 
 
+def json_value(name: str, raw: str) -> Any:
+    """The JSON document a variable holds, read by the relay's one JSON policy
+    (`relay.core.jsonbody`), or a ConfigError saying where it stops being JSON."""
+    data = raw.encode()
+    try:
+        return jsonbody.loads(data)
+    except RecursionError:
+        raise ConfigError(name, "is not valid JSON: nested too deeply") from None
+    except ValueError as error:
+        raise ConfigError(name, f"is not valid JSON: {_json_problem(data, str(error))}") from None
+
+
+def _json_problem(data: bytes, message: str) -> str:
+    """msgspec's message, with its byte offset as the line and column an editor shows."""
+    match = JSON_SYNTAX.fullmatch(message)
+    if match is None:  # msgspec's "Input data was truncated" and the like: no offset
+        return f"{message[:1].lower()}{message[1:]}: a bracket, brace or quote is left open"
+    offset = int(match[2])
+    before = data[:offset].decode(errors="replace").split("\n")
+    quotes = " (JSON takes double quotes, not single)" if data[offset:offset + 1] == b"'" else ""
+    return f"{match[1]} at line {len(before)}, column {len(before[-1]) + 1}{quotes}"
+
+
 @dataclass(frozen=True)
 class JsonObject(Parser):
     example: str = '{"env": "prod"}'
 
     def __call__(self, name: str, raw: str) -> dict[str, Any]:
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = None
+        value = json_value(name, raw)
         if not isinstance(value, dict):
             raise ConfigError(name, f"must be a JSON object, e.g. {self.example}")
         return value
@@ -190,6 +214,8 @@ class Var:
     fallback: str | None = None
     #: Shown in the example instead of the default (required or computed settings).
     example: str | None = None
+    #: Shown in the example for a value only the operator has, and refused if left as is.
+    placeholder: str | None = None
     required: bool = False
     #: Kept as given, surrounding spaces included, and set even when empty (prefixes).
     verbatim: bool = False
@@ -231,6 +257,11 @@ def read(cls: type[T], environ: Mapping[str, str], optional: frozenset[str] = fr
     values = dict(given)
     for f, var in variables(cls):
         found = var.raw(environ)
+        if found is not None and found[1] == var.placeholder:
+            if var.name not in optional:
+                raise ConfigError(found[0], f"still holds the example's placeholder {var.placeholder!r}; "
+                                            f"replace it with {var.help[0].lower()}{var.help[1:]}")
+            found = None  # not needed here, and not a value either
         if found is None:
             if var.required and var.name not in optional:
                 raise ConfigError(var.name, f"is required ({var.help.splitlines()[0].rstrip('.')})")
@@ -267,7 +298,8 @@ def document(cls: type) -> list[str]:
         if var.parse.described:
             help_text += f" ({var.parse.described})"
         lines += ["# " + line for line in textwrap.wrap(help_text, 86, break_on_hyphens=False)]
-        value = var.example if var.example is not None else shown(default_of(f))
+        value = var.placeholder if var.placeholder is not None else var.example
+        value = shown(default_of(f)) if value is None else value
         lines.append(f"{'' if var.required else '# '}{var.name}={value}")
         if var.fallback:
             lines.append(f"# {var.fallback}=")

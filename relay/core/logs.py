@@ -42,10 +42,6 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # psycopg's pool logs every connection checkout at INFO and every failed connection
-    # attempt at WARNING, in raw libpq words; the outbox reports the same failures itself
-    # (StoreUnavailable, with what to do), once.
-    logging.getLogger("psycopg.pool").setLevel(max(logging.ERROR, root.level))
     structlog.configure(
         processors=[
             *shared,

@@ -22,8 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 from standardwebhooks.webhooks import Webhook
 
-from relay.core import jsonbody
-from relay.core.envvars import Parser, Secret
+from relay.core.envvars import Parser, Secret, json_value
 from relay.core.errors import ConfigError
 from relay.core.names import DESTINATION_NAME, ROARK
 from relay.providers import PROVIDERS
@@ -108,10 +107,7 @@ class Destinations(Parser):
     described = 'a JSON array of {"name", "url", "secret", "events", "original_headers"}'
 
     def __call__(self, name: str, raw: str) -> tuple[Destination, ...]:
-        try:
-            entries = jsonbody.loads(raw.encode())
-        except ValueError:
-            entries = None
+        entries = json_value(name, raw)
         if not isinstance(entries, list):
             raise ConfigError(name, 'must be a JSON array, e.g. [{"name": "crm", "url": "https://...", '
                                     '"secret": "whsec_..."}] (`relay secret` makes a secret)')
@@ -192,7 +188,7 @@ def _events(events: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
         elif event in provider.request_response:
             raise _Invalid("events",
                 f"{name!r} waits for an answer, which a copy cannot give: it is passed through "
-                f"to your server while {provider.title} waits (see the README), never stored")
+                f"to your server while {provider.title} waits (see docs/providers.md, VAPI), never stored")
         elif event not in provider.events:
             known = ", ".join(sorted(provider.events - provider.request_response))
             raise _Invalid("events", f"{name!r}: {provider.title} sends no such event; known: {known} "

@@ -164,9 +164,14 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for warning in settings.unknown_variable_warnings():
+            log.warning("unknown_setting", warning=warning)
         for provider, warnings in settings.provider_warnings().items():
             for warning in warnings:
                 log.warning("provider_settings", provider=provider, warning=warning)
+        for provider, notes in settings.provider_notes().items():
+            for note in notes:
+                log.info("provider_note", provider=provider, note=note)
         try:
             version = await migrate_when_available_async(outbox, startup_patience(settings.database_url))
         except StoreUnavailable as error:

@@ -20,6 +20,7 @@ mean our own SQL or data is wrong propagate as they are.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,11 @@ from relay.outbox.sql import SQLBackend, delivery_from_row
 from relay.outbox.statements import COLUMNS, JOINED, Statements
 
 log = structlog.get_logger("relay.outbox.postgres")
+# psycopg's pool logs every checkout at INFO and each failed connection attempt at
+# WARNING, in raw libpq words, and where logging is not set up (a one-shot command such as `relay check`) Python prints
+# them ahead of the command's own report. This backend reports the same failures itself,
+# once, as StoreUnavailable with the reason.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 #: The NOTIFY channel that announces new work to every relay on the database.
 CHANNEL = "relay_outbox"

@@ -103,6 +103,11 @@ class Provider:
             return [f"no secret configured, so its webhooks are refused with 401: set {self.secret_variables}"]
         return []
 
+    def notes(self, config: Any) -> list[str]:
+        """What an operator receiving this provider's webhooks may want to know at start-up,
+        though nothing is wrong."""
+        return []
+
     def check_headers(self, config: Any, headers: Mapping[str, str], now: float) -> BodyCheck | None:
         """Refuse (`Unauthorized`) what the headers alone condemn, before the body is read.
         None: the headers alone prove the request (a shared token); otherwise the check

@@ -163,12 +163,12 @@ class Vapi(Provider):
             return min(config.server_timeout_seconds, ASSISTANT_REQUEST_SECONDS)
         return config.server_timeout_seconds
 
-    def warnings(self, config: VapiSettings) -> list[str]:
-        found = super().warnings(config)
-        if config.server_url is None:
-            found.append(f"messages that wait for an answer ({', '.join(sorted(self.request_response))}) "
-                         "have nowhere to go and are acknowledged as ignored: set VAPI_SERVER_URL")
-        return found
+    def notes(self, config: VapiSettings) -> list[str]:
+        if config.server_url is not None:
+            return []
+        return [f"messages VAPI waits on an answer to ({', '.join(sorted(self.request_response))}) have "
+                "nowhere to go and are acknowledged as ignored: nothing to do if VAPI sends this relay "
+                "only what goes to Roark; otherwise set VAPI_SERVER_URL to your server"]
 
     def configured(self, config: VapiSettings) -> bool:
         return config.token is not None or config.hmac is not None

@@ -1,5 +1,5 @@
 """Reconciliation: ask each provider's API which calls ended, and queue those whose
-webhook never came (README "Missed webhooks").
+webhook never came (docs/providers.md, "Missed webhooks").
 
     schedule.py  which window a run covers, what it leaves for the next (pure)
     limits.py    how many pages and how long a run may take, repeated pages (pure)

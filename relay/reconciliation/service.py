@@ -77,10 +77,15 @@ class Reconcilers:
 
     def start(self) -> None:
         for name, source in self.sources.items():
-            self._tasks.append(asyncio.create_task(self._loop(PROVIDERS[name], source),
-                                                   name=f"relay-reconcile-{name}"))
-            log.info("reconcile_scheduled", provider=name, api=source.base_url,
-                     interval_seconds=self.timing.interval, grace_seconds=self.timing.grace)
+            provider = PROVIDERS[name]
+            self._tasks.append(asyncio.create_task(self._loop(provider, source), name=f"relay-reconcile-{name}"))
+            # Said at start-up, since the first run calls the provider's API at once.
+            log.info("reconciliation_on", provider=name, api=source.base_url,
+                     interval_seconds=self.timing.interval, grace_seconds=self.timing.grace,
+                     why=f"{provider.api_key_variable} is set: {provider.title}'s API is asked now and every "
+                         f"{self.timing.interval:g} s which calls ended, and those whose webhook never came "
+                         "are queued",
+                     turn_off="RELAY_RECONCILE_INTERVAL_SECONDS=0")
 
     async def stop(self) -> None:
         """Cancel the runs; one under way hands its lease back before it ends."""

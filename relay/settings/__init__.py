@@ -10,17 +10,11 @@ failing on the first webhook.
 
 from __future__ import annotations
 
-import math
-import os
-import re
-import string
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
-
-from dotenv import dotenv_values
 
 from relay.core import envvars
 from relay.core.backoff import RetryPolicy
@@ -30,7 +24,6 @@ from relay.core.envvars import (
     Integer,
     JsonObject,
     Names,
-    Parser,
     Seconds,
     Secret,
     SecretValue,
@@ -42,69 +35,20 @@ from relay.core.errors import ConfigError
 from relay.core.names import ROARK
 from relay.destinations import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_SECONDS, Destination, Destinations
 from relay.providers import PROVIDER_NAMES, PROVIDERS
+from relay.settings.environment import (
+    DOTENV,
+    TEST_PREFIX,
+    TEST_VARIABLES,
+    environment,
+    unknown_names,
+    unknown_warnings,
+)
+from relay.settings.parsers import AdminToken, DatabaseUrl, Sources
 
-__all__ = ["Secret", "Settings", "example_file"]
+__all__ = ["DOTENV", "TEST_PREFIX", "TEST_VARIABLES", "Secret", "Settings", "example_file", "known_variables"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-#: Read from the working directory when present, as the example file suggests.
-DOTENV = ".env"
 
-
-class DatabaseUrl(Parser):
-    def __call__(self, name: str, raw: str) -> str:
-        scheme = urlsplit(raw).scheme
-        if scheme == "":
-            return f"sqlite:///{raw}"  # a bare path is a SQLite file
-        if scheme in ("postgres", "postgresql"):
-            return raw
-        if scheme != "sqlite" or not raw.startswith("sqlite:///") or raw == "sqlite:///":
-            raise ConfigError(
-                name,
-                "must be sqlite:///path/to/file.db, a file path, or postgresql://..., "
-                f"got scheme {scheme!r}",
-            )
-        return raw
-
-
-class Sources(JsonObject):
-    def __call__(self, name: str, raw: str) -> dict[str, Any]:
-        sources = super().__call__(name, raw)
-        for source, properties in sources.items():
-            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", source) or not isinstance(properties, dict):
-                raise ConfigError(name, "must map source names (letters, digits, _ -) to objects, "
-                                        'e.g. {"acme": {"business_name": "Acme"}}')
-        return sources
-
-
-#: Character classes and their sizes, for estimating how guessable a token is.
-TOKEN_CLASSES = ((string.ascii_lowercase, 26), (string.ascii_uppercase, 26), (string.digits, 10))
-OTHER_CHARACTERS = 33  # printable ASCII punctuation and space
-MIN_TOKEN_BITS = 64
-MIN_TOKEN_DISTINCT = 10
-
-
-def token_bits(token: str) -> float:
-    """length × log2(size of the character classes it uses): what a random token of its
-    kind would hold. An overestimate for anything chosen by a person, hence the rule on
-    distinct characters too."""
-    pool = sum(size for chars, size in TOKEN_CLASSES if any(c in chars for c in token))
-    if any(not any(c in chars for chars, _ in TOKEN_CLASSES) for c in token):
-        pool += OTHER_CHARACTERS
-    return len(token) * math.log2(pool) if pool else 0.0
-
-
-class AdminToken(Parser):
-    described = (f"at least 16 characters, {MIN_TOKEN_DISTINCT} different ones, "
-                 f"{MIN_TOKEN_BITS} bits by its character classes")
-
-    def __call__(self, name: str, raw: str) -> Secret:
-        if len(raw) < 16:
-            raise ConfigError(name, "must be at least 16 characters (use a random string)")
-        if len(set(raw)) < MIN_TOKEN_DISTINCT or token_bits(raw) < MIN_TOKEN_BITS:
-            raise ConfigError(name, f"is too easy to guess: use {MIN_TOKEN_DISTINCT} or more different "
-                                    f"characters and {MIN_TOKEN_BITS} bits or more; python3 -c 'import "
-                                    "secrets; print(secrets.token_urlsafe(24))' makes one")
-        return Secret(raw)
 
 
 @dataclass(frozen=True)
@@ -112,7 +56,7 @@ class Settings:
     roark_api_key: Secret | None = setting(
         "ROARK_API_KEY", None, SecretValue(),
         "Your Roark API key, sent as `Authorization: Bearer ...`.",
-        required=True, example="rk_live_replace_me", section="Roark (upstream)")
+        required=True, placeholder="rk_live_replace_me", section="Roark (upstream)")
     roark_base_url: str = setting("ROARK_BASE_URL", "https://api.roark.ai", Url(), "Roark's API.")
     roark_timeout_seconds: float = setting(
         "ROARK_TIMEOUT_SECONDS", 60.0, Seconds(1), "Seconds for one POST to Roark (connecting gets 5 s of it).")
@@ -307,12 +251,14 @@ class Settings:
         several comma-separated while rotating), "events" (provider:event or provider:*;
         default the events Roark receives), and optionally "original_headers" (true: pass
         the provider's own authentication headers on too), "timeout_seconds"
-        ({DEFAULT_TIMEOUT_SECONDS:g}), "concurrency" ({DEFAULT_CONCURRENCY}). See the README, "One URL for
-        everything".""",
+        ({DEFAULT_TIMEOUT_SECONDS:g}), "concurrency" ({DEFAULT_CONCURRENCY}). See docs/providers.md, "One URL
+        for everything".""",
         example="", in_repr=False, section="Destinations")
 
     #: Each provider's own settings (see its module), by provider name.
     providers: Mapping[str, Any] = field(default_factory=dict)
+    #: Variables set with the relay's prefixes that name no setting (see `unknown_variable_warnings`).
+    unknown_variables: tuple[str, ...] = ()
     retry: RetryPolicy = field(init=False)
 
     reconcile_interval_seconds: float = setting(
@@ -394,10 +340,11 @@ class Settings:
         when there is one. `forwarding=False` is for commands that only read or repair
         the outbox, which need no ROARK_API_KEY."""
         if environ is None:
-            environ = {**_dotenv(), **os.environ}  # the real environment wins
+            environ = environment()
         providers: dict[str, Any] = {name: envvars.read(p.Settings, environ) for name, p in PROVIDERS.items()}
         optional = frozenset() if forwarding else frozenset({"ROARK_API_KEY"})
-        return envvars.read(cls, environ, optional, providers=providers)
+        unknown = unknown_names(environ, known_variables())
+        return envvars.read(cls, environ, optional, providers=providers, unknown_variables=unknown)
 
     def timeout_of(self, destination: str) -> float:
         """Seconds one attempt to `destination` (Roark or one of RELAY_DESTINATIONS) may take."""
@@ -424,6 +371,17 @@ class Settings:
             return None
         return proxy
 
+    def unknown_variable_warnings(self) -> list[str]:
+        """One line for each variable set with the relay's prefixes that names no setting,
+        with the setting it most resembles: a typo would otherwise be silently ignored."""
+        return unknown_warnings(self.unknown_variables, known_variables())
+
+    def provider_notes(self) -> dict[str, list[str]]:
+        """Per provider whose webhooks this relay accepts, what an operator may want to
+        know at start-up though nothing is wrong."""
+        return {name: provider.notes(self.providers[name]) for name, provider in PROVIDERS.items()
+                if name in self.insecure_skip_verification or provider.configured(self.providers[name])}
+
     def provider_warnings(self) -> dict[str, list[str]]:
         """Per provider, what an operator must hear at start-up (nothing: all is well)."""
         return {
@@ -434,10 +392,16 @@ class Settings:
         }
 
 
-def _dotenv() -> dict[str, str]:
-    if not os.path.isfile(DOTENV):
-        return {}
-    return {name: value for name, value in dotenv_values(DOTENV).items() if value is not None}
+def known_variables() -> frozenset[str]:
+    """Every variable the relay reads: each setting's, and the fallbacks it takes."""
+    names: set[str] = set()
+    for config in (Settings, *(provider.Settings for provider in PROVIDERS.values())):
+        for _, var in envvars.variables(config):
+            names.update(name for name in (var.name, var.fallback) if name is not None)
+    return frozenset(names)
+
+
+
 
 
 EXAMPLE_HEADER = """\
@@ -445,7 +409,7 @@ EXAMPLE_HEADER = """\
 # Every variable is read once at start-up; an invalid value stops the relay with a
 # one-line message naming the variable. Secrets may hold several comma-separated
 # values, so a secret can be rotated: add the new one, switch the provider, drop the old.
-# Written by `relay settings` from the declarations in relay/settings.py and
+# Written by `relay settings` from the declarations in relay/settings/ and
 # relay/providers/; change those, not this file."""
 
 

@@ -13,7 +13,7 @@ would. After the last start:
 - deliveries sent more than once are counted and reported; there can be at most one per
   delivery in flight at a kill (its lease expired), never more.
 
-RELAY_CRASH_CYCLES raises the number of kills (a soak: see README, "Attack suites").
+RELAY_CRASH_CYCLES raises the number of kills (a soak: see docs/development.md, "Attack suites").
 """
 
 from __future__ import annotations

@@ -136,8 +136,7 @@ class Webhooks:
 
 
 def start(start_relay, relay_env, database: Path, **extra: str):
-    env = {**relay_env, "RELAY_DATABASE_URL": f"sqlite:///{database}", "RELAY_STORE_RETRY_AFTER_SECONDS": "5",
-           **extra}
+    env = {**relay_env, "RELAY_DATABASE_URL": f"sqlite:///{database}", **extra}
     return env, start_relay(env)
 
 

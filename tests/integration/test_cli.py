@@ -1,4 +1,5 @@
-"""The `relay` command, run in process against a temp SQLite outbox."""
+"""The `relay` command against a temp SQLite outbox: in process, and as its own process
+where what a user sees is the point (`relay_process`)."""
 
 import json
 import threading
@@ -14,7 +15,7 @@ from relay.cli.common import parse_duration
 from relay.outbox import Attempt, Completion, NewDelivery, State, migrations, open_backend
 from relay.settings import Settings
 from relay.testing.fake_roark import FakeRoark
-from tests.helpers import free_port
+from tests.helpers import free_port, relay_process
 
 NOW = time.time()
 
@@ -92,7 +93,65 @@ def test_settings_prints_an_environment_file_the_relay_reads_back(tmp_path):
     assert "ROARK_API_KEY=rk_live_replace_me" in result.output.splitlines()
     environ = dict(line.split("=", 1) for line in result.output.splitlines()
                    if line and not line.startswith("#"))
-    assert Settings.from_env(environ).roark_api_key.reveal() == "rk_live_replace_me"
+    assert Settings.from_env({**environ, "ROARK_API_KEY": "rk_live_mine"}).roark_api_key.reveal() == "rk_live_mine"
+
+
+def test_an_unedited_example_file_is_refused_naming_its_placeholder(tmp_path):
+    written = relay_process({}, "settings", cwd=tmp_path)
+    (tmp_path / ".env").write_text(written.stdout)
+    result = relay_process({}, "check", cwd=tmp_path)
+    assert result.returncode == 2 and "configuration: ok" not in result.stdout
+    assert "ROARK_API_KEY: still holds the example's placeholder 'rk_live_replace_me'" in result.stderr
+
+
+def test_variables_that_name_no_setting_are_pointed_out_with_the_closest_one(tmp_path):
+    (tmp_path / ".env").write_text("RELAY_DESTINATION=[]\n")
+    env = {"ROARK_API_KEY": "rk_test", "ROARK_API_BASE_URL": "https://api.roark.ai", "VAPI_SECERT": "s",
+           # the test suite's own, set where the tests run: never taken for typos
+           "RELAY_TEST_POSTGRES_URL": "postgresql://x/y", "RELAY_SCREENSHOTS": "/tmp/shots"}
+    result = relay_process(env, "check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("configuration: WARNING")]
+    assert warnings == [
+        "configuration: WARNING RELAY_DESTINATION is set but is no setting, so it is ignored; "
+        "did you mean RELAY_DESTINATIONS?",
+        "configuration: WARNING ROARK_API_BASE_URL is set but is no setting, so it is ignored; "
+        "did you mean ROARK_BASE_URL?",
+        "configuration: WARNING VAPI_SECERT is set but is no setting, so it is ignored; did you mean VAPI_SECRET?",
+    ]
+
+
+def test_json_that_does_not_parse_says_where(tmp_path):
+    env = {"ROARK_API_KEY": "rk_test", "RELAY_DESTINATIONS": '[\n  {"name": "crm", "url": "https://crm"},\n]'}
+    result = relay_process(env, "check", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == ("relay: configuration error: RELAY_DESTINATIONS: is not valid JSON: "
+                             "trailing comma in array at line 3, column 1\n")
+
+
+def test_a_sqlite_url_short_of_a_slash_shows_the_forms_that_work(tmp_path):
+    result = relay_process({"ROARK_API_KEY": "rk_test", "RELAY_DATABASE_URL": "sqlite://relay.db"}, "check",
+                           cwd=tmp_path)
+    assert result.returncode == 2 and "got scheme" not in result.stderr
+    assert "sqlite://relay.db has too few slashes" in result.stderr
+    assert "(sqlite:///relay.db)" in result.stderr and "(sqlite:////abs/path/to/file.db)" in result.stderr
+
+
+def test_help_says_where_the_settings_come_from(tmp_path):
+    result = relay_process({}, "--help", cwd=tmp_path)
+    assert result.returncode == 0 and "a .env file in the" in result.stdout and "relay settings" in result.stdout
+
+
+def test_commands_that_read_the_outbox_refuse_a_database_that_is_not_there(tmp_path):
+    database = tmp_path / "relay.db"
+    for command in (["deliveries", "list"], ["deliveries", "show", "1"], ["destinations", "list"],
+                    ["replay", "1"], ["prune", "--older-than", "30d"]):
+        result = relay_process({"RELAY_DATABASE_URL": "sqlite:///relay.db"}, *command, cwd=tmp_path)
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert result.stdout == "" and "no deliveries match" not in result.stderr
+        assert f"the database {database} does not exist (RELAY_DATABASE_URL is sqlite:///relay.db)" \
+            in result.stderr
+        assert list(tmp_path.iterdir()) == [], command  # nor its -wal and -shm
 
 
 def test_a_dotenv_file_in_the_working_directory_is_read_and_the_environment_wins(tmp_path, monkeypatch):
@@ -166,6 +225,27 @@ def test_replaying_an_unknown_id_fails_and_says_so(env, store):
     assert f"replayed 1 delivery: {known}" in result.output and "no delivery 9999" in result.output
 
 
+def test_replaying_only_unknown_ids_says_only_that(env, store, tmp_path):
+    result = relay_process(env, "replay", "999999", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == "" and result.stderr == "relay: no delivery 999999\n"
+
+
+def test_the_retrying_state_lists_what_the_status_page_calls_retrying(env, store, tmp_path):
+    add(store, "failed", State.FAILED)
+    store.insert_many([NewDelivery("vapi", "end-of-call-report", "tried", "e:tried", b"{}", NOW)], NOW)
+    [claimed] = store.claim("cli-test", NOW, 60, 1)
+    attempt = Attempt(1, NOW, 5.0, 503, "HTTP 503", "retry")
+    store.complete(claimed.id, "cli-test", Completion(State.PENDING, NOW, next_attempt_at=NOW + 60, status_code=503,
+                                                      error="HTTP 503", attempt=attempt))
+    add(store, "never-tried", State.PENDING)
+    result = relay_process(env, "deliveries", "list", "--state", "retrying", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["call_id"] for line in result.stdout.splitlines()] == ["tried"]
+    mixed = relay_process(env, "deliveries", "list", "--state", "retrying", "--state", "failed", cwd=tmp_path)
+    assert mixed.returncode == 2 and "retrying (pending, tried at least once) goes alone" in mixed.stderr
+
+
 def test_replay_usage_errors(env):
     assert CliRunner(env=env).invoke(main, ["replay"]).exit_code == 2
     assert CliRunner(env=env).invoke(main, ["replay", "1", "--all-failed"]).exit_code == 2
@@ -188,7 +268,7 @@ def test_durations(text, seconds):
 
 
 def test_unavailable_store_is_a_clear_error(tmp_path):
-    env = {"ROARK_API_KEY": "rk", "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"}
+    env = {"ROARK_API_KEY": "rk", "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}"}  # a directory, not a file
     result = CliRunner(env=env).invoke(main, ["deliveries", "list"])
     assert result.exit_code == 1 and "outbox is unavailable" in result.output
 
@@ -232,10 +312,36 @@ def test_check_upstream_tries_again_until_roark_is_reachable(env):
 
 
 def test_check_fails_on_bad_database_and_hides_passwords(tmp_path):
-    env = {"ROARK_API_KEY": "rk", "RELAY_DATABASE_URL": "postgresql://relay:hunter2@127.0.0.1:9/relay"}
-    result = CliRunner(env=env).invoke(main, ["check"])
-    assert result.exit_code == 1 and "database: FAILED" in result.output
-    assert "hunter2" not in result.output and "********" in result.output
+    env = {"ROARK_API_KEY": "rk", "RELAY_DATABASE_URL": f"postgresql://relay:hunter2@127.0.0.1:{free_port()}/relay"}
+    result = relay_process(env, "check", cwd=tmp_path)
+    assert result.returncode == 1 and "database: FAILED" in result.stdout
+    assert "hunter2" not in result.stdout and "********" in result.stdout
+    assert "that the PostgreSQL server is up" in result.stdout
+    # its own summary only: not the connection pool's log lines before it
+    assert result.stderr == ""
+    assert all(line.startswith(("configuration:", "vapi:", "retell:", "status page", "database:"))
+               for line in result.stdout.splitlines()), result.stdout
+
+
+def test_check_on_a_sqlite_file_it_cannot_create_speaks_of_the_file(tmp_path):
+    env = {"ROARK_API_KEY": "rk", "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'missing' / 'relay.db'}"}
+    result = relay_process(env, "check", cwd=tmp_path)
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("database:")]
+    assert result.returncode == 1
+    assert line.endswith(f"directory {tmp_path / 'missing'} does not exist; set RELAY_DATABASE_URL or create it.")
+
+
+def test_check_says_once_where_vapis_waiting_messages_go_and_only_to_who_takes_vapi_webhooks(tmp_path, env):
+    def vapi_lines(**more):
+        result = relay_process({**env, **more}, "check", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stdout.splitlines() if "VAPI_SERVER_URL" in line]
+
+    assert vapi_lines() == []  # no VAPI_SECRET: the relay takes no VAPI webhook at all
+    [note] = vapi_lines(VAPI_SECRET="vapi-secret")
+    assert note.startswith("vapi: note: messages VAPI waits on an answer to (assistant-request")
+    assert "nothing to do if VAPI sends this relay only what goes to Roark" in note
+    assert vapi_lines(VAPI_SECRET="vapi-secret", VAPI_SERVER_URL="https://team.example/vapi") == []
 
 
 @pytest.mark.parametrize("command", [["serve", "--port", "0"], ["migrate"]])

@@ -6,7 +6,7 @@ import pytest
 from relay.core import envvars
 from relay.core.errors import ConfigError
 from relay.providers import PROVIDERS
-from relay.settings import Secret, Settings, example_file
+from relay.settings import Secret, Settings, example_file, known_variables
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "relay.env.example"
 
@@ -241,3 +241,67 @@ def test_a_retry_policy_that_cannot_work_is_refused():
     with pytest.raises(ConfigError) as caught:
         settings(RELAY_RETRY_BASE_SECONDS="60", RELAY_RETRY_MAX_DELAY_SECONDS="10")
     assert caught.value.variable == "RELAY_RETRY_MAX_DELAY_SECONDS"
+
+
+@pytest.mark.parametrize("variable", ["ROARK_PROPERTIES", "RELAY_SOURCES", "RELAY_DESTINATIONS"])
+@pytest.mark.parametrize("raw, problem", [
+    ('{"acme": {"business_name": "Acme"},}', "trailing comma in object at line 1, column 36"),
+    ("{'acme': {}}", "at line 1, column 2 (JSON takes double quotes, not single)"),
+    ('{\n  "acme": {"business_name": "Acme"}\n  "other": {}\n}', "at line 3, column 3"),
+    ('{"acme": {}', "a bracket, brace or quote is left open"),
+])
+def test_json_that_does_not_parse_says_so_and_where(variable, raw, problem):
+    with pytest.raises(ConfigError) as caught:
+        settings(**{variable: raw})
+    assert caught.value.variable == variable
+    assert str(caught.value).startswith(f"{variable}: is not valid JSON: ") and str(caught.value).endswith(problem)
+
+
+def test_json_of_the_wrong_shape_says_which_shape():
+    with pytest.raises(ConfigError, match="must be a JSON array"):
+        settings(RELAY_DESTINATIONS='{"name": "crm"}')
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        settings(ROARK_PROPERTIES="[1]")
+
+
+@pytest.mark.parametrize("url, relative", [("sqlite://relay.db", "relay.db"),
+                                           ("sqlite:/data/relay.db", "data/relay.db")])
+def test_a_sqlite_url_short_of_slashes_shows_both_right_forms(url, relative):
+    with pytest.raises(ConfigError) as caught:
+        settings(RELAY_DATABASE_URL=url)
+    assert caught.value.variable == "RELAY_DATABASE_URL" and "scheme" not in str(caught.value)
+    assert f"{url} has too few slashes" in str(caught.value)
+    assert f"(sqlite:///{relative})" in str(caught.value) and "sqlite:////abs/path" in str(caught.value)
+
+
+def test_the_examples_placeholder_is_refused_where_it_is_needed():
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"ROARK_API_KEY": "rk_live_replace_me"})
+    assert caught.value.variable == "ROARK_API_KEY" and "still holds the example's placeholder" in str(caught.value)
+    # a command that only reads the outbox needs no key: the placeholder is no key at all
+    assert Settings.from_env({"ROARK_API_KEY": "rk_live_replace_me"}, forwarding=False).roark_api_key is None
+
+
+def test_variables_with_the_relays_prefixes_that_name_no_setting_are_pointed_out():
+    s = settings(RELAY_DESTINATION="[]", ROARK_API_BASE_URL="https://x", RETELL_NONSENSE_ENTIRELY="1",
+                 HOME_DIRECTORY="/home/x", RELAY_TEST_ANYTHING="1")
+    assert s.unknown_variable_warnings() == [
+        "RELAY_DESTINATION is set but is no setting, so it is ignored; did you mean RELAY_DESTINATIONS?",
+        "RETELL_NONSENSE_ENTIRELY is set but is no setting, so it is ignored; `relay settings` lists every setting",
+        "ROARK_API_BASE_URL is set but is no setting, so it is ignored; did you mean ROARK_BASE_URL?",
+    ]
+    assert settings(DATABASE_URL="postgres://u:p@db/relay", https_proxy="http://p:3128").unknown_variables == ()
+
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_the_variables_the_tests_and_benchmarks_read_are_not_taken_for_typos():
+    """The suites' own knobs are set where they run the relay; a new one must be added to
+    relay.settings.TEST_VARIABLES (or be named RELAY_TEST_...), or every run would warn."""
+    read = re.compile(r"""(?:environ\.get\(|environ\[|getenv\(|setenv\()\s*["']([A-Z][A-Z0-9_]+)["']""")
+    names = {name for folder in ("tests", "bench") for path in (ROOT / folder).rglob("*.py")
+             for name in read.findall(path.read_text())}
+    assert "RELAY_SCREENSHOTS" in names  # the pattern finds them
+    not_settings = dict.fromkeys(names - known_variables(), "1")
+    assert settings(**not_settings).unknown_variables == ()
