@@ -1,6 +1,6 @@
 """The code's own rules, checked like behaviour: ruff's lint, mypy's types, the layers'
-import contract (and that it does catch a breach), and the README's map of the package
-kept equal to the package."""
+import contract (and that it does catch a breach), and docs/architecture.md's map of the
+package kept equal to the package."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-README = (ROOT / "README.md").read_text()
+ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text()
 
 
 def run(*command: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -49,20 +49,20 @@ def test_the_import_contracts_catch_a_breach(tmp_path):
 
 
 def block_after(marker: str) -> list[str]:
-    """The lines of the README's code block that follows `marker`."""
-    start = README.index(marker)
-    fence = README.index("```\n", start) + 4
-    return README[fence:README.index("```", fence)].splitlines()
+    """The lines of docs/architecture.md's code block that follows `marker`."""
+    start = ARCHITECTURE.index(marker)
+    fence = ARCHITECTURE.index("```\n", start) + 4
+    return ARCHITECTURE[fence:ARCHITECTURE.index("```", fence)].splitlines()
 
 
-def test_the_readme_draws_the_layers_the_contract_enforces():
+def test_the_architecture_draws_the_layers_the_contract_enforces():
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     [layers] = [c["layers"] for c in contracts if c["type"] == "layers"]
     drawn = [re.split(r" {2,}", line.strip())[0] for line in block_after("<!-- layers:")]
     assert drawn == layers
 
 
-def test_the_readme_module_map_lists_every_module_and_no_other():
+def test_the_architecture_module_map_lists_every_module_and_no_other():
     listed, package = set(), None
     for line in block_after("<!-- module map:")[1:]:  # the first line is relay/ itself
         name = line.split()[0]
@@ -83,19 +83,25 @@ def test_the_readme_module_map_lists_every_module_and_no_other():
             present.add("/".join(parts[:-1]) + "/")
         else:
             present.add("/".join(parts))
-    assert sorted(listed - present) == [], "listed in README but not in relay/"
-    assert sorted(present - listed) == [], "in relay/ but missing from README's module map"
+    assert sorted(listed - present) == [], "listed in docs/architecture.md but not in relay/"
+    assert sorted(present - listed) == [], "in relay/ but missing from docs/architecture.md's module map"
 
 
-DOCUMENTS = ("README.md", "BENCHMARKS.md", "config/relay.env.example")
+#: What people read: the front page, the reference, the changelog, the example settings.
+DOCUMENTS = ("README.md", "BENCHMARKS.md", "CHANGELOG.md", "config/relay.env.example",
+             *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md"))))
 #: `relay/x/y.py`, `relay/x/`, and `relay.x.y` (a module, or a name in one) as prose names them.
 PATH = re.compile(r"(?<![\w/.-])relay/[\w/]*\w(?:\.py|/)?")
 DOTTED = re.compile(r"(?<![\w/.-])relay(?:\.[A-Za-z_]\w*)+")
 
 
+#: Dotted names that are files, not modules: the SQLite outbox's default file.
+NOT_MODULES = {"relay.db"}
+
+
 def named_in(document: str) -> set[str]:
     text = (ROOT / document).read_text()
-    return set(PATH.findall(text)) | set(DOTTED.findall(text))
+    return set(PATH.findall(text)) | (set(DOTTED.findall(text)) - NOT_MODULES)
 
 
 def exists(name: str) -> bool:
