@@ -18,15 +18,6 @@ from tests.helpers import RETELL_KEY, ROARK_KEY, SHARED, VAPI_SECRET, fresh_sche
 pytest_plugins = ["tests.secret_scan"]
 
 
-def pytest_collection_modifyitems(items) -> None:
-    """The suite runs on two workers (pyproject's addopts). The real-process suites and
-    the bench smoke test share one of them, one test at a time: they measure memory and
-    deadlines, and two at once would measure each other."""
-    for item in items:
-        if item.nodeid.startswith(("tests/e2e/", "tests/integration/test_bench_smoke.py")):
-            item.add_marker(pytest.mark.xdist_group("real_processes"))
-
-
 def pytest_terminal_summary(terminalreporter) -> None:
     """The figures the attack suites measure (`record_property`), after the run: printed
     as they come, they would break pytest's line of progress dots."""
