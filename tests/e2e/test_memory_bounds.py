@@ -27,6 +27,9 @@ pytestmark = pytest.mark.e2e
 
 REPORT_BYTES = 21 * 1024 * 1024
 MEMORY_LIMIT_BYTES = 512 * 1024 * 1024
+#: A load balancer's health check waits seconds (deploy/fly.toml: 5 s); half that still
+#: catches a relay whose loop stalls under the flood, with room for a 2-core machine.
+HEALTH_WITHIN_SECONDS = 2.0
 
 
 def large_report(call_id: str) -> bytes:
@@ -118,6 +121,6 @@ def test_a_flood_of_large_bodies_stays_inside_a_small_machine(start_relay, relay
                "first_answers": {str(a): answers.count(a) for a in set(answers)}}
     print(f"\nmemory bounds: {json.dumps(figures)}")
     assert relay.peak_rss() < MEMORY_LIMIT_BYTES, figures
-    assert health.slowest < 1.0 and not health.failures, (health.slowest, health.failures[:5])
+    assert health.slowest < HEALTH_WITHIN_SECONDS and not health.failures, (health.slowest, health.failures[:5])
     stored = {row["call_id"] for row in rows(relay_env)}
     assert stored == set(reports)
