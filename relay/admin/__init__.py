@@ -4,6 +4,8 @@
     GET  /status/deliveries/{id}         one delivery: attempts, masked payload (HTML)
     POST /status/replay                  replay selected / all failed (form, CSRF)
     POST /status/destinations/{name}/resume  resume a destination stopped by a 410 (form, CSRF)
+    POST /status/alerts/{id}/acknowledge  stop an alert's reminders (form, CSRF)
+    POST /status/alerts/mute             mute a subject's alert messages for a while (form, CSRF)
     GET  /login, POST /login, POST /logout
     GET  /admin/api/summary              JSON, Bearer only
     GET  /admin/api/deliveries           ?state=&provider=&destination=&call_id=&cursor=&limit=
@@ -11,6 +13,8 @@
     POST /admin/api/deliveries/{id}/replay
     POST /admin/api/replay               {"ids": [...]} or {"all_failed": true, ...}
     POST /admin/api/destinations/{name}/resume
+    GET  /admin/api/alerts               open alerts, the last week's, the channels
+    POST /admin/api/alerts/{id}/acknowledge
     GET  /admin/openapi.json             the API's OpenAPI 3.1 document (Bearer or session)
 
 Without RELAY_ADMIN_TOKEN all of these answer 404: disabled, never open.

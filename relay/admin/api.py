@@ -1,4 +1,4 @@
-"""The admin JSON API: summary, list, inspect and replay deliveries.
+"""The admin JSON API: summary, list, inspect and replay deliveries; alerts.
 
 Only `Authorization: Bearer <RELAY_ADMIN_TOKEN>` is accepted here (never the page's
 cookie), so no request a browser makes on its own can reach it. Every input is
@@ -232,6 +232,20 @@ class AdminApi:
         )
         return JSONResponse({"data": await self.operations.replay(None, where)})
 
+    async def list_alerts(self, request: Request) -> JSONResponse:
+        self.auth.require_bearer(request)
+        if unknown := sorted(request.query_params.keys()):
+            raise BadRequest(f"unknown query parameter {unknown[0]!r}", parameter=unknown[0])
+        return JSONResponse({"data": await self.operations.alerts()})
+
+    async def acknowledge_alert(self, request: Request) -> JSONResponse:
+        self.auth.require_bearer(request)
+        alert_id = parse_id(request.path_params["id"], "id")
+        alert = await self.operations.acknowledge(alert_id)
+        if alert is None:
+            raise NotFound(f"no alert {alert_id}", parameter="id")
+        return JSONResponse({"data": alert})
+
     async def resume_destination(self, request: Request) -> JSONResponse:
         self.auth.require_bearer(request)
         name = parse_destination(request.path_params["name"])
@@ -247,4 +261,6 @@ def api_routes(api: AdminApi) -> list[Route]:
         Route("/admin/api/deliveries/{id}/replay", api.replay_one, methods=["POST"]),
         Route("/admin/api/replay", api.replay_many, methods=["POST"]),
         Route("/admin/api/destinations/{name}/resume", api.resume_destination, methods=["POST"]),
+        Route("/admin/api/alerts", api.list_alerts, methods=["GET"]),
+        Route("/admin/api/alerts/{id}/acknowledge", api.acknowledge_alert, methods=["POST"]),
     ]

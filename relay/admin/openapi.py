@@ -21,6 +21,7 @@ from relay.admin.api import (
     STATES,
 )
 from relay.core.names import DESTINATION_NAME
+from relay.destinations import ALERT_KINDS
 from relay.providers import PROVIDER_NAMES
 
 
@@ -194,6 +195,44 @@ SCHEMAS: dict[str, Any] = {
                             "call_id": CALL_ID_FILTER}},
         ],
     },
+    "Alert": {
+        "type": "object",
+        "required": ["id", "kind", "subject", "summary", "state", "opened_at", "resolved_at", "acknowledged_at",
+                     "reminded_at", "last_seen_at", "held_up", "muted_until", "details"],
+        "properties": {
+            "id": ID, "kind": {"type": "string", "enum": list(ALERT_KINDS)},
+            "subject": {"type": "string", "description": "roark, a destination, a provider, forwarding or outbox"},
+            "summary": {"type": "string"}, "state": {"type": "string", "enum": ["open", "resolved"]},
+            "opened_at": {"type": "string", "format": "date-time"}, "resolved_at": TIME,
+            "acknowledged_at": TIME, "reminded_at": TIME, "last_seen_at": TIME,
+            "held_up": {"type": "integer", "minimum": 0,
+                        "description": "the most deliveries it kept waiting at once (dead_letter: failed; "
+                                       "storage: webhooks refused)"},
+            "muted_until": TIME, "details": {"type": "object"},
+        },
+    },
+    "AlertChannel": {
+        "type": "object",
+        "required": ["name", "format", "url", "kinds", "state", "last_success_at", "failing_since", "last_error",
+                     "waiting", "given_up"],
+        "properties": {
+            "name": {"type": "string"}, "format": {"type": "string", "enum": ["slack", "webhook"]},
+            "url": {"type": "string", "description": "scheme and host only"},
+            "kinds": {"type": "array", "items": {"type": "string", "enum": list(ALERT_KINDS)}},
+            "state": {"type": "string", "enum": ["ok", "failing", "unused"]},
+            "last_success_at": TIME, "failing_since": TIME, "last_error": _nullable("string"),
+            "waiting": {"type": "integer", "minimum": 0}, "given_up": {"type": "integer", "minimum": 0},
+        },
+    },
+    "Alerts": {
+        "type": "object", "required": ["open", "history", "channels", "muted"],
+        "properties": {
+            "open": {"type": "array", "items": _ref("Alert")},
+            "history": {"type": "array", "items": _ref("Alert"), "description": "resolved in the last week"},
+            "channels": {"type": "array", "items": _ref("AlertChannel")},
+            "muted": {"type": "object", "additionalProperties": {"type": "string", "format": "date-time"}},
+        },
+    },
     "Resumed": {
         "type": "object", "required": ["destination", "resumed"],
         "properties": {"destination": {"type": "string"}, "resumed": {"type": "boolean"}},
@@ -240,7 +279,8 @@ def _data(schema: str) -> dict[str, Any]:
 
 def openapi_document() -> dict[str, Any]:
     schemas = {**SCHEMAS, "SummaryResponse": _data("Summary"), "DeliveryResponse": _data("DeliveryDetail"),
-               "ResumeResponse": _data("Resumed")}
+               "ResumeResponse": _data("Resumed"), "AlertsResponse": _data("Alerts"),
+               "AlertResponse": _data("Alert")}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -297,6 +337,19 @@ def openapi_document() -> dict[str, Any]:
                                 "schema": {"type": "string", "pattern": f"^{DESTINATION_NAME}$"}}],
                 "responses": {"200": _ok("ResumeResponse", "resumed, or resumed false when it was not stopped"),
                               "400": _error("invalid name"), **ERRORS},
+            }},
+            "/admin/api/alerts": {"get": {
+                "operationId": "listAlerts",
+                "summary": "Open alerts, those resolved in the last week, and how each alert channel fares",
+                "responses": {"200": _ok("AlertsResponse", "the alerts"), "400": _error("unknown parameter"),
+                              **ERRORS},
+            }},
+            "/admin/api/alerts/{id}/acknowledge": {"post": {
+                "operationId": "acknowledgeAlert",
+                "summary": "Stop an alert's reminders (idempotent); it still resolves, and says so, when it clears",
+                "parameters": _params("id"),
+                "responses": {"200": _ok("AlertResponse", "the alert"), "400": _error("invalid id"),
+                              "404": _error("no such alert"), **ERRORS},
             }},
         },
         "components": {

@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from relay.admin.views import reconciliation_json
+from relay.admin.views import alert_json, channel_json, reconciliation_json
 from relay.core.timefmt import iso
 from relay.forwarding.trouble import stuck
 from relay.forwarding.view import ForwarderViews
@@ -22,6 +22,9 @@ from relay.settings import Settings
 log = structlog.get_logger("relay.admin")
 
 STATES = tuple(state.value for state in State)
+#: How far back the alerts' history goes.
+ALERT_HISTORY_SECONDS = 7 * 86400.0
+ALERT_HISTORY_LIMIT = 200
 
 
 class Operations:
@@ -130,3 +133,36 @@ class Operations:
             self._forwarders.wake()
         skipped = sorted(set(ids or ()) - set(replayed))
         return {"replayed": replayed, "skipped": skipped}
+
+    async def alerts(self) -> dict[str, Any]:
+        """Open alerts, the last week's resolved ones (newest first), and every channel."""
+        now = self._clock()
+        muted = await self._outbox.muted_subjects(now)
+        alerts = await self._outbox.alerts_since(now - ALERT_HISTORY_SECONDS, ALERT_HISTORY_LIMIT)
+        health = {h.channel: h for h in await self._outbox.alert_channels()}
+        return {
+            "open": [alert_json(a, muted) for a in alerts if a.resolved_at is None],
+            "history": [alert_json(a, muted) for a in alerts if a.resolved_at is not None],
+            "channels": [channel_json(c, health.get(c.name)) for c in self._settings.alerts],
+            "muted": {subject: iso(until) for subject, until in sorted(muted.items())},
+        }
+
+    async def acknowledge(self, alert_id: int) -> dict[str, Any] | None:
+        """Stop an alert's reminders; None when there is no such alert."""
+        now = self._clock()
+        alert = await self._outbox.acknowledge_alert(alert_id, now)
+        if alert is None:
+            return None
+        log.info("alert_acknowledged", alert=alert_id, kind=alert.kind, subject=alert.subject)
+        return alert_json(alert, await self._outbox.muted_subjects(now))
+
+    @property
+    def mute_seconds(self) -> float:
+        return self._settings.alert_mute_seconds
+
+    async def mute(self, subject: str) -> float:
+        """Send no alert message about `subject` for RELAY_ALERT_MUTE_SECONDS; until when."""
+        until = self._clock() + self._settings.alert_mute_seconds
+        await self._outbox.mute_subject(subject, until)
+        log.info("alert_subject_muted", subject=subject, until=iso(until))
+        return until

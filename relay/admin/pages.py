@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -29,6 +31,7 @@ from relay.admin.operations import STATES, Operations
 from relay.admin.throttle import LoginThrottle
 from relay.admin.views import masked_payload
 from relay.core.errors import BadRequest, HTTPError, NotFound, TooManyRequests, Unauthorized
+from relay.core.names import DESTINATION_NAME
 from relay.core.redaction import Redactor
 from relay.core.timefmt import duration, iso
 from relay.outbox import DeliveryFilter, State
@@ -39,6 +42,8 @@ MAX_PAYLOAD_CHARS = 1_000_000  # a 25 MB transcript is not read in a browser
 OUTCOMES = {"delivered": "delivered", "retryat": "will retry", "giveup": "gave up",
             "pausedelivery": "paused (not counted)", "stopreceiver": "gone: destination stopped"}
 Handler = Callable[[Request], Awaitable[Response]]
+#: What an alert's subject may be: a destination's name, a provider, forwarding, outbox.
+SUBJECT = re.compile(DESTINATION_NAME)
 
 
 def ago(timestamp: float | None, now: float) -> str:
@@ -56,6 +61,12 @@ def condition(destination: dict[str, Any]) -> str:
     if destination["paused"]:
         return "paused"
     return "failing" if destination["trouble"] else "running"
+
+
+def lasted(alert: dict[str, Any]) -> str:
+    """How long a resolved alert (as `alert_json` shows it) was open."""
+    opened, resolved = (datetime.fromisoformat(alert[k]) for k in ("opened_at", "resolved_at"))
+    return duration((resolved - opened).total_seconds())
 
 
 def pretty(payload: Any) -> str:
@@ -76,7 +87,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["iso"] = lambda ts: iso(ts) or "—"
     env.globals.update(ago=ago, duration=duration, states=STATES, providers=PROVIDER_NAMES, outcomes=OUTCOMES,
-                       condition=condition)
+                       condition=condition, lasted=lasted)
     env.tests["running"] = lambda destination: condition(destination) == "running"
     return env
 
@@ -143,6 +154,8 @@ class StatusPages:
                    "destination": listing.where.destination or "", "call_id": listing.where.call_id_prefix or ""}
         return self.render(request, "status.html", {
             "summary": await self.operations.summary(),
+            "alerts": await self.operations.alerts(),
+            "mute_seconds": self.operations.mute_seconds,
             "reconciliation": await self.operations.reconciliations(),
             "rows": page,
             "filters": filters,
@@ -218,6 +231,26 @@ class StatusPages:
         assert name is not None  # a path parameter is never empty
         await self.operations.resume(name)
         return RedirectResponse(_status_url(resumed=name), status_code=303)
+
+    async def acknowledge(self, request: Request) -> Response:
+        access = await self._require(request)
+        form = await _form(request, max_fields=10)
+        self.auth.check_csrf(access, _field(form, "csrf_token"))
+        alert_id = api.parse_id(request.path_params["id"], "id")
+        if await self.operations.acknowledge(alert_id) is None:
+            raise NotFound(f"no alert {alert_id}")
+        return RedirectResponse(f"/status#alert-{alert_id}", status_code=303)
+
+    async def mute(self, request: Request) -> Response:
+        access = await self._require(request)
+        form = await _form(request, max_fields=10)
+        self.auth.check_csrf(access, _field(form, "csrf_token"))
+        subject = _field(form, "subject") or ""
+        if not SUBJECT.fullmatch(subject):
+            raise BadRequest("subject must be what an alert names (roark, a destination, a provider)",
+                             parameter="subject")
+        await self.operations.mute(subject)
+        return RedirectResponse("/status#alerts", status_code=303)
 
     # --- logging in and out -----------------------------------------------------------
 
@@ -312,6 +345,8 @@ def page_routes(pages: StatusPages) -> list[Route]:
         Route("/status/deliveries/{id}", wrap(pages.detail), methods=["GET"]),
         Route("/status/replay", wrap(pages.replay), methods=["POST"]),
         Route("/status/destinations/{name}/resume", wrap(pages.resume), methods=["POST"]),
+        Route("/status/alerts/{id}/acknowledge", wrap(pages.acknowledge), methods=["POST"]),
+        Route("/status/alerts/mute", wrap(pages.mute), methods=["POST"]),
         Route("/login", wrap(pages.login_page), methods=["GET"]),
         Route("/login", wrap(pages.login), methods=["POST"]),
         Route("/logout", wrap(pages.logout), methods=["POST"]),

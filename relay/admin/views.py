@@ -8,7 +8,8 @@ from typing import Any
 from relay.core import jsonbody
 from relay.core.redaction import Redactor
 from relay.core.timefmt import iso
-from relay.outbox import Attempt, Delivery, Reconciliation, State
+from relay.destinations import Channel
+from relay.outbox import Alert, Attempt, ChannelHealth, Delivery, Reconciliation, State
 
 
 def delivery_json(d: Delivery) -> dict[str, Any]:
@@ -66,3 +67,38 @@ def masked_payload(body: bytes | None, redactor: Redactor) -> tuple[Any, str | N
     except (ValueError, RecursionError):
         return None, "not shown: the body is not valid JSON, so secrets in it cannot be masked"
     return redactor.mask(document), None
+
+
+def alert_json(a: Alert, muted: dict[str, float]) -> dict[str, Any]:
+    """`muted`: subjects muted now, and until when."""
+    return {
+        "id": a.id,
+        "kind": a.kind,
+        "subject": a.subject,
+        "summary": a.summary,
+        "state": "open" if a.resolved_at is None else "resolved",
+        "opened_at": iso(a.opened_at),
+        "resolved_at": iso(a.resolved_at),
+        "acknowledged_at": iso(a.acknowledged_at),
+        "reminded_at": iso(a.reminded_at),
+        "last_seen_at": iso(a.seen_at),
+        "held_up": a.held_up,
+        "muted_until": iso(muted[a.subject]) if a.subject in muted else None,
+        "details": dict(a.details),
+    }
+
+
+def channel_json(channel: Channel, health: ChannelHealth | None) -> dict[str, Any]:
+    failing = health is not None and health.failing_since is not None
+    return {
+        "name": channel.name,
+        "format": channel.format,
+        "url": channel.shown_url,
+        "kinds": sorted(channel.kinds),
+        "state": "unused" if health is None else "failing" if failing else "ok",
+        "last_success_at": iso(health.last_success_at) if health else None,
+        "failing_since": iso(health.failing_since) if health else None,
+        "last_error": health.last_error if health else None,
+        "waiting": health.waiting if health else 0,
+        "given_up": health.failed if health else 0,
+    }

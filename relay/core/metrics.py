@@ -82,6 +82,15 @@ class Metrics:
             "skipped: another instance held the provider, stopped: the relay was shutting down).",
             ["provider", "outcome"], registry=self.background,
         )
+        self.alerts_opened = Counter(
+            "relay_alerts_opened", "Alerts this instance opened, by kind (relay.alerts).",
+            ["kind"], registry=self.registry,
+        )
+        self.alert_sends = Counter(
+            "relay_alert_sends", "Alert messages sent to a channel, by channel and outcome (sent; "
+            "retrying: it will be sent again; failed: given up, or refused).",
+            ["channel", "outcome"], registry=self.registry,
+        )
         self.reconcile_last_success = Gauge(
             "relay_reconciliation_last_success_timestamp_seconds",
             "When a provider's last successful reconciliation run ended (unix time), on any instance.",

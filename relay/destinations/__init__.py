@@ -1,7 +1,9 @@
 """Destinations: the team's own endpoints, beside Roark, each owed its own durable,
 signed copy of the webhooks it asks for: what they are, as configured, and which of them
-a webhook is owed to (sending is relay.forwarding.destination's)."""
+a webhook is owed to (sending is relay.forwarding.destination's); and the channels
+alerts go to (RELAY_ALERTS, relay.alerts)."""
 
+from relay.destinations.channels import ALERT_KINDS, Channel, Channels
 from relay.destinations.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_SECONDS,
@@ -11,4 +13,5 @@ from relay.destinations.config import (
     owed,
 )
 
-__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_TIMEOUT_SECONDS", "Destination", "Destinations", "new_secret", "owed"]
+__all__ = ["ALERT_KINDS", "DEFAULT_CONCURRENCY", "DEFAULT_TIMEOUT_SECONDS", "Channel", "Channels", "Destination",
+           "Destinations", "new_secret", "owed"]

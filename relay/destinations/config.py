@@ -14,9 +14,10 @@ import base64
 import binascii
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -36,7 +37,15 @@ KEY_BYTES = (24, 64)
 NEW_KEY_BYTES = 32
 
 
-class _Invalid(ValueError):
+class _HasName(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+Named = TypeVar("Named", bound=_HasName)
+
+
+class Invalid(ValueError):
     def __init__(self, field_name: str, problem: str) -> None:
         super().__init__(f"field {field_name}: {problem}")
 
@@ -107,26 +116,32 @@ class Destinations(Parser):
     described = 'a JSON array of {"name", "url", "secret", "events", "original_headers"}'
 
     def __call__(self, name: str, raw: str) -> tuple[Destination, ...]:
-        entries = json_value(name, raw)
-        if not isinstance(entries, list):
-            raise ConfigError(name, 'must be a JSON array, e.g. [{"name": "crm", "url": "https://...", '
-                                    '"secret": "whsec_..."}] (`relay secret` makes a secret)')
-        parsed: list[Destination] = []
-        for n, entry in enumerate(entries, start=1):
-            label = f"entry {n}" + (f" ({entry['name']})" if isinstance(entry, dict)
-                                    and isinstance(entry.get("name"), str) else "")
-            try:
-                parsed.append(_destination(entry))
-            except msgspec.ValidationError as error:
-                raise ConfigError(name, f"{label}: {_field_problem(error)}") from None
-            except ValueError as error:
-                raise ConfigError(name, f"{label}: {error}") from None
-            if parsed[-1].name in {d.name for d in parsed[:-1]}:
-                raise ConfigError(name, f"{label}: field name: {parsed[-1].name!r} is used twice")
-        return tuple(parsed)
+        return tuple(parse_entries(name, raw, _destination, '[{"name": "crm", "url": "https://...", '
+                                   '"secret": "whsec_..."}] (`relay secret` makes a secret)'))
 
 
-def _field_problem(error: Exception) -> str:
+def parse_entries(variable: str, raw: str, build: Callable[[object], Named], example: str) -> list[Named]:
+    """Each entry of a JSON array of named objects, built by `build`; a mistake raises a
+    ConfigError naming the entry (by number and name) and the field."""
+    entries = json_value(variable, raw)
+    if not isinstance(entries, list):
+        raise ConfigError(variable, f"must be a JSON array, e.g. {example}")
+    parsed: list[Named] = []
+    for n, entry in enumerate(entries, start=1):
+        label = f"entry {n}" + (f" ({entry['name']})" if isinstance(entry, dict)
+                                and isinstance(entry.get("name"), str) else "")
+        try:
+            parsed.append(build(entry))
+        except msgspec.ValidationError as error:
+            raise ConfigError(variable, f"{label}: {field_problem(error)}") from None
+        except ValueError as error:
+            raise ConfigError(variable, f"{label}: {error}") from None
+        if parsed[-1].name in {d.name for d in parsed[:-1]}:
+            raise ConfigError(variable, f"{label}: field name: {parsed[-1].name!r} is used twice")
+    return parsed
+
+
+def field_problem(error: Exception) -> str:
     """msgspec says "... - at `$.url`"; an operator reads "field url: ..."."""
     text = str(error)
     match = re.fullmatch(r"(.*) - at `\$\.?([^`]*)`", text)
@@ -140,37 +155,37 @@ def _destination(entry: object) -> Destination:
         raise ValueError("must be a JSON object")
     e = msgspec.convert(entry, _Entry)
     if not NAME.fullmatch(e.name) or e.name == ROARK:
-        raise _Invalid("name", f"must match {DESTINATION_NAME} and not be {ROARK!r} (Roark is built in)")
+        raise Invalid("name", f"must match {DESTINATION_NAME} and not be {ROARK!r} (Roark is built in)")
     parts = urlsplit(e.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Invalid("url", "must be an http or https URL")
+        raise Invalid("url", "must be an http or https URL")
     keys = tuple(part.strip() for part in e.secret.split(",") if part.strip())
     if not keys:
-        raise _Invalid("secret", "must hold at least one whsec_ secret")
+        raise Invalid("secret", "must hold at least one whsec_ secret")
     for key in keys:
-        _check_key(key)
+        check_key(key)
     events = frozenset(roark_events() if e.events is None else e.events)
     if not events:
-        raise _Invalid("events", "must name at least one event, or be left out")
+        raise Invalid("events", "must name at least one event, or be left out")
     exact, every = _events(events)
     if not 0 < e.timeout_seconds <= 300:
-        raise _Invalid("timeout_seconds", "must be more than 0 and at most 300")
+        raise Invalid("timeout_seconds", "must be more than 0 and at most 300")
     if not 1 <= e.concurrency <= 512:
-        raise _Invalid("concurrency", "must be between 1 and 512")
+        raise Invalid("concurrency", "must be between 1 and 512")
     return Destination(e.name, e.url, tuple(Secret(k) for k in keys), exact, every, e.original_headers,
                        e.timeout_seconds, e.concurrency)
 
 
-def _check_key(key: str) -> None:
+def check_key(key: str) -> None:
     if not key.startswith(SECRET_PREFIX):
-        raise _Invalid("secret", f"must start with {SECRET_PREFIX} (`relay secret` makes one)")
+        raise Invalid("secret", f"must start with {SECRET_PREFIX} (`relay secret` makes one)")
     try:
         raw = base64.b64decode(key.removeprefix(SECRET_PREFIX), validate=True)
     except (binascii.Error, ValueError):
-        raise _Invalid("secret", f"is not {SECRET_PREFIX} followed by base64") from None
+        raise Invalid("secret", f"is not {SECRET_PREFIX} followed by base64") from None
     low, high = KEY_BYTES
     if not low <= len(raw) <= high:
-        raise _Invalid("secret", f"must encode {low} to {high} bytes, not {len(raw)}")
+        raise Invalid("secret", f"must encode {low} to {high} bytes, not {len(raw)}")
 
 
 def _events(events: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
@@ -180,18 +195,18 @@ def _events(events: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
         provider_name, _, event = name.partition(":")
         provider = PROVIDERS.get(provider_name)
         if provider is None or not event:
-            raise _Invalid("events",
+            raise Invalid("events",
                 f"{name!r} is not provider:event (providers: {', '.join(PROVIDERS)}; "
                 "provider:* for all)")
         if event == "*":
             every.add(provider_name)
         elif event in provider.request_response:
-            raise _Invalid("events",
+            raise Invalid("events",
                 f"{name!r} waits for an answer, which a copy cannot give: it is passed through "
                 f"to your server while {provider.title} waits (see docs/providers.md, VAPI), never stored")
         elif event not in provider.events:
             known = ", ".join(sorted(provider.events - provider.request_response))
-            raise _Invalid("events", f"{name!r}: {provider.title} sends no such event; known: {known} "
+            raise Invalid("events", f"{name!r}: {provider.title} sends no such event; known: {known} "
                                      f"(or {provider_name}:*)")
         else:
             exact.add(name)

@@ -381,6 +381,9 @@ class Forwarders:
         for forwarder in self:
             forwarder.wake()
 
+    def silent_since(self, now: float) -> float | None:
+        return None  # they run in this process: they cannot be silent while it answers
+
     async def stop(self) -> None:
         """Stop every forwarder (see `Forwarder.stop`), then close their connections."""
         if self._unlisten is not None:

@@ -37,6 +37,11 @@ class RemoteTrouble:
     def __init__(self, forwarder: RemoteForwarder) -> None:
         self._forwarder = forwarder
 
+    @property
+    def failing_since(self) -> float | None:
+        report = self._forwarder.report
+        return None if report is None else report.failing_since
+
     def describe(self, now: float) -> str | None:
         forwarder = self._forwarder
         report = forwarder.report
@@ -93,6 +98,12 @@ class RemoteForwarders:
 
     def wake(self) -> None:
         """Nothing to do here: the store itself tells the forwarding process of new work."""
+
+    def silent_since(self, now: float) -> float | None:
+        """Any forwarder's report shows a forwarding process alive."""
+        reports = [f.report.reported_at for f in self if f.report is not None]
+        since = max(reports) if reports else min(f.watched_since for f in self)
+        return since if now - since > STALE_AFTER_SECONDS else None
 
     async def start(self) -> None:
         """Read the reports once, then every REFRESH_SECONDS."""

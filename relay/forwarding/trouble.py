@@ -118,6 +118,10 @@ class UpstreamTrouble:
             last_success=None if self._last_success == float("-inf") else self._last_success,
             failure=self._failure, status=self._status)
 
+    @property
+    def failing_since(self) -> float | None:
+        return self._failing_since
+
     def describe(self, now: float) -> str | None:
         return describe(self.receiver, self.state, now)
 

@@ -13,6 +13,10 @@ class TroubleView(Protocol):
     def describe(self, now: float) -> str | None:
         """What keeps deliveries from arriving now, in an operator's words; None: nothing."""
 
+    @property
+    def failing_since(self) -> float | None:
+        """When the current run of failed attempts began; None while attempts succeed."""
+
 
 class ForwarderView(Protocol):
     @property
@@ -48,3 +52,7 @@ class ForwarderViews(Protocol):
 
     def wake(self) -> None:
         """New work was stored, or released (a replay, a resume): deliver it now."""
+
+    def silent_since(self, now: float) -> float | None:
+        """Since when no forwarding process has reported, once that is long enough to mean
+        none runs; None while one reports (always, for forwarders in this process)."""

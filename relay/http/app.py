@@ -21,6 +21,7 @@ from relay.admin import admin_routes
 from relay.admin.auth import AdminAuth
 from relay.admin.operations import Operations
 from relay.admin.throttle import LoginThrottle
+from relay.alerts import Monitor
 from relay.core.budget import ByteBudget
 from relay.core.errors import HTTPError, MethodNotAllowed, NotFound, StoreUnavailable
 from relay.core.metrics import Metrics
@@ -162,6 +163,9 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
         started_monotonic=time.monotonic(),
     )
 
+    # Every instance watches; the store makes each alert and message happen once.
+    monitor = Monitor(settings, outbox, metrics, forwarders, reconcilers)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for warning in settings.unknown_variable_warnings():
@@ -185,11 +189,13 @@ def create_app(settings: Settings, *, login_throttle: LoginThrottle | None = Non
             await remote.start()
             if child is not None:
                 await child.start()
+        await monitor.start()
         log.info("relay_started", version=__version__, schema_version=version,
                  upstream=settings.roark_base_url, forwarding=forwarding)
         try:
             yield
         finally:
+            await monitor.stop()
             if child is not None:
                 await child.stop()
             if background is not None:

@@ -8,18 +8,24 @@
     startup.py       waiting for the database at start-up
     traffic.py       the status page charts' figures
     reconciliation.py  reconciliation's part: leases, progress, what is held
+    alerts.py        alerts' part: alerts, their messages, channels, mutes, dead letters
     migrations/      the schema's history
 """
 
 from __future__ import annotations
 
 from relay.outbox.model import (
+    Alert,
+    AlertMessage,
     Attempt,
+    ChannelHealth,
     Completion,
+    DeadLetters,
     Delivery,
     DeliveryFilter,
     ForwarderReport,
     Inserted,
+    MessageType,
     NewDelivery,
     Pause,
     Progress,
@@ -31,14 +37,19 @@ from relay.outbox.runner import AsyncOutbox
 from relay.outbox.store import Backend
 
 __all__ = [
+    "Alert",
+    "AlertMessage",
     "AsyncOutbox",
     "Attempt",
     "Backend",
+    "ChannelHealth",
     "Completion",
+    "DeadLetters",
     "Delivery",
     "DeliveryFilter",
     "ForwarderReport",
     "Inserted",
+    "MessageType",
     "NewDelivery",
     "Pause",
     "Progress",

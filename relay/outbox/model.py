@@ -200,3 +200,68 @@ class RunOutcome:
     at: float
     queued: int
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Alert:
+    """Something wrong an operator is told of (relay.alerts): opened once per `kind` and
+    `subject` (at most one open at a time, whichever instance sees it first), resolved
+    once. Times are unix seconds; `seen_at` is when an instance last saw its condition
+    hold, `held_up` the most deliveries it kept waiting at once (or refused, or failed)."""
+
+    id: int
+    kind: str
+    subject: str
+    summary: str
+    details: Mapping[str, Any]
+    opened_at: float
+    seen_at: float
+    resolved_at: float | None = None
+    acknowledged_at: float | None = None
+    reminded_at: float | None = None
+    held_up: int = 0
+
+
+class MessageType(enum.StrEnum):
+    OPENED = "opened"
+    REMINDER = "reminder"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True)
+class AlertMessage:
+    """One alert message owed to one channel, claimed under a lease like a delivery."""
+
+    id: int
+    alert: Alert
+    channel: str
+    type: MessageType
+    attempts: int
+    lease_token: str
+
+
+@dataclass(frozen=True)
+class ChannelHealth:
+    """How sending to an alert channel has gone, on every instance."""
+
+    channel: str
+    last_attempt_at: float | None
+    last_success_at: float | None
+    #: When the current run of failed sends began; None while the last send worked.
+    failing_since: float | None
+    last_error: str | None
+    #: Messages still to send, and messages given up on.
+    waiting: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class DeadLetters:
+    """Deliveries to one destination that failed for good since a moment."""
+
+    count: int
+    first_at: float
+    last_at: float
+    last_error: str | None
+    #: A few of their provider call ids, newest first.
+    call_ids: tuple[str, ...]

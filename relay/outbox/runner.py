@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from relay.outbox.model import Completion, Inserted, NewDelivery
-from relay.outbox.store import Backend, Counts, Deliveries, Pauses, Reconciliations, Reports, Sessions
+from relay.outbox.store import Alerts, Backend, Counts, Deliveries, Pauses, Reconciliations, Reports, Sessions
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -203,6 +203,22 @@ class AsyncOutbox:
     renew_reconciliation = _writes(Reconciliations.renew_reconciliation)
     end_reconciliation = _writes(Reconciliations.end_reconciliation)
     held = _reads(Reconciliations.held)
+
+    open_alerts = _reads(Alerts.open_alerts)
+    open_alert = _writes(Alerts.open_alert)
+    see_alert = _writes(Alerts.see_alert)
+    resolve_alert = _writes(Alerts.resolve_alert)
+    remind_alert = _writes(Alerts.remind_alert)
+    acknowledge_alert = _writes(Alerts.acknowledge_alert)
+    get_alert = _reads(Alerts.get_alert)
+    alerts_since = _reads(Alerts.alerts_since)
+    claim_alert_messages = _writes(Alerts.claim_alert_messages)
+    finish_alert_message = _writes(Alerts.finish_alert_message)
+    alert_channels = _reads(Alerts.alert_channels)
+    mute_subject = _writes(Alerts.mute_subject)
+    muted_subjects = _reads(Alerts.muted_subjects)
+    waiting_by_destination = _reads(Alerts.waiting_by_destination)
+    dead_letters = _reads(Alerts.dead_letters)
 
     async def close(self) -> None:
         """Finish pending commits, wait for every running operation (a cancelled caller

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from relay.outbox import traffic
+from relay.outbox.alerts import AlertStore
 from relay.outbox.model import (
     Attempt,
     Completion,
@@ -47,7 +48,7 @@ def delivery_from_row(row: Sequence[object]) -> Delivery:
     return Delivery(*values)
 
 
-class SQLBackend(ReconciliationStore, Backend):
+class SQLBackend(ReconciliationStore, AlertStore, Backend):
     """The parts of a backend that are the same SQL on every database. A subclass gives
     its statements' parameter style and its connections (`_write`, `_read`)."""
 

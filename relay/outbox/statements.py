@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+from relay.outbox.alerts import AlertStatements
 from relay.outbox.model import (
     Attempt,
     Completion,
@@ -39,7 +40,7 @@ Query = tuple[str, Sequence[object] | dict[str, object]]
 
 
 @dataclass(frozen=True)
-class Statements(ReconciliationStatements):
+class Statements(ReconciliationStatements, AlertStatements):
     mark: str  # a positional parameter
     #: A parameter sent as bytes: psycopg otherwise escapes a body as text, which costs a
     #: large report time and another copy of twice its size.

@@ -6,13 +6,17 @@ right now.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from relay.core.names import ROARK
 from relay.outbox.model import (
+    Alert,
+    AlertMessage,
     Attempt,
+    ChannelHealth,
     Completion,
+    DeadLetters,
     Delivery,
     DeliveryFilter,
     ForwarderReport,
@@ -186,7 +190,64 @@ class Reconciliations(Protocol):
         """Which of `dedupe_keys` the outbox already holds for `provider`."""
 
 
-class Backend(Deliveries, Counts, Pauses, Reports, Sessions, Reconciliations, Protocol):
+class Alerts(Protocol):
+    """Alerts (relay.alerts) and the messages they owe their channels. Opening, reminding
+    and resolving an alert add its messages in the same transaction, and only when that
+    statement changed the alert: so each message exists once, whoever watches."""
+
+    def open_alerts(self) -> list[Alert]: ...
+
+    def open_alert(self, kind: str, subject: str, summary: str, details: Mapping[str, Any], held_up: int,
+                   channels: Sequence[str], now: float) -> Alert | None:
+        """Open an alert, owing an `opened` message to each of `channels`; None when one of
+        this kind and subject is open already."""
+
+    def see_alert(self, alert_id: int, summary: str, details: Mapping[str, Any], held_up: int, now: float) -> None:
+        """Its condition still holds: record what it looks like now (`held_up` only grows)."""
+
+    def resolve_alert(self, alert_id: int, channels: Sequence[str], now: float,
+                      forget_before: float) -> Alert | None:
+        """Resolve it, owing a `resolved` message to each of `channels`, and forget alerts
+        resolved before `forget_before`; None when it was resolved already."""
+
+    def remind_alert(self, alert_id: int, channels: Sequence[str], due_before: float, now: float) -> Alert | None:
+        """Owe a `reminder` to each of `channels`, if the alert is open, unacknowledged and
+        was last opened or reminded before `due_before`; None otherwise."""
+
+    def acknowledge_alert(self, alert_id: int, now: float) -> Alert | None:
+        """Stop its reminders; None when there is no such alert."""
+
+    def get_alert(self, alert_id: int) -> Alert | None: ...
+
+    def alerts_since(self, since: float, limit: int) -> list[Alert]:
+        """Open alerts, and those opened or resolved since `since`, newest first."""
+
+    def claim_alert_messages(self, token: str, now: float, lease_seconds: float, limit: int) -> list[AlertMessage]:
+        """Lease up to `limit` due messages, oldest first."""
+
+    def finish_alert_message(self, message: AlertMessage, sent: bool, next_attempt_at: float | None,
+                             error: str | None, now: float) -> bool:
+        """Record a send: sent, due again at `next_attempt_at`, or (None) given up; and the
+        channel's health. False when the lease was lost."""
+
+    def alert_channels(self) -> list[ChannelHealth]:
+        """Every channel ever sent to, and how it has gone."""
+
+    def mute_subject(self, subject: str, until: float) -> None: ...
+
+    def muted_subjects(self, now: float) -> dict[str, float]:
+        """Subjects muted at `now`, and until when."""
+
+    def waiting_by_destination(self) -> dict[str, tuple[int, float]]:
+        """Per destination, its deliveries not yet delivered nor failed: how many, and
+        when the oldest was received (destinations with none are absent)."""
+
+    def dead_letters(self, since: Mapping[str, float]) -> dict[str, DeadLetters]:
+        """Per destination named, its deliveries that failed for good after its time
+        (destinations with none are absent)."""
+
+
+class Backend(Deliveries, Counts, Pauses, Reports, Sessions, Reconciliations, Alerts, Protocol):
     """A durable outbox store: every concern above, and its life."""
 
     def migrate(self) -> int:

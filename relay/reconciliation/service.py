@@ -149,12 +149,17 @@ class Reconcilers:
     def problems(self, states: list[Reconciliation], now: float) -> list[str]:
         """What /health reports about the providers this relay reconciles: runs failing
         for too long, and a run whose process died before it ended."""
-        found = []
+        return [problem for problems in self.problems_by_provider(states, now).values() for problem in problems]
+
+    def problems_by_provider(self, states: list[Reconciliation], now: float) -> dict[str, list[str]]:
+        """`problems`, by provider (providers without any are absent)."""
+        found: dict[str, list[str]] = {}
         for state in states:
             if state.provider in self.sources:
                 title = PROVIDERS[state.provider].title
-                found += [problem for problem in (failing_too_long(state, title, now, self.timing.interval),
-                                                  stopped_without_finishing(state, title, now)) if problem]
+                if problems := [problem for problem in (failing_too_long(state, title, now, self.timing.interval),
+                                                        stopped_without_finishing(state, title, now)) if problem]:
+                    found[state.provider] = problems
         return found
 
 

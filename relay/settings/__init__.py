@@ -33,7 +33,14 @@ from relay.core.envvars import (
 )
 from relay.core.errors import ConfigError
 from relay.core.names import ROARK
-from relay.destinations import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_SECONDS, Destination, Destinations
+from relay.destinations import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT_SECONDS,
+    Channel,
+    Channels,
+    Destination,
+    Destinations,
+)
 from relay.providers import PROVIDER_NAMES, PROVIDERS
 from relay.settings.environment import (
     DOTENV,
@@ -255,11 +262,65 @@ class Settings:
         for everything".""",
         example="", in_repr=False, section="Destinations")
 
+    alerts: tuple[Channel, ...] = setting(
+        "RELAY_ALERTS", (), Channels(),
+        """Where the relay says that delivery is in trouble, once, and again when it is
+        over. A JSON array of objects: "name", "url", "format" (slack: a Slack incoming
+        webhook URL; webhook: your endpoint, sent a Standard Webhooks signed JSON body),
+        "secret" (webhook only: whsec_..., from `relay secret`), "kinds" (default all:
+        delivery, dead_letter, backlog, forwarding, reconciliation, storage). See
+        docs/operating.md, "Alerts".""",
+        example="", in_repr=False, section="Alerts")
+    public_url: str | None = setting(
+        "RELAY_PUBLIC_URL", None, Url(),
+        "The relay's address as operators reach it (https://relay.example.com): alerts link to its status page.",
+        example="")
+    alert_after_seconds: float = setting(
+        "RELAY_ALERT_AFTER_SECONDS", 300.0, Seconds(0),
+        """A delivery alert opens once every attempt to Roark or a destination has failed
+        for this long (a pause after 401/403, or a destination's 410, opens one at once);
+        so does a forwarding alert once no forwarding process has reported for this long.""")
+    alert_remind_seconds: float = setting(
+        "RELAY_ALERT_REMIND_SECONDS", 14400.0, Seconds(1),
+        "An open alert nobody acknowledged is sent again this often.")
+    alert_clear_seconds: float = setting(
+        "RELAY_ALERT_CLEAR_SECONDS", 60.0, Seconds(0),
+        """An alert resolves once its condition has not been seen, by any instance, for
+        this long: a flapping receiver makes one alert, not one per flap.""")
+    alert_check_seconds: float = setting(
+        "RELAY_ALERT_CHECK_SECONDS", 10.0, Seconds(0.1),
+        "How often the server looks for trouble and sends the alert messages due.")
+    alert_dead_letter_window_seconds: float = setting(
+        "RELAY_ALERT_DEAD_LETTER_WINDOW_SECONDS", 300.0, Seconds(0.1),
+        """Deliveries that fail for good are summed per destination: the alert opens once
+        the first is this old, counting every one since, and resolves once this long
+        passes without another.""")
+    alert_storage_window_seconds: float = setting(
+        "RELAY_ALERT_STORAGE_WINDOW_SECONDS", 60.0, Seconds(0.1),
+        """A storage alert is open while webhooks were answered 503 (the outbox could not
+        store them) within this long.""")
+    alert_timeout_seconds: float = setting(
+        "RELAY_ALERT_TIMEOUT_SECONDS", 10.0, Seconds(0.1), "Longest one alert message's POST may take.")
+    alert_retry_max_attempts: int = setting(
+        "RELAY_ALERT_RETRY_MAX_ATTEMPTS", 10, Integer(1),
+        """A message a channel does not take (no answer, 5xx, 429) is sent again, backing
+        off from RELAY_ALERT_RETRY_BASE_SECONDS x3 up to RELAY_ALERT_RETRY_MAX_DELAY_SECONDS,
+        this many times in all; a channel that refuses (another 4xx) is not retried. The
+        status page shows a channel that fails.""")
+    alert_retry_base_seconds: float = setting(
+        "RELAY_ALERT_RETRY_BASE_SECONDS", 5.0, Seconds(0), "First retry of an alert message.")
+    alert_retry_max_delay_seconds: float = setting(
+        "RELAY_ALERT_RETRY_MAX_DELAY_SECONDS", 600.0, Seconds(0), "Longest wait between an alert message's tries.")
+    alert_mute_seconds: float = setting(
+        "RELAY_ALERT_MUTE_SECONDS", 3600.0, Seconds(1),
+        "How long the status page's Mute silences a subject's alert messages.")
+
     #: Each provider's own settings (see its module), by provider name.
     providers: Mapping[str, Any] = field(default_factory=dict)
     #: Variables set with the relay's prefixes that name no setting (see `unknown_variable_warnings`).
     unknown_variables: tuple[str, ...] = ()
     retry: RetryPolicy = field(init=False)
+    alert_retry: RetryPolicy = field(init=False)
 
     reconcile_interval_seconds: float = setting(
         "RELAY_RECONCILE_INTERVAL_SECONDS", 900.0, Seconds(0),
@@ -319,6 +380,13 @@ class Settings:
         except ValueError as error:
             raise ConfigError("RELAY_RETRY_MAX_DELAY_SECONDS", str(error)) from None
         object.__setattr__(self, "retry", retry)
+        try:
+            alert_retry = RetryPolicy(max_attempts=self.alert_retry_max_attempts,
+                                      base_delay=self.alert_retry_base_seconds,
+                                      max_delay=self.alert_retry_max_delay_seconds)
+        except ValueError as error:
+            raise ConfigError("RELAY_ALERT_RETRY_MAX_DELAY_SECONDS", str(error)) from None
+        object.__setattr__(self, "alert_retry", alert_retry)
         self._admin_token_is_its_own()
 
     def _admin_token_is_its_own(self) -> None:

@@ -95,8 +95,9 @@ PATH = re.compile(r"(?<![\w/.-])relay/[\w/]*\w(?:\.py|/)?")
 DOTTED = re.compile(r"(?<![\w/.-])relay(?:\.[A-Za-z_]\w*)+")
 
 
-#: Dotted names that are files, not modules: the SQLite outbox's default file.
-NOT_MODULES = {"relay.db"}
+#: Dotted names that are not modules: the SQLite outbox's default file, and the types of
+#: alert messages (relay.alert.opened, ...).
+NOT_MODULES = {"relay.db", "relay.alert", *(f"relay.alert.{t}" for t in ("opened", "reminder", "resolved", "test"))}
 
 
 def named_in(document: str) -> set[str]:
