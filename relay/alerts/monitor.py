@@ -113,8 +113,8 @@ class Monitor:
             receivers.append(Receiver(
                 name, forwarder.receiver, paused=forwarder.pause_reason,
                 stopped=stopped[name].reason if name in stopped else None,
-                failing_since=forwarder.trouble.failing_since, trouble=forwarder.trouble.describe(now),
-                waiting=count, oldest_waiting_at=oldest))
+                failing_since=forwarder.trouble.failing_since, failure=forwarder.trouble.last_failure,
+                last_attempt_at=forwarder.trouble.last_attempt_at, waiting=count, oldest_waiting_at=oldest))
         reconciliation = {}
         if self._reconcilers.sources:
             reconciliation = self._reconcilers.problems_by_provider(await outbox.reconciliations(), now)
@@ -158,7 +158,8 @@ class Monitor:
             for key, condition in holding.items():
                 alert = by_key.get(key)
                 if alert is None:
-                    await self._open(condition, muted, now)
+                    if condition.opens:
+                        await self._open(condition, muted, now)
                 else:
                     await self._still(alert, condition, muted, now)
             for (kind, subject), alert in by_key.items():
@@ -180,7 +181,8 @@ class Monitor:
                     channels=channels)
 
     async def _still(self, alert: Alert, condition: Condition, muted: dict[str, float], now: float) -> None:
-        await self._outbox.see_alert(alert.id, condition.summary, condition.details, condition.held_up, now)
+        await self._outbox.see_alert(alert.id, condition.summary or alert.summary,
+                                     condition.details if condition.summary else alert.details, condition.held_up, now)
         remind = self._settings.alert_remind_seconds
         if alert.acknowledged_at is None and now - (alert.reminded_at or alert.opened_at) >= remind:
             channels = self._channels(alert.kind, alert.subject, muted)

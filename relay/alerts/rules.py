@@ -31,8 +31,11 @@ class Receiver:
     name: str  # "Roark", "destination crm": the words
     paused: str | None = None  # why it refused us (401/403, a redirect)
     stopped: str | None = None  # a destination's 410, until an operator resumes it
-    failing_since: float | None = None
-    trouble: str | None = None  # what is wrong, while every attempt of the last minute fails
+    failing_since: float | None = None  # when the attempts began to fail, until one succeeds
+    failure: str | None = None  # the last of them, as logged
+    #: When the forwarder last tried it; None: not since its process started, so whether it
+    #: takes deliveries is not known.
+    last_attempt_at: float | None = None
     waiting: int = 0  # deliveries not yet delivered nor failed
     oldest_waiting_at: float | None = None
 
@@ -76,13 +79,18 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Condition:
-    """What holds now for one subject; `held_up` counts what it keeps from arriving."""
+    """What holds now for one subject; `held_up` counts what it keeps from arriving.
+
+    `opens` False: it keeps an open alert open, but opens none (a receiver failing for
+    less than the threshold, or one not tried since a restart while deliveries wait for
+    it); then an empty `summary` leaves the alert's own as it is."""
 
     kind: str
     subject: str
     summary: str
     details: Mapping[str, Any] = field(default_factory=dict)
     held_up: int = 0
+    opens: bool = True
 
 
 Find = Callable[[Observation, Thresholds], "list[Condition] | None"]
@@ -96,26 +104,35 @@ class Rule:
     held_up: str = "deliveries waiting at most"
 
 
-def _held_back(receiver: Receiver, observation: Observation, after: float) -> str | None:
-    """Why nothing reaches this receiver, as the delivery rule sees it; None: it takes deliveries."""
+def _held_back(receiver: Receiver) -> str | None:
+    """Why nothing reaches this receiver, as an operator should read it; None: as far as
+    the forwarder knows, it takes deliveries."""
     if receiver.stopped:
         return receiver.stopped
     if receiver.paused:
         return f"delivery to {receiver.name} paused: {receiver.paused}"
-    if receiver.trouble and receiver.failing_since is not None and observation.now - receiver.failing_since >= after:
-        return receiver.trouble
+    if receiver.failing_since is not None:
+        return (f"every attempt to {receiver.name} since {iso(receiver.failing_since)} failed; "
+                f"the last: {receiver.failure or 'no error recorded'}")
     return None
 
 
 def delivery(observation: Observation, thresholds: Thresholds) -> list[Condition] | None:
-    """A receiver paused (401/403), stopped (410), or failing every attempt for `after`."""
+    """A receiver paused (401/403) or stopped (410), at once; or every attempt failing
+    for `after`, until one succeeds (however far apart retries have grown). After a
+    restart, a receiver not tried yet keeps its alert while deliveries wait for it."""
     if observation.forwarding_silent_since is not None:
         return None  # what the forwarders last said is stale
     found = []
     for receiver in observation.receivers:
-        if why := _held_back(receiver, observation, thresholds.after):
-            found.append(Condition("delivery", receiver.destination, why,
-                                   {"receiver": receiver.name, "waiting": receiver.waiting}, receiver.waiting))
+        details = {"receiver": receiver.name, "waiting": receiver.waiting}
+        if why := _held_back(receiver):
+            failing_for = None if receiver.failing_since is None else observation.now - receiver.failing_since
+            opens = receiver.stopped is not None or receiver.paused is not None or (
+                failing_for is not None and failing_for >= thresholds.after)
+            found.append(Condition("delivery", receiver.destination, why, details, receiver.waiting, opens))
+        elif receiver.last_attempt_at is None and receiver.waiting:
+            found.append(Condition("delivery", receiver.destination, "", details, receiver.waiting, opens=False))
     return found
 
 
@@ -128,7 +145,7 @@ def backlog(observation: Observation, thresholds: Thresholds) -> list[Condition]
     for receiver in observation.receivers:
         oldest = receiver.oldest_waiting_at
         if oldest is None or observation.now - oldest <= thresholds.backlog_age \
-                or _held_back(receiver, observation, thresholds.after):
+                or _held_back(receiver):
             continue
         age = observation.now - oldest
         found.append(Condition(
@@ -142,14 +159,18 @@ def backlog(observation: Observation, thresholds: Thresholds) -> list[Condition]
 
 def dead_letter(observation: Observation, thresholds: Thresholds) -> list[Condition] | None:
     """Deliveries that failed for good, one summary per destination: once the first of a
-    burst is a window old, until a window passes without another."""
+    burst is a window old, until a window passes without another. Not for a receiver the
+    delivery alert speaks of (a 410 fails the delivery it answers, a refused key...)."""
     window = thresholds.dead_letter_window
+    receivers = {r.destination: r for r in observation.receivers}
     names = {r.destination: r.name for r in observation.receivers}
     found = []
     for destination, letters in sorted(observation.dead_letters.items()):
         now = observation.now
         if now - letters.last_at > window or now - letters.first_at < window:
             continue  # quiet for a window, or still gathering the burst
+        if destination in receivers and _held_back(receivers[destination]):
+            continue
         name = names.get(destination, f"destination {destination}")
         noun = "delivery" if letters.count == 1 else "deliveries"
         found.append(Condition(

@@ -42,6 +42,17 @@ class RemoteTrouble:
         report = self._forwarder.report
         return None if report is None else report.failing_since
 
+    @property
+    def last_failure(self) -> str | None:
+        report = self._forwarder.report
+        return None if report is None or report.failing_since is None else report.failure
+
+    @property
+    def last_attempt_at(self) -> float | None:
+        report = self._forwarder.report
+        times = [] if report is None else [t for t in (report.last_failure_at, report.last_success_at) if t]
+        return max(times) if times else None
+
     def describe(self, now: float) -> str | None:
         forwarder = self._forwarder
         report = forwarder.report

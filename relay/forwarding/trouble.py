@@ -122,6 +122,15 @@ class UpstreamTrouble:
     def failing_since(self) -> float | None:
         return self._failing_since
 
+    @property
+    def last_failure(self) -> str | None:
+        return self._failure
+
+    @property
+    def last_attempt_at(self) -> float | None:
+        last = max(self._last_success, self._last_failure)
+        return None if last == float("-inf") else last
+
     def describe(self, now: float) -> str | None:
         return describe(self.receiver, self.state, now)
 

@@ -17,6 +17,14 @@ class TroubleView(Protocol):
     def failing_since(self) -> float | None:
         """When the current run of failed attempts began; None while attempts succeed."""
 
+    @property
+    def last_failure(self) -> str | None:
+        """The last failure, as logged, while attempts fail."""
+
+    @property
+    def last_attempt_at(self) -> float | None:
+        """When the forwarder last tried its receiver; None: not since it started."""
+
 
 class ForwarderView(Protocol):
     @property

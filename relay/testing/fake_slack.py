@@ -36,7 +36,7 @@ BUTTON = {"type": "object", "required": ["type", "text"], "additionalProperties"
     "type": {"const": "button"}, "text": _text("plain_text", 75), "action_id": {"type": "string", "maxLength": 255},
     "url": {"type": "string", "maxLength": 3000, "pattern": "^https?://"},
     "value": {"type": "string", "maxLength": 2000}, "style": {"enum": ["primary", "danger"]}}}
-BLOCKS = {
+BLOCKS: dict[str, dict[str, Any]] = {
     "header": {"required": ["type", "text"], "properties": {
         "type": {"const": "header"}, "text": _text("plain_text", 150), "block_id": BLOCK_ID}},
     "section": {"required": ["type"], "anyOf": [{"required": ["text"]}, {"required": ["fields"]}], "properties": {

@@ -35,27 +35,39 @@ def test_every_kind_a_channel_may_ask_for_has_its_rule():
 # --- delivery --------------------------------------------------------------------------
 
 def failing(since: float, **fields) -> Receiver:
-    return Receiver("roark", "Roark", failing_since=since, trouble="Roark answering 503 to every attempt", **fields)
+    return Receiver("roark", "Roark", failing_since=since, failure="HTTP 503 service_unavailable",
+                    **{"last_attempt_at": NOW - 1, **fields})
 
 
 def test_delivery_opens_once_every_attempt_has_failed_for_the_threshold():
-    assert delivery(seen(failing(NOW - 299)), LIMITS) == []
+    [early] = delivery(seen(failing(NOW - 299)), LIMITS)
+    assert not early.opens  # it keeps an open alert open, but opens none yet
     [condition] = delivery(seen(failing(NOW - 300, waiting=12)), LIMITS)
-    assert (condition.kind, condition.subject, condition.held_up) == ("delivery", "roark", 12)
-    assert condition.summary == "Roark answering 503 to every attempt"
+    assert (condition.kind, condition.subject, condition.held_up, condition.opens) == ("delivery", "roark", 12, True)
+    assert condition.summary == ("every attempt to Roark since 2027-01-15T07:55:00Z failed; "
+                                 "the last: HTTP 503 service_unavailable")
 
 
-def test_delivery_clears_when_an_attempt_succeeds():
-    # The forwarder's trouble is gone once one attempt succeeds (relay.forwarding.trouble).
-    assert delivery(seen(Receiver("roark", "Roark", failing_since=None, trouble=None)), LIMITS) == []
+def test_delivery_holds_however_far_apart_the_retries_grow_until_one_succeeds():
+    # The last attempt an hour ago (a long backoff) still failed: nothing says Roark is back.
+    [condition] = delivery(seen(failing(NOW - 7200, last_attempt_at=NOW - 3600)), LIMITS)
+    assert condition.opens
+    succeeded = Receiver("roark", "Roark", failing_since=None, last_attempt_at=NOW - 1)
+    assert delivery(seen(succeeded), LIMITS) == []
+
+
+def test_after_a_restart_an_untried_receiver_keeps_its_alert_while_deliveries_wait():
+    [held] = delivery(seen(Receiver("roark", "Roark", last_attempt_at=None, waiting=3)), LIMITS)
+    assert (held.opens, held.summary) == (False, "")  # the alert keeps its own summary
+    assert delivery(seen(Receiver("roark", "Roark", last_attempt_at=None, waiting=0)), LIMITS) == []
 
 
 def test_a_pause_or_a_stop_opens_at_once():
     paused = Receiver("roark", "Roark", paused="Roark answered 401: check ROARK_API_KEY")
     stopped = Receiver("crm", "destination crm", stopped="destination crm answered 410 Gone: stopped")
-    found = {c.subject: c.summary for c in delivery(seen(paused, stopped), LIMITS)}
-    assert found == {"roark": "delivery to Roark paused: Roark answered 401: check ROARK_API_KEY",
-                     "crm": "destination crm answered 410 Gone: stopped"}
+    found = {c.subject: (c.summary, c.opens) for c in delivery(seen(paused, stopped), LIMITS)}
+    assert found == {"roark": ("delivery to Roark paused: Roark answered 401: check ROARK_API_KEY", True),
+                     "crm": ("destination crm answered 410 Gone: stopped", True)}
 
 
 def test_delivery_cannot_tell_while_no_forwarding_process_reports():
@@ -92,6 +104,11 @@ def test_dead_letters_are_gathered_for_a_window_then_summed_in_one_alert():
     assert condition.summary.startswith("20 deliveries to Roark failed for good since ")
     assert condition.details["call_ids"] == ["c3", "c2", "c1"]
     assert condition.details["last_error"] == "permanent error (400: bad call)"
+
+
+def test_dead_letters_of_a_receiver_the_delivery_alert_speaks_of_are_left_to_it():
+    stopped = Receiver("crm", "destination crm", stopped="destination crm answered 410 Gone")
+    assert dead_letter(seen(stopped, dead_letters={"crm": letters(60, 1)}), LIMITS) == []
 
 
 def test_dead_letters_clear_once_a_window_passes_without_one():
