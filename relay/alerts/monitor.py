@@ -75,8 +75,8 @@ class Monitor:
 
     async def start(self) -> None:
         period = self._settings.alert_check_seconds
-        self._tasks = [asyncio.create_task(every(period, self._stop, self._check_safely), name="relay-alert-checks"),
-                       asyncio.create_task(every(period, self._stop, self._send_safely), name="relay-alert-sends")]
+        self._tasks = [asyncio.create_task(every(period, self._stop, self.check), name="relay-alert-checks"),
+                       asyncio.create_task(every(period, self._stop, self.send), name="relay-alert-sends")]
 
     async def stop(self) -> None:
         self._stop.set()
@@ -142,7 +142,7 @@ class Monitor:
             return []
         return [c.name for c in self._settings.alerts if kind in c.kinds]
 
-    async def check(self) -> None:
+    async def _check(self) -> None:
         """Observe once, and bring the alerts in the store in line with what holds."""
         now = self._clock()
         outbox = self._outbox
@@ -150,6 +150,15 @@ class Monitor:
         observation = await self.observe(now)
         muted = await outbox.muted_subjects(now)
         by_key = {(a.kind, a.subject): a for a in open_alerts}
+        if told := self._unrecorded:
+            # The outbox is back: what was told from memory is recorded (not told again), so
+            # its end is told as every alert's is.
+            if ("storage", told.subject) not in by_key:
+                recorded = await outbox.open_alert("storage", told.subject, told.summary, told.details, told.held_up,
+                                                   [], told.opened_at)
+                if recorded is not None:
+                    by_key["storage", told.subject] = recorded
+            self._unrecorded, self._unsent = None, {}
         for rule in self._rules:
             found = rule.find(observation, self._thresholds)
             if found is None:
@@ -168,14 +177,11 @@ class Monitor:
                     await self._resolve(alert, muted, now)
 
     async def _open(self, condition: Condition, muted: dict[str, float], now: float) -> None:
-        told = self._unrecorded is not None and condition.kind == "storage"
-        channels = [] if told else self._channels(condition.kind, condition.subject, muted)
+        channels = self._channels(condition.kind, condition.subject, muted)
         alert = await self._outbox.open_alert(condition.kind, condition.subject, condition.summary, condition.details,
                                               condition.held_up, channels, now)
         if alert is None:
             return  # another instance opened it first
-        if told:
-            self._unrecorded = None
         self._metrics.alerts_opened.labels(condition.kind).inc()
         log.warning("alert_opened", alert=alert.id, kind=alert.kind, subject=alert.subject, summary=alert.summary,
                     channels=channels)
@@ -196,9 +202,11 @@ class Monitor:
             log.info("alert_resolved", alert=alert.id, kind=alert.kind, subject=alert.subject,
                      lasted_seconds=round(now - alert.opened_at, 1), held_up=alert.held_up, channels=channels)
 
-    async def _check_safely(self) -> None:
+    async def check(self) -> None:
+        """One check, as the monitor runs it every RELAY_ALERT_CHECK_SECONDS: whatever fails
+        is logged, and a storage alert the outbox cannot keep is sent from memory."""
         try:
-            await self.check()
+            await self._check()
         except StoreUnavailable as error:
             log.warning("alert_check_failed", error=str(error))
             await self._storage_without_store(str(error))
@@ -232,13 +240,12 @@ class Monitor:
 
     # --- sending ---------------------------------------------------------------------------
 
-    async def send_due(self) -> int:
-        """Send the messages due now, at once; returns how many were tried."""
+    async def _send_due(self) -> None:
+        """Send the messages due now, at once."""
         now = self._clock()
         lease = self._settings.alert_timeout_seconds * 2 + 10
         messages = await self._outbox.claim_alert_messages(secrets.token_hex(8), now, lease, SEND_BATCH)
         await asyncio.gather(*(self._send(message) for message in messages))
-        return len(messages)
 
     async def _send(self, message: AlertMessage) -> None:
         if message.channel not in self.clients:
@@ -268,9 +275,10 @@ class Monitor:
             log.warning("alert_send_failed", channel=channel, alert=alert.id, type=type_, error=sent.describe())
         return sent
 
-    async def _send_safely(self) -> None:
+    async def send(self) -> None:
+        """Send what is due, as the monitor does every RELAY_ALERT_CHECK_SECONDS."""
         try:
-            await self.send_due()
+            await self._send_due()
         except StoreUnavailable as error:
             log.warning("alert_sends_failed", error=str(error))
         except Exception:  # a bug here must not stop the sends, nor the relay

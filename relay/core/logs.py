@@ -42,6 +42,9 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs each request's whole URL at INFO, and a URL can be a credential (a Slack
+    # webhook's path is its secret); the relay logs what it sends in its own words.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     structlog.configure(
         processors=[
             *shared,

@@ -4,14 +4,20 @@ opens one alert however many instances watch and however often they restart, and
 recovery resolves it once; a 410 opens one; a burst of dead letters is one summary; a
 channel that is down is retried and shown; acknowledging stops reminders."""
 
+import asyncio
 import json
 import time
 
 import pytest
 from starlette.testclient import TestClient
 
+from relay.alerts import Monitor
+from relay.core.metrics import Metrics
 from relay.destinations import new_secret
+from relay.forwarding.remote import RemoteForwarders
 from relay.http.app import create_app
+from relay.outbox import AsyncOutbox, open_backend
+from relay.reconciliation.service import Reconcilers
 from relay.settings import Settings
 from relay.testing.behaviours import Accept, Respond
 from relay.testing.fake_endpoint import FakeEndpoint
@@ -40,9 +46,11 @@ def pager():
 
 @pytest.fixture
 def env(relay_env, outbox_url, slack, pager) -> dict[str, str]:
+    return {**relay_env, **alerting(slack, pager), "RELAY_DATABASE_URL": outbox_url}
+
+
+def alerting(slack: FakeSlack, pager: FakeEndpoint) -> dict[str, str]:
     return {
-        **relay_env,
-        "RELAY_DATABASE_URL": outbox_url,
         "RELAY_ADMIN_TOKEN": TOKEN,
         "RELAY_ALERTS": json.dumps([
             {"name": "oncall", "url": f"{slack.url}/services/T0/B0/secret", "format": "slack"},
@@ -202,3 +210,35 @@ def test_acknowledging_stops_the_reminders_and_mute_silences_a_subject(env, fake
         # Muted: shown on the page, owed to no channel (messages are owed as the alert resolves).
         assert [c["waiting"] for c in alerts(client)["channels"]] == [0, 0]
     assert "✅ Delivery alert resolved" not in types(slack)
+
+
+def test_a_storage_alert_is_sent_from_memory_while_the_outbox_is_down_and_its_end_once_it_is_back(
+        relay_env, slack, pager, tmp_path):
+    database = tmp_path / "gone" / "relay.db"  # in a directory that is not there yet
+    settings = Settings.from_env({**relay_env, **alerting(slack, pager), "RELAY_DATABASE_URL": f"sqlite:///{database}",
+                                  "RELAY_ALERT_STORAGE_WINDOW_SECONDS": "0.5"})
+    outbox = AsyncOutbox(open_backend(settings.database_url))
+    metrics = Metrics()
+    monitor = Monitor(settings, outbox, metrics, RemoteForwarders(outbox, settings),
+                      Reconcilers(settings, outbox, metrics))
+
+    async def watch() -> None:
+        await monitor.check()  # the outbox is down, but nothing was refused: nothing to say
+        metrics.webhooks.labels("vapi", "unavailable").inc(3)  # as ingest counts its 503s
+        for _ in range(3):
+            await monitor.check()
+        assert types(slack) == ["🔴 Storage alert opened"]
+        database.parent.mkdir()  # the outbox is back
+        await outbox.migrate()
+        deadline = time.monotonic() + WAIT
+        while types(slack)[-1:] != ["✅ Storage alert resolved"] and time.monotonic() < deadline:
+            await monitor.check()
+            await monitor.send()
+            await asyncio.sleep(0.1)
+        await monitor.stop()
+        await outbox.close()
+
+    asyncio.run(watch())
+    assert types(slack) == ["🔴 Storage alert opened", "✅ Storage alert resolved"]
+    assert json.loads(slack.requests[0].body)["text"].startswith(
+        "🔴 Storage (outbox): 3 webhooks were answered 503 since ")
