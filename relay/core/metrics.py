@@ -82,6 +82,19 @@ class Metrics:
             "skipped: another instance held the provider, stopped: the relay was shutting down).",
             ["provider", "outcome"], registry=self.background,
         )
+        self.result_fetches = Counter(
+            "relay_result_fetches", "Fetches of Roark's verdicts (RELAY_RESULTS), by kind (evaluation, "
+            "sentiment) and outcome (completed, pending: not finished or not known yet, failed, paused, given_up).",
+            ["kind", "outcome"], registry=self.background,
+        )
+        self.evaluation_scores = Histogram(
+            "relay_evaluation_score", "Roark's evaluation score of each call (0-1), once every run finished.",
+            registry=self.background, buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+        )
+        self.evaluated_calls = Counter(
+            "relay_evaluated_calls", "Calls whose evaluation finished, by classification (success, failure, "
+            "irrelevant, none).", ["classification"], registry=self.background,
+        )
         self.alerts_opened = Counter(
             "relay_alerts_opened", "Alerts this instance opened, by kind (relay.alerts).",
             ["kind"], registry=self.registry,

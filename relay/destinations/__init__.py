@@ -7,11 +7,13 @@ from relay.destinations.channels import ALERT_KINDS, Channel, Channels
 from relay.destinations.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_SECONDS,
+    RESULT_KINDS,
     Destination,
     Destinations,
+    When,
     new_secret,
     owed,
 )
 
-__all__ = ["ALERT_KINDS", "DEFAULT_CONCURRENCY", "DEFAULT_TIMEOUT_SECONDS", "Channel", "Channels", "Destination",
-           "Destinations", "new_secret", "owed"]
+__all__ = ["ALERT_KINDS", "DEFAULT_CONCURRENCY", "DEFAULT_TIMEOUT_SECONDS", "RESULT_KINDS", "Channel", "Channels",
+           "Destination", "Destinations", "When", "new_secret", "owed"]

@@ -22,7 +22,7 @@ from relay.core.envvars import Parser, Secret
 from relay.destinations.config import NAME, Invalid, check_key, parse_entries
 
 #: Every kind of alert (relay.alerts.rules), each a rule of its own.
-ALERT_KINDS = ("delivery", "dead_letter", "backlog", "forwarding", "reconciliation", "storage")
+ALERT_KINDS = ("delivery", "dead_letter", "backlog", "forwarding", "reconciliation", "storage", "evaluation")
 FORMATS = ("slack", "webhook")
 
 

@@ -55,6 +55,25 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_CONCURRENCY = 16
 
 
+#: Roark's verdicts a destination may ask for, as "roark:<kind>" (relay.results), and the
+#: classifications an evaluation run may have.
+RESULT_KINDS = ("evaluation", "sentiment")
+CLASSIFICATIONS = ("success", "failure", "irrelevant")
+
+
+class When(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Which verdicts a destination's `roark:evaluation` events carry: the call's
+    classification, and/or its score below a bound."""
+
+    classification: str | None = None
+    score_below: float | None = None
+
+    def matches(self, classification: str | None, score: float | None) -> bool:
+        if self.classification is not None and classification != self.classification:
+            return False
+        return self.score_below is None or (score is not None and score < self.score_below)
+
+
 class _Entry(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     url: str
@@ -63,6 +82,7 @@ class _Entry(msgspec.Struct, forbid_unknown_fields=True):
     original_headers: bool = False
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     concurrency: int = DEFAULT_CONCURRENCY
+    when: When | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,15 @@ class Destination:
     original_headers: bool = False
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     concurrency: int = DEFAULT_CONCURRENCY
+    #: Roark's verdicts it takes ("evaluation", "sentiment"), and which evaluations.
+    results: frozenset[str] = frozenset()
+    when: When | None = None
+
+    def wants_result(self, kind: str, classification: str | None, score: float | None) -> bool:
+        """Whether this verdict of Roark's is owed to it (`when` filters evaluations)."""
+        if kind not in self.results:
+            return False
+        return kind != "evaluation" or self.when is None or self.when.matches(classification, score)
 
     @property
     def shown_url(self) -> str:
@@ -167,13 +196,32 @@ def _destination(entry: object) -> Destination:
     events = frozenset(roark_events() if e.events is None else e.events)
     if not events:
         raise Invalid("events", "must name at least one event, or be left out")
-    exact, every = _events(events)
+    results = frozenset(kind for name in events if name.startswith("roark:")
+                        for kind in (RESULT_KINDS if name == "roark:*" else (name.removeprefix("roark:"),)))
+    unknown = sorted(results - set(RESULT_KINDS))
+    if unknown:
+        raise Invalid("events", f"'roark:{unknown[0]}': Roark's verdicts are roark:evaluation, roark:sentiment "
+                                "(roark:* for both)")
+    exact, every = _events(frozenset(name for name in events if not name.startswith("roark:")))
+    if e.when is not None:
+        _check_when(e.when, results)
     if not 0 < e.timeout_seconds <= 300:
         raise Invalid("timeout_seconds", "must be more than 0 and at most 300")
     if not 1 <= e.concurrency <= 512:
         raise Invalid("concurrency", "must be between 1 and 512")
     return Destination(e.name, e.url, tuple(Secret(k) for k in keys), exact, every, e.original_headers,
-                       e.timeout_seconds, e.concurrency)
+                       e.timeout_seconds, e.concurrency, results, e.when)
+
+
+def _check_when(when: When, results: frozenset[str]) -> None:
+    if "evaluation" not in results:
+        raise Invalid("when", "filters roark:evaluation events: add roark:evaluation to events")
+    if when.classification is None and when.score_below is None:
+        raise Invalid("when", 'give "classification" or "score_below" (or leave when out)')
+    if when.classification is not None and when.classification not in CLASSIFICATIONS:
+        raise Invalid("when", f"classification must be one of {', '.join(CLASSIFICATIONS)}")
+    if when.score_below is not None and not 0 < when.score_below <= 1:
+        raise Invalid("when", "score_below must be more than 0 and at most 1 (scores are 0-1)")
 
 
 def check_key(key: str) -> None:

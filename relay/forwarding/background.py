@@ -1,5 +1,5 @@
 """The relay's background work, started and stopped together: a forwarder per
-destination, reconciliation and retention. It runs in the server process
+destination, reconciliation, Roark's verdicts (RELAY_RESULTS) and retention. It runs in the server process
 (RELAY_FORWARD=inline, and apps made in process by tests) or in a forwarding process of
 its own (`relay forward`, which `relay serve` starts by default).
 
@@ -25,6 +25,7 @@ from relay.forwarding.retention import run_retention
 from relay.forwarding.roark import RoarkClient
 from relay.outbox import AsyncOutbox
 from relay.reconciliation.service import Reconcilers
+from relay.results import ResultFetcher
 from relay.settings import Settings
 
 log = structlog.get_logger("relay.forwarding.background")
@@ -44,6 +45,7 @@ class Background:
                         destination=d.name, concurrency=d.concurrency) for d in settings.destinations),
         ])
         self.reconcilers = Reconcilers(settings, outbox, metrics)
+        self.results = ResultFetcher(settings, outbox, metrics) if settings.results else None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -51,6 +53,8 @@ class Background:
         await self._fail_unconfigured()
         self.forwarders.start()
         self.reconcilers.start()
+        if self.results is not None:
+            await self.results.start()
         self._tasks.append(asyncio.create_task(run_retention(self._outbox, self._settings, self._stop),
                                                name="relay-retention"))
         if self._report:
@@ -60,6 +64,8 @@ class Background:
     async def stop(self) -> None:
         self._stop.set()
         await asyncio.gather(*self._tasks)
+        if self.results is not None:
+            await self.results.stop()
         await self.reconcilers.stop()
         await self.forwarders.stop()
 

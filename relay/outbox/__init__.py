@@ -9,6 +9,7 @@
     traffic.py       the status page charts' figures
     reconciliation.py  reconciliation's part: leases, progress, what is held
     alerts.py        alerts' part: alerts, their messages, channels, mutes, dead letters
+    results.py       Roark's verdicts: owed fetches, leases, what Roark answered
     migrations/      the schema's history
 """
 
@@ -18,6 +19,7 @@ from relay.outbox.model import (
     Alert,
     AlertMessage,
     Attempt,
+    BadCalls,
     ChannelHealth,
     Completion,
     DeadLetters,
@@ -30,6 +32,8 @@ from relay.outbox.model import (
     Pause,
     Progress,
     Reconciliation,
+    Result,
+    ResultState,
     RunOutcome,
     State,
 )
@@ -42,6 +46,7 @@ __all__ = [
     "AsyncOutbox",
     "Attempt",
     "Backend",
+    "BadCalls",
     "ChannelHealth",
     "Completion",
     "DeadLetters",
@@ -54,6 +59,8 @@ __all__ = [
     "Pause",
     "Progress",
     "Reconciliation",
+    "Result",
+    "ResultState",
     "RunOutcome",
     "State",
     "open_backend",

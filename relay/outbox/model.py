@@ -265,3 +265,47 @@ class DeadLetters:
     last_error: str | None
     #: A few of their provider call ids, newest first.
     call_ids: tuple[str, ...]
+
+
+class ResultState(enum.StrEnum):
+    PENDING = "pending"  # to be fetched (again) at next_fetch_at
+    COMPLETED = "completed"  # every run finished (completed or failed)
+    GIVEN_UP = "given_up"  # RELAY_RESULTS_GIVE_UP_SECONDS passed first
+
+
+@dataclass(frozen=True)
+class Result:
+    """Roark's verdict of one kind (evaluation, sentiment) on a call delivered to it, kept
+    with that delivery (and pruned with it). `data` is Roark's `data` field as it last
+    answered; `score` and `classification` are read from it (relay.results.verdict)."""
+
+    delivery_id: int
+    kind: str
+    roark_call_id: str
+    state: ResultState
+    attempts: int
+    due_from: float
+    next_fetch_at: float
+    fetched_at: float | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    data: Any = None
+    score: float | None = None
+    classification: str | None = None
+    completed_at: float | None = None
+    #: The call's, from its webhook (filled by listings).
+    provider: str | None = None
+    call_id: str | None = None
+    lease_token: str | None = None
+
+
+@dataclass(frozen=True)
+class BadCalls:
+    """Calls whose evaluation failed or scored low, since a moment (the evaluation alert)."""
+
+    count: int
+    first_at: float
+    last_at: float
+    call_ids: tuple[str, ...]
+    #: The evaluators' summaries of a few of them.
+    summaries: tuple[str, ...]

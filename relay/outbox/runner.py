@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from relay.outbox.model import Completion, Inserted, NewDelivery
-from relay.outbox.store import Alerts, Backend, Counts, Deliveries, Pauses, Reconciliations, Reports, Sessions
+from relay.outbox.store import Alerts, Backend, Counts, Deliveries, Pauses, Reconciliations, Reports, Results, Sessions
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -219,6 +219,14 @@ class AsyncOutbox:
     muted_subjects = _reads(Alerts.muted_subjects)
     waiting_by_destination = _reads(Alerts.waiting_by_destination)
     dead_letters = _reads(Alerts.dead_letters)
+
+    last_scheduled = _reads(Results.last_scheduled)
+    schedule_results = _writes(Results.schedule_results)
+    claim_results = _writes(Results.claim_results)
+    record_result = _writes(Results.record_result)
+    results_for = _reads(Results.results_for)
+    list_results = _reads(Results.list_results)
+    bad_calls = _reads(Results.bad_calls)
 
     async def close(self) -> None:
         """Finish pending commits, wait for every running operation (a cancelled caller

@@ -26,6 +26,7 @@ from relay.outbox.model import (
     State,
 )
 from relay.outbox.reconciliation import ReconciliationStore
+from relay.outbox.results import ResultStore
 from relay.outbox.statements import (
     COUNTS_BY,
     FORWARDER_REPORTS,
@@ -48,7 +49,7 @@ def delivery_from_row(row: Sequence[object]) -> Delivery:
     return Delivery(*values)
 
 
-class SQLBackend(ReconciliationStore, AlertStore, Backend):
+class SQLBackend(ReconciliationStore, AlertStore, ResultStore, Backend):
     """The parts of a backend that are the same SQL on every database. A subclass gives
     its statements' parameter style and its connections (`_write`, `_read`)."""
 

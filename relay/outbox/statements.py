@@ -21,6 +21,7 @@ from relay.outbox.model import (
     State,
 )
 from relay.outbox.reconciliation import ReconciliationStatements
+from relay.outbox.results import ResultStatements
 
 #: A delivery is a row of `deliveries` joined to its webhook.
 JOINED = "deliveries JOIN webhooks ON webhooks.id = deliveries.webhook_id"
@@ -40,7 +41,7 @@ Query = tuple[str, Sequence[object] | dict[str, object]]
 
 
 @dataclass(frozen=True)
-class Statements(ReconciliationStatements, AlertStatements):
+class Statements(ReconciliationStatements, AlertStatements, ResultStatements):
     mark: str  # a positional parameter
     #: A parameter sent as bytes: psycopg otherwise escapes a body as text, which costs a
     #: large report time and another copy of twice its size.

@@ -14,6 +14,7 @@ from relay.outbox.model import (
     Alert,
     AlertMessage,
     Attempt,
+    BadCalls,
     ChannelHealth,
     Completion,
     DeadLetters,
@@ -25,6 +26,8 @@ from relay.outbox.model import (
     Pause,
     Progress,
     Reconciliation,
+    Result,
+    ResultState,
     RunOutcome,
     State,
 )
@@ -247,7 +250,40 @@ class Alerts(Protocol):
         (destinations with none are absent)."""
 
 
-class Backend(Deliveries, Counts, Pauses, Reports, Sessions, Reconciliations, Alerts, Protocol):
+class Results(Protocol):
+    """Roark's verdicts on the calls delivered to it (relay.results)."""
+
+    def last_scheduled(self) -> float | None:
+        """The latest first fetch scheduled (None: none yet)."""
+
+    def schedule_results(self, kinds: Sequence[str], delay: float, after: float, limit: int) -> float | None:
+        """Owe a fetch of each of `kinds`, `delay` after delivery, for up to `limit` calls
+        delivered to Roark after `after` (oldest first; those owed already are left as
+        they are); returns when the last of them was delivered, None when there was none."""
+
+    def claim_results(self, token: str, now: float, lease_seconds: float, limit: int) -> list[Result]:
+        """Lease up to `limit` due fetches, the most overdue first."""
+
+    def record_result(self, result: Result, state: ResultState, next_fetch_at: float, *, fetched: bool = True,
+                      status: int | None = None, error: str | None = None, data: Any = None,
+                      score: float | None = None, classification: str | None = None, now: float,
+                      counted: bool = True) -> bool:
+        """Record a fetch (`counted`: as an attempt) and release its lease; False when the
+        lease was lost. `data` (Roark's answer) is kept when given."""
+
+    def results_for(self, delivery_ids: Sequence[int]) -> dict[int, dict[str, Result]]:
+        """The verdicts of these deliveries, by delivery id and kind."""
+
+    def list_results(self, kind: str | None = None, classification: str | None = None, since: float | None = None,
+                     before_id: int | None = None, limit: int = 50) -> list[Result]:
+        """Verdicts, newest delivery first; `since` keeps those completed since then."""
+
+    def bad_calls(self, since: float, score_below: float) -> BadCalls | None:
+        """Calls whose evaluation completed after `since` and failed or scored below
+        `score_below` (None: none)."""
+
+
+class Backend(Deliveries, Counts, Pauses, Reports, Sessions, Reconciliations, Alerts, Results, Protocol):
     """A durable outbox store: every concern above, and its life."""
 
     def migrate(self) -> int:

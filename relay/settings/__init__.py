@@ -24,6 +24,7 @@ from relay.core.envvars import (
     Integer,
     JsonObject,
     Names,
+    Number,
     Seconds,
     Secret,
     SecretValue,
@@ -36,6 +37,7 @@ from relay.core.names import ROARK
 from relay.destinations import (
     DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_SECONDS,
+    RESULT_KINDS,
     Channel,
     Channels,
     Destination,
@@ -311,9 +313,36 @@ class Settings:
         "RELAY_ALERT_RETRY_BASE_SECONDS", 5.0, Seconds(0), "First retry of an alert message.")
     alert_retry_max_delay_seconds: float = setting(
         "RELAY_ALERT_RETRY_MAX_DELAY_SECONDS", 600.0, Seconds(0), "Longest wait between an alert message's tries.")
+    alert_score_below: float = setting(
+        "RELAY_ALERT_SCORE_BELOW", 0.5, Number(float, 0, 1),
+        """An evaluation alert counts the calls whose evaluation Roark classified as a
+        failure, or scored below this (0-1).""")
+    alert_evaluation_window_seconds: float = setting(
+        "RELAY_ALERT_EVALUATION_WINDOW_SECONDS", 900.0, Seconds(0.1),
+        """Badly evaluated calls are summed like dead letters: the alert opens once the
+        first is this old, counting every one since, and resolves once this long passes
+        without another.""")
     alert_mute_seconds: float = setting(
         "RELAY_ALERT_MUTE_SECONDS", 3600.0, Seconds(1),
         "How long the status page's Mute silences a subject's alert messages.")
+
+    results: tuple[str, ...] = setting(
+        "RELAY_RESULTS", (), Names(RESULT_KINDS),
+        """Roark's verdicts to fetch for every call delivered to it: evaluation, sentiment
+        (comma-separated; empty: none). They show on the status page, in the admin API
+        and CLI, and go to destinations that ask for roark:evaluation or roark:sentiment.""",
+        section="Results from Roark")
+    results_delay_seconds: float = setting(
+        "RELAY_RESULTS_DELAY_SECONDS", 120.0, Seconds(0),
+        """The first fetch is this long after delivery; until every run has finished, the
+        next waits twice as long as the one before, at most RELAY_RESULTS_MAX_DELAY_SECONDS.""")
+    results_max_delay_seconds: float = setting(
+        "RELAY_RESULTS_MAX_DELAY_SECONDS", 3600.0, Seconds(0.1), "Longest wait between two fetches of one verdict.")
+    results_give_up_seconds: float = setting(
+        "RELAY_RESULTS_GIVE_UP_SECONDS", 86400.0, Seconds(0),
+        "A verdict not finished this long after its first fetch is given up (Roark documents no timing).")
+    results_concurrency: int = setting(
+        "RELAY_RESULTS_CONCURRENCY", 8, Integer(1, 128), "Fetches from Roark at once.")
 
     #: Each provider's own settings (see its module), by provider name.
     providers: Mapping[str, Any] = field(default_factory=dict)

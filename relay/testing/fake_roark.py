@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import random
+import re
 import socket
 import struct
 import sys
@@ -33,6 +34,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from relay.testing import roark_results
 from relay.testing.behaviours import Accept, Behaviour, RateLimited, Reset, Respond, Slow, Trickle
 from relay.testing.roark_contract import Outcome, camel_case, describe, error_body, rejection, validator_for
 
@@ -43,6 +45,8 @@ _UPLOAD_ROUTES = {
 }
 #: GET <this><job_id>: an evaluation job, which `relay check --upstream` reads to prove a key.
 _JOB_ROUTE = "/v1/evaluation/job/"
+#: GET /v1/call/<call_id>/<kind>: Roark's verdicts on a call it was sent (relay.testing.roark_results).
+_RESULT_ROUTE = re.compile(r"/v1/call/([^/]+)/(evaluation-run|sentiment-run)")
 # VAPI reports with transcripts and assistant config can exceed several MB.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 
@@ -64,7 +68,8 @@ class FakeRoark:
 
     def __init__(self, api_key: str = "rk_test", field_case: str = "snake",
                  host: str = "127.0.0.1", port: int = 0, *,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, results_delay: float = 0.0) -> None:
+        """`results_delay`: how long after a call is sent its verdicts stay pending."""
         if field_case not in ("snake", "camel"):
             raise ValueError(f"field_case must be 'snake' or 'camel', not {field_case!r}")
         self.api_key, self.field_case = api_key, field_case
@@ -76,6 +81,10 @@ class FakeRoark:
         self._in_flight = 0
         self._control = threading.Lock()
         self._script: deque[Behaviour] = deque()
+        self._results_script: deque[Behaviour] = deque()
+        self.results_delay = results_delay
+        #: Roark's call id -> (when it was sent, the provider's call id).
+        self._calls: dict[str, tuple[float, str]] = {}
         self._default: Behaviour = Accept()
         self._chaos: tuple[float, tuple[Behaviour, ...], random.Random] = (0, (), random.Random())
         self._stopping = threading.Event()
@@ -156,6 +165,15 @@ class FakeRoark:
         with self._control:
             self._script.extend(behaviours)
 
+    def results_script(self, *behaviours: Behaviour) -> None:
+        """Queue behaviours, consumed one per GET of a verdict before it is answered."""
+        with self._control:
+            self._results_script.extend(behaviours)
+
+    def _next_result_behaviour(self) -> Behaviour:
+        with self._control:
+            return self._results_script.popleft() if self._results_script else Accept()
+
     def set_default(self, behaviour: Behaviour) -> None:
         with self._control:
             self._default = behaviour
@@ -196,7 +214,8 @@ class FakeRoark:
         is_health = (method, path) == ("GET", "/health")
         job_id = path.removeprefix(_JOB_ROUTE) if method == "GET" and path.startswith(_JOB_ROUTE) else ""
         is_job = bool(job_id) and "/" not in job_id
-        if not (is_health or is_job or (method == "POST" and path in _UPLOAD_ROUTES)):
+        result = _RESULT_ROUTE.fullmatch(path) if method == "GET" else None
+        if not (is_health or is_job or result or (method == "POST" and path in _UPLOAD_ROUTES)):
             return rejection(404, "resource_not_found", f"no such endpoint: {method} {path}")
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -209,6 +228,8 @@ class FakeRoark:
                       "timestamp": now.replace("+00:00", "Z"),
                       "uptime_seconds": int(time.monotonic() - self._started_at)}
             return Outcome(200, {"data": health}, ())
+        if result:
+            return self._verdict(*result.groups())
         if is_job:  # the fake runs no evaluations, so it knows no job
             try:
                 uuid.UUID(job_id)
@@ -222,7 +243,26 @@ class FakeRoark:
             details = {"problems": list(problems)}
             return Outcome(400, error_body(400, "; ".join(problems), "invalid_parameter",
                                             details=details), problems)
-        return Outcome(201, self._success_body(), ())
+        return Outcome(201, self._accept_call(path, body), ())
+
+    def _accept_call(self, path: str, body: bytes) -> dict[str, Any]:
+        """Roark's answer to an upload, remembering the call for its verdicts."""
+        answer = self._success_body()
+        payload = json.loads(body)[self._field_name(_UPLOAD_ROUTES[path][1])]
+        call = payload.get("call") or {}
+        provider_call_id = str(call.get("id") or call.get("call_id") or "")
+        with self._control:
+            self._calls[answer["data"][self._field_name("call_id")]] = (time.time(), provider_call_id)
+        return answer
+
+    def _verdict(self, call_id: str, kind: str) -> Outcome:
+        with self._control:
+            known = self._calls.get(call_id)
+        if known is None:
+            return Outcome(404, error_body(404, f"call {call_id} not found", "resource_not_found"), ())
+        sent_at, provider_call_id = known
+        render = roark_results.evaluation_runs if kind == "evaluation-run" else roark_results.sentiment
+        return Outcome(200, {"data": render(provider_call_id, sent_at, time.time(), self.results_delay)}, ())
 
     def _body_problems(self, path: str, headers: dict[str, str], body: bytes) -> tuple[str, ...]:
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -324,7 +364,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         outcome = fake._evaluate(self.command, path, headers, body)
-        behaviour = fake._next_behaviour() if self.command == "POST" else Accept()
+        behaviour = fake._next_behaviour() if self.command == "POST" else \
+            fake._next_result_behaviour() if _RESULT_ROUTE.fullmatch(path) else Accept()
         trickle = None
         while isinstance(behaviour, Slow | Trickle):
             if isinstance(behaviour, Trickle):
