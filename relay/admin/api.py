@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -20,11 +21,12 @@ from starlette.routing import Route
 
 from relay.admin.auth import AdminAuth
 from relay.admin.operations import STATES, Operations
-from relay.admin.views import attempt_json, delivery_json, masked_payload
+from relay.admin.views import attempt_json, delivery_json, masked_payload, result_json
 from relay.core import jsonbody
 from relay.core.errors import BadRequest, HTTPError, NotFound, UnsupportedMediaType
 from relay.core.names import DESTINATION_NAME
 from relay.core.redaction import Redactor
+from relay.destinations import CLASSIFICATIONS, RESULT_KINDS
 from relay.outbox import DeliveryFilter, State
 from relay.providers import PROVIDER_NAMES
 from relay.web.bodies import read_body
@@ -113,6 +115,15 @@ class Listing:
     limit: int
 
 
+def parse_classification(raw: object) -> str | None:
+    """An evaluation's classification to filter on (relay.results); empty means any."""
+    if raw in (None, ""):
+        return None
+    if raw not in CLASSIFICATIONS:
+        raise BadRequest(f"classification must be one of {', '.join(CLASSIFICATIONS)}", parameter="classification")
+    return str(raw)
+
+
 def _single(params: QueryParams, name: str) -> str | None:
     values = params.getlist(name)
     if len(values) > 1:
@@ -123,7 +134,8 @@ def _single(params: QueryParams, name: str) -> str | None:
 def parse_listing(params: QueryParams, *, default_state: str, extra: tuple[str, ...] = ()) -> Listing:
     """state, provider, destination, call_id, cursor, limit; anything else is refused (a
     typo such as `status=failed` must not silently list everything)."""
-    unknown = set(params.keys()) - {"state", "provider", "destination", "call_id", "cursor", "limit", *extra}
+    unknown = set(params.keys()) - {"state", "provider", "destination", "call_id", "classification", "cursor", "limit",
+                                    *extra}
     if unknown:
         raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}", parameter=sorted(unknown)[0])
     state = _single(params, "state") or default_state
@@ -143,6 +155,7 @@ def parse_listing(params: QueryParams, *, default_state: str, extra: tuple[str, 
             provider=parse_provider(_single(params, "provider")),
             destination=parse_destination(_single(params, "destination")),
             call_id_prefix=parse_call_id(_single(params, "call_id")),
+            classification=parse_classification(_single(params, "classification")),
         ),
         state=state,
         before_id=parse_id(cursor, "cursor") if cursor else None,
@@ -189,9 +202,38 @@ class AdminApi:
             raise NotFound(f"no delivery {delivery_id}", parameter="id")
         delivery, attempts = found
         payload, note = masked_payload(delivery.body, self.redactor)
+        results = await self.operations.verdicts([delivery_id])
         data = {**delivery_json(delivery), "attempt_history": [attempt_json(a) for a in attempts],
-                "payload": payload, "payload_note": note}
+                "payload": payload, "payload_note": note,
+                "results": [result_json(r, self.redactor) for r in results.get(delivery_id, {}).values()]}
         return JSONResponse({"data": data})
+
+    async def list_results(self, request: Request) -> JSONResponse:
+        """Roark's verdicts, newest delivery first: ?kind=&classification=&since=&cursor=&limit="""
+        self.auth.require_bearer(request)
+        params = request.query_params
+        unknown = set(params.keys()) - {"kind", "classification", "since", "cursor", "limit"}
+        if unknown:
+            raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}", parameter=sorted(unknown)[0])
+        kind = _single(params, "kind") or None
+        if kind is not None and kind not in RESULT_KINDS:
+            raise BadRequest(f"kind must be one of {', '.join(RESULT_KINDS)}", parameter="kind")
+        since = _single(params, "since")
+        try:
+            parsed = None if not since else datetime.fromisoformat(since)
+            since_at = None if parsed is None else (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        except ValueError:
+            raise BadRequest("since must be an ISO 8601 time with its offset, e.g. 2026-12-08T09:00:00Z",
+                             parameter="since") from None
+        cursor, limit = _single(params, "cursor"), _single(params, "limit")
+        if cursor is not None and not re.fullmatch(CURSOR_PATTERN, cursor):
+            raise BadRequest("cursor must be the next_cursor of a previous page", parameter="cursor")
+        if limit is not None and not (_DIGITS.fullmatch(limit) and 1 <= int(limit) <= MAX_LIMIT):
+            raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", parameter="limit")
+        page, next_cursor = await self.operations.results(
+            kind, parse_classification(_single(params, "classification")), since_at,
+            parse_id(cursor, "cursor") if cursor else None, DEFAULT_LIMIT if limit is None else int(limit))
+        return JSONResponse({"data": [result_json(r) for r in page], "next_cursor": next_cursor})
 
     async def replay_one(self, request: Request) -> JSONResponse:
         self.auth.require_bearer(request)
@@ -261,6 +303,7 @@ def api_routes(api: AdminApi) -> list[Route]:
         Route("/admin/api/deliveries/{id}/replay", api.replay_one, methods=["POST"]),
         Route("/admin/api/replay", api.replay_many, methods=["POST"]),
         Route("/admin/api/destinations/{name}/resume", api.resume_destination, methods=["POST"]),
+        Route("/admin/api/results", api.list_results, methods=["GET"]),
         Route("/admin/api/alerts", api.list_alerts, methods=["GET"]),
         Route("/admin/api/alerts/{id}/acknowledge", api.acknowledge_alert, methods=["POST"]),
     ]

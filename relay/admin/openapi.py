@@ -21,7 +21,8 @@ from relay.admin.api import (
     STATES,
 )
 from relay.core.names import DESTINATION_NAME
-from relay.destinations import ALERT_KINDS
+from relay.destinations import ALERT_KINDS, CLASSIFICATIONS, RESULT_KINDS
+from relay.outbox import ResultState
 from relay.providers import PROVIDER_NAMES
 
 
@@ -168,14 +169,45 @@ SCHEMAS: dict[str, Any] = {
     "DeliveryDetail": {
         "allOf": [_ref("Delivery"), {
             "type": "object",
-            "required": ["attempt_history", "payload", "payload_note"],
+            "required": ["attempt_history", "payload", "payload_note", "results"],
             "properties": {
                 "attempt_history": {"type": "array", "items": _ref("Attempt")},
+                "results": {"type": "array", "items": _ref("Result"),
+                            "description": "Roark's verdicts on a delivery to Roark (RELAY_RESULTS), with data"},
                 "payload": {"description": "the stored webhook body, secrets masked as ********; "
                                            "null when it cannot be shown (see payload_note)"},
                 "payload_note": _nullable("string"),
             },
         }],
+    },
+    "Result": {
+        "type": "object",
+        "required": ["delivery_id", "kind", "provider", "call_id", "roark_call_id", "state", "score", "classification",
+                     "attempts", "fetched_at", "next_fetch_at", "completed_at", "last_status", "last_error"],
+        "properties": {
+            "delivery_id": ID, "kind": {"type": "string", "enum": list(RESULT_KINDS)},
+            "provider": _nullable("string"), "call_id": _nullable("string"), "roark_call_id": {"type": "string"},
+            "state": {"type": "string", "enum": [s.value for s in ResultState],
+                      "description": "pending: asked again at next_fetch_at; completed: every run finished; "
+                                     "given_up: not finished within RELAY_RESULTS_GIVE_UP_SECONDS"},
+            "score": _nullable("number", minimum=0, maximum=1,
+                               description="evaluation: completed runs' scores weighted by evaluator; "
+                                           "sentiment: average_sentiment"),
+            "classification": _nullable("string", description="evaluation: failure, success or irrelevant; "
+                                                              "sentiment: positive, negative or neutral"),
+            "attempts": {"type": "integer", "minimum": 0}, "fetched_at": TIME, "next_fetch_at": TIME,
+            "completed_at": TIME, "last_status": _nullable("integer"), "last_error": _nullable("string"),
+            "data": {"description": "Roark's data field as it last answered (EvaluationRun list or "
+                                    "SentimentAnalysis), secrets masked; in a delivery's detail only"},
+        },
+    },
+    "ResultPage": {
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {
+            "data": {"type": "array", "items": _ref("Result")},
+            "next_cursor": _nullable("string", description="pass as cursor for the next (older) page"),
+        },
     },
     "DeliveryPage": {
         "type": "object",
@@ -262,6 +294,12 @@ PARAMETERS: dict[str, Any] = {
     "provider": {"name": "provider", "in": "query", "schema": PROVIDER_FILTER},
     "destination": {"name": "destination", "in": "query", "schema": DESTINATION_FILTER},
     "call_id": {"name": "call_id", "in": "query", "schema": CALL_ID_FILTER},
+    "classification": {"name": "classification", "in": "query",
+                       "description": "Roark's evaluation of the call (RELAY_RESULTS); empty: any",
+                       "schema": {"type": "string", "enum": ["", *CLASSIFICATIONS]}},
+    "kind": {"name": "kind", "in": "query", "schema": {"type": "string", "enum": ["", *RESULT_KINDS]}},
+    "since": {"name": "since", "in": "query", "description": "completed at or after this time (ISO 8601)",
+              "schema": {"type": "string", "format": "date-time"}},
     "cursor": {"name": "cursor", "in": "query", "description": "next_cursor of the previous page; empty: the first",
                "schema": {"type": "string", "pattern": CURSOR_PATTERN}},
     "limit": {"name": "limit", "in": "query",
@@ -303,7 +341,8 @@ def openapi_document() -> dict[str, Any]:
             }},
             "/admin/api/deliveries": {"get": {
                 "operationId": "listDeliveries", "summary": "Deliveries, newest first, without bodies",
-                "parameters": _params("state", "provider", "destination", "call_id", "cursor", "limit"),
+                "parameters": _params("state", "provider", "destination", "call_id", "classification", "cursor",
+                                      "limit"),
                 "responses": {"200": _ok("DeliveryPage", "one page"), "400": _error("invalid parameter"),
                               **ERRORS},
             }},
@@ -337,6 +376,12 @@ def openapi_document() -> dict[str, Any]:
                                 "schema": {"type": "string", "pattern": f"^{DESTINATION_NAME}$"}}],
                 "responses": {"200": _ok("ResumeResponse", "resumed, or resumed false when it was not stopped"),
                               "400": _error("invalid name"), **ERRORS},
+            }},
+            "/admin/api/results": {"get": {
+                "operationId": "listResults",
+                "summary": "Roark's verdicts on the calls delivered to it, newest first (RELAY_RESULTS)",
+                "parameters": _params("kind", "classification", "since", "cursor", "limit"),
+                "responses": {"200": _ok("ResultPage", "one page"), "400": _error("invalid parameter"), **ERRORS},
             }},
             "/admin/api/alerts": {"get": {
                 "operationId": "listAlerts",

@@ -14,7 +14,7 @@ from relay.admin.views import alert_json, channel_json, reconciliation_json
 from relay.core.timefmt import iso
 from relay.forwarding.trouble import stuck
 from relay.forwarding.view import ForwarderViews
-from relay.outbox import AsyncOutbox, Attempt, Delivery, DeliveryFilter, Reconciliation, State
+from relay.outbox import AsyncOutbox, Attempt, Delivery, DeliveryFilter, Reconciliation, Result, State
 from relay.outbox.traffic import Bucket
 from relay.providers import PROVIDER_NAMES
 from relay.settings import Settings
@@ -49,6 +49,24 @@ class Operations:
         if delivery is None:
             return None
         return delivery, await self._outbox.attempts(delivery_id)
+
+    async def verdicts(self, delivery_ids: list[int]) -> dict[int, dict[str, Result]]:
+        """Roark's verdicts on these deliveries (those to Roark), by id and kind."""
+        return await self._outbox.results_for(delivery_ids)
+
+    @property
+    def results_enabled(self) -> tuple[str, ...]:
+        return self._settings.results
+
+    async def results(self, kind: str | None, classification: str | None, since: float | None,
+                      before_id: int | None, limit: int) -> tuple[list[Result], str | None]:
+        """One page of verdicts, newest delivery first, and the next page's cursor."""
+        rows = await self._outbox.list_results(kind, classification, since, before_id, limit + 2)
+        if len(rows) <= limit:
+            return rows, None
+        # A cursor is a delivery id: a page never splits a delivery's two verdicts.
+        page = rows[:limit] + [r for r in rows[limit:] if r.delivery_id == rows[limit - 1].delivery_id]
+        return page, (str(page[-1].delivery_id) if len(rows) > len(page) else None)
 
     async def exists(self, delivery_id: int) -> bool:
         return await self._outbox.get(delivery_id) is not None

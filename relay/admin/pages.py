@@ -87,7 +87,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["iso"] = lambda ts: iso(ts) or "—"
     env.globals.update(ago=ago, duration=duration, states=STATES, providers=PROVIDER_NAMES, outcomes=OUTCOMES,
-                       condition=condition, lasted=lasted)
+                       condition=condition, lasted=lasted, pretty=pretty)
     env.tests["running"] = lambda destination: condition(destination) == "running"
     return env
 
@@ -151,13 +151,16 @@ class StatusPages:
         listing = api.Listing(listing.where, listing.state, listing.before_id, min(listing.limit, PAGE_SIZE))
         page, next_cursor = await self.operations.page(listing.where, listing.before_id, listing.limit)
         filters = {"state": listing.state, "provider": listing.where.provider or "",
-                   "destination": listing.where.destination or "", "call_id": listing.where.call_id_prefix or ""}
+                   "destination": listing.where.destination or "", "call_id": listing.where.call_id_prefix or "",
+                   "classification": listing.where.classification or ""}
         return self.render(request, "status.html", {
             "summary": await self.operations.summary(),
             "alerts": await self.operations.alerts(),
             "mute_seconds": self.operations.mute_seconds,
             "reconciliation": await self.operations.reconciliations(),
             "rows": page,
+            "verdicts": await self.operations.verdicts([d.id for d in page if d.destination == "roark"]),
+            "results_enabled": self.operations.results_enabled,
             "filters": filters,
             "older_url": _status_url(**filters, cursor=next_cursor) if next_cursor else None,
             "newest_url": _status_url(**filters) if listing.before_id else None,
@@ -180,8 +183,10 @@ class StatusPages:
             raise NotFound(f"no delivery {delivery_id}")
         delivery, attempts = found
         payload, note = masked_payload(delivery.body, self.redactor)
+        verdicts = (await self.operations.verdicts([delivery_id])).get(delivery_id, {})
         return self.render(request, "detail.html", {
             "d": delivery,
+            "verdicts": {kind: (result, self.redactor.mask(result.data)) for kind, result in sorted(verdicts.items())},
             "attempts": attempts,
             "payload": None if note else pretty(payload),
             "payload_note": note,

@@ -9,7 +9,7 @@ from relay.core import jsonbody
 from relay.core.redaction import Redactor
 from relay.core.timefmt import iso
 from relay.destinations import Channel
-from relay.outbox import Alert, Attempt, ChannelHealth, Delivery, Reconciliation, State
+from relay.outbox import Alert, Attempt, ChannelHealth, Delivery, Reconciliation, Result, State
 
 
 def delivery_json(d: Delivery) -> dict[str, Any]:
@@ -102,3 +102,26 @@ def channel_json(channel: Channel, health: ChannelHealth | None) -> dict[str, An
         "waiting": health.waiting if health else 0,
         "given_up": health.failed if health else 0,
     }
+
+
+def result_json(r: Result, redactor: Redactor | None = None) -> dict[str, Any]:
+    """`redactor`: with one, Roark's `data` is included, masked like every payload."""
+    shown = {
+        "delivery_id": r.delivery_id,
+        "kind": r.kind,
+        "provider": r.provider,
+        "call_id": r.call_id,
+        "roark_call_id": r.roark_call_id,
+        "state": r.state.value,
+        "score": r.score,
+        "classification": r.classification,
+        "attempts": r.attempts,
+        "fetched_at": iso(r.fetched_at),
+        "next_fetch_at": iso(r.next_fetch_at) if r.state.value == "pending" else None,
+        "completed_at": iso(r.completed_at),
+        "last_status": r.last_status,
+        "last_error": r.last_error,
+    }
+    if redactor is not None:
+        shown["data"] = None if r.data is None else redactor.mask(r.data)
+    return shown

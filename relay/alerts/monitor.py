@@ -49,6 +49,22 @@ SEND_BATCH = 20
 REFUSED = "unavailable"
 
 
+def _bursts_since(recent: Sequence[Alert], kind: str, subjects: Sequence[str], window: float,
+                  now: float) -> dict[str, float]:
+    """Per subject, where the burst a summing kind (dead letters, bad evaluations) counts
+    begins: its open alert's own start, or else two windows back (so the first of a
+    burst is still seen once it is a window old), but never before its last alert of
+    that kind resolved. `recent`: the alerts opened or resolved within two windows."""
+    since = dict.fromkeys(subjects, now - 2 * window)
+    for alert in recent:
+        if alert.kind == kind and alert.subject in since:
+            if alert.resolved_at is None:
+                since[alert.subject] = float(alert.details.get("since", alert.opened_at)) - 1e-6
+            else:
+                since[alert.subject] = max(since[alert.subject], alert.resolved_at)
+    return since
+
+
 class Monitor:
     def __init__(self, settings: Settings, outbox: AsyncOutbox, metrics: Metrics, forwarders: ForwarderViews,
                  reconcilers: Reconcilers, *, rules: Sequence[Rule] = RULES,
@@ -118,24 +134,18 @@ class Monitor:
         reconciliation = {}
         if self._reconcilers.sources:
             reconciliation = self._reconcilers.problems_by_provider(await outbox.reconciliations(), now)
+        settings = self._settings
+        recent = await outbox.alerts_since(now - 2 * max(settings.alert_dead_letter_window_seconds,
+                                                         settings.alert_evaluation_window_seconds), 100)
+        letters_since = _bursts_since(recent, "dead_letter", (ROARK, *(d.name for d in settings.destinations)),
+                                      settings.alert_dead_letter_window_seconds, now)
+        bad_calls = None
+        if "evaluation" in settings.results:
+            since = _bursts_since(recent, "evaluation", ("evaluations",), settings.alert_evaluation_window_seconds, now)
+            bad_calls = await outbox.bad_calls(since["evaluations"], settings.alert_score_below)
         return Observation(
-            now, tuple(receivers), self._forwarders.silent_since(now),
-            await outbox.dead_letters(await self._dead_letters_since(now)),
-            reconciliation, self._storage_refusals(now))
-
-    async def _dead_letters_since(self, now: float) -> dict[str, float]:
-        """Per destination, where its burst of dead letters begins: the open alert's own
-        start, or else two windows back (so the first of a burst is still seen once it is
-        a window old), but never before the last dead-letter alert resolved."""
-        window = self._settings.alert_dead_letter_window_seconds
-        since = {name: now - 2 * window for name in (ROARK, *(d.name for d in self._settings.destinations))}
-        for alert in await self._outbox.alerts_since(now - 2 * window, 100):
-            if alert.kind == "dead_letter" and alert.subject in since:
-                if alert.resolved_at is None:
-                    since[alert.subject] = float(alert.details.get("since", alert.opened_at)) - 1e-6
-                else:
-                    since[alert.subject] = max(since[alert.subject], alert.resolved_at)
-        return since
+            now, tuple(receivers), self._forwarders.silent_since(now), await outbox.dead_letters(letters_since),
+            reconciliation, self._storage_refusals(now), bad_calls)
 
     def _channels(self, kind: str, subject: str, muted: dict[str, float]) -> list[str]:
         if subject in muted:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.core.timefmt import duration, iso
-from relay.outbox import DeadLetters
+from relay.outbox import BadCalls, DeadLetters
 from relay.settings import Settings
 
 
@@ -61,6 +61,8 @@ class Observation:
     #: Per reconciled provider, what is wrong with its runs (providers fine are absent).
     reconciliation: Mapping[str, list[str]] = field(default_factory=dict)
     storage: Refusals | None = None
+    #: Calls Roark evaluated badly since their burst began (None: none, or results are off).
+    bad_calls: BadCalls | None = None
 
 
 @dataclass(frozen=True)
@@ -69,12 +71,15 @@ class Thresholds:
     backlog_age: float
     dead_letter_window: float
     forwarding_silence: float
+    evaluation_window: float = 900.0
+    score_below: float = 0.5
 
     @classmethod
     def of(cls, settings: Settings, forwarding_stale_after: float) -> Thresholds:
         return cls(after=settings.alert_after_seconds, backlog_age=settings.pending_age_degraded_seconds,
                    dead_letter_window=settings.alert_dead_letter_window_seconds,
-                   forwarding_silence=max(settings.alert_after_seconds, forwarding_stale_after))
+                   forwarding_silence=max(settings.alert_after_seconds, forwarding_stale_after),
+                   evaluation_window=settings.alert_evaluation_window_seconds, score_below=settings.alert_score_below)
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,22 @@ def storage(observation: Observation, thresholds: Thresholds) -> list[Condition]
                       {"refused": refused.count}, refused.count)]
 
 
+def evaluation(observation: Observation, thresholds: Thresholds) -> list[Condition] | None:
+    """Calls whose evaluation failed or scored below RELAY_ALERT_SCORE_BELOW, summed like
+    dead letters: a bad afternoon is one message, not fifty."""
+    bad, window, now = observation.bad_calls, thresholds.evaluation_window, observation.now
+    if bad is None or now - bad.last_at > window or now - bad.first_at < window:
+        return []
+    noun = "call" if bad.count == 1 else "calls"
+    return [Condition(
+        "evaluation", "evaluations",
+        f"{bad.count} {noun} failed Roark's evaluation or scored below {thresholds.score_below:g} since "
+        f"{iso(bad.first_at)}" + (f"; {bad.summaries[0]}" if bad.summaries else ""),
+        {"count": bad.count, "call_ids": list(bad.call_ids), "summaries": list(bad.summaries),
+         "since": bad.first_at, "score_below": thresholds.score_below},
+        bad.count)]
+
+
 RULES: tuple[Rule, ...] = (
     Rule("delivery", delivery),
     Rule("dead_letter", dead_letter, held_up="deliveries failed for good"),
@@ -221,4 +242,5 @@ RULES: tuple[Rule, ...] = (
     Rule("forwarding", forwarding),
     Rule("reconciliation", reconciliation, held_up=""),
     Rule("storage", storage, held_up="webhooks refused"),
+    Rule("evaluation", evaluation, held_up="calls evaluated badly"),
 )

@@ -2,14 +2,14 @@
 
 One module per group of commands: `running` (serve, forward, migrate, settings),
 `check` (check, send-sample), `deliveries` (deliveries, replay, prune), `destinations`
-(destinations, secret), `alerts`, `reconcile`, and `demo`; `common` holds what they share."""
+(destinations, secret), `alerts`, `results`, `reconcile`, and `demo`; `common` holds what they share."""
 
 from __future__ import annotations
 
 import click
 
 from relay import __version__
-from relay.cli import alerts, check, deliveries, demo, destinations, reconcile, running
+from relay.cli import alerts, check, deliveries, demo, destinations, reconcile, results, running
 from relay.settings import DOTENV
 
 
@@ -24,6 +24,6 @@ def main() -> None:
     """Every command's group; its help is given above, where it can name DOTENV."""
 
 
-for module in (running, check, deliveries, destinations, alerts, reconcile, demo):
+for module in (running, check, deliveries, destinations, alerts, results, reconcile, demo):
     for command in module.COMMANDS:
         main.add_command(command)

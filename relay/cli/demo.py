@@ -82,7 +82,8 @@ def demo(port: int, database: str, keep: bool) -> None:
     retell_key = f"key_demo_{secrets.token_hex(8)}"
     admin_token = secrets.token_urlsafe(24)
     database_url = f"sqlite:///{database}"
-    fake = FakeRoark(api_key=roark_key, port=_free_port()).start()
+    # Roark's verdicts come back 10 s after a call is sent, asked for 5 s after delivery.
+    fake = FakeRoark(api_key=roark_key, port=_free_port(), results_delay=RESULTS_DELAY_SECONDS).start()
     # The first two calls forwarded are rejected for good; the third meets an outage first.
     invalid = {"error_type": "validation", "error_code": "invalid_parameter",
                "message": "Invalid VAPI payload (the demo's fake Roark rejects this one)"}
@@ -96,6 +97,8 @@ def demo(port: int, database: str, keep: bool) -> None:
         "RELAY_RECONCILE_INTERVAL_SECONDS": "0",  # the demo's Retell key is no real account's
         "RELAY_ADMIN_TOKEN": admin_token,
         "RELAY_RETRY_BASE_SECONDS": "2",
+        "RELAY_RESULTS": "evaluation,sentiment",
+        "RELAY_RESULTS_DELAY_SECONDS": "5",
         # The rejections and the outage the demo stages would each log a warning amid its
         # table; the table and the status page say the same.
         "RELAY_LOG_LEVEL": "error",
@@ -111,6 +114,8 @@ Status page:  {base_url}/status
 Admin token:  {admin_token}
 Admin API:    curl -H 'Authorization: Bearer {admin_token}' '{base_url}/admin/api/deliveries?state=failed'
 CLI:          RELAY_DATABASE_URL={shlex.quote(database_url)} relay deliveries list
+Verdicts:     Roark's evaluations and sentiment arrive on the page within a minute;
+              RELAY_DATABASE_URL={shlex.quote(database_url)} relay results list
 Send another: VAPI_SECRET={shlex.quote(vapi_secret)} relay send-sample vapi --url {base_url}
               RETELL_API_KEY={shlex.quote(retell_key)} relay send-sample retell --url {base_url}
               (throwaway secrets, made for this demo run and good for nothing else)
@@ -123,5 +128,8 @@ Replay the failed ones from the page (the fake Roark accepts them now). Ctrl-C s
     finally:
         fake.stop()
 
+
+#: How long the demo's fake Roark keeps a call's verdicts pending.
+RESULTS_DELAY_SECONDS = 10.0
 
 COMMANDS = (demo,)

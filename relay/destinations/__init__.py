@@ -5,6 +5,7 @@ alerts go to (RELAY_ALERTS, relay.alerts)."""
 
 from relay.destinations.channels import ALERT_KINDS, Channel, Channels
 from relay.destinations.config import (
+    CLASSIFICATIONS,
     DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_SECONDS,
     RESULT_KINDS,
@@ -15,5 +16,5 @@ from relay.destinations.config import (
     owed,
 )
 
-__all__ = ["ALERT_KINDS", "DEFAULT_CONCURRENCY", "DEFAULT_TIMEOUT_SECONDS", "RESULT_KINDS", "Channel", "Channels",
-           "Destination", "Destinations", "When", "new_secret", "owed"]
+__all__ = ["ALERT_KINDS", "CLASSIFICATIONS", "DEFAULT_CONCURRENCY", "DEFAULT_TIMEOUT_SECONDS", "RESULT_KINDS",
+           "Channel", "Channels", "Destination", "Destinations", "When", "new_secret", "owed"]

@@ -101,6 +101,8 @@ class DeliveryFilter:
     call_id_prefix: str | None = None
     #: Only deliveries tried at least once (pending ones that did: the retrying).
     tried: bool = False
+    #: Only deliveries to Roark whose evaluation Roark classified so (relay.results).
+    classification: str | None = None
 
 
 @dataclass(frozen=True)

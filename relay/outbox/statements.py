@@ -105,6 +105,10 @@ class Statements(ReconciliationStatements, AlertStatements, ResultStatements):
             params.append(where.destination)
         if where.tried:
             clauses.append("deliveries.attempts > 0")
+        if where.classification is not None:
+            clauses.append("deliveries.id IN (SELECT delivery_id FROM results WHERE kind = 'evaluation' "
+                           f"AND classification = {self.mark})")
+            params.append(where.classification)
         if where.call_id_prefix:
             # substr instead of LIKE, so % and _ in a searched id are just characters
             clauses.append("deliveries.webhook_id IN (SELECT id FROM webhooks WHERE "
