@@ -258,7 +258,9 @@ class Settings:
         webhooks it asks for, retried on its own schedule. A JSON array of objects:
         "name" ([a-z0-9_-], not roark), "url", "secret" (whsec_..., from `relay secret`;
         several comma-separated while rotating), "events" (provider:event or provider:*;
-        default the events Roark receives), and optionally "original_headers" (true: pass
+        default the events Roark receives; roark:evaluation, roark:sentiment or roark:*
+        for Roark's verdicts, RELAY_RESULTS), "when" ({{"classification": "failure"}} or
+        {{"score_below": 0.5}}: which evaluations), and optionally "original_headers" (true: pass
         the provider's own authentication headers on too), "timeout_seconds"
         ({DEFAULT_TIMEOUT_SECONDS:g}), "concurrency" ({DEFAULT_CONCURRENCY}). See docs/providers.md, "One URL
         for everything".""",

@@ -52,7 +52,7 @@ def evaluation_runs(provider_call_id: str, sent_at: float, now: float, delay: fl
                             else f"{name}: the caller's issue was resolved"),
                 "completed_at": _when(sent_at + delay),
                 "metrics": [{"id": _id(provider_call_id, name + "metric"), "name": "resolution",
-                             "value_type": "boolean", "boolean_value": not failed}],
+                             "value_type": "boolean", "boolean_value": not failed, "role": "primary"}],
                 "evidence": [{"id": _id(provider_call_id, name + "evidence"), "is_positive": not failed,
                               "snippet_text": "Thanks, that's all I needed." if not failed
                               else "This still doesn't work.",
