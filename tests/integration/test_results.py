@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from relay.destinations import new_secret
 from relay.http.app import create_app
+from relay.outbox import Completion, NewDelivery, State
 from relay.settings import Settings
 from relay.testing.behaviours import RateLimited, Respond
 from relay.testing.fake_endpoint import FakeEndpoint
@@ -141,3 +142,15 @@ def test_across_a_restart_and_two_instances_each_verdict_is_fetched_once(env, fa
         assert len(results(two)) == 2 * len(CALLS)
     gets = verdict_gets(fake_roark)
     assert len(gets) == len(set(gets)) == 2 * len(CALLS)
+
+
+def test_verdicts_are_pruned_with_their_delivery(backend):
+    now = 1_800_000_000.0
+    backend.insert_many([NewDelivery("vapi", "end-of-call-report", "call-old", "eocr:call-old", b"{}", now - 100)],
+                        now)
+    [delivery] = backend.claim("w", now, 60, 1)
+    backend.complete(delivery.id, "w", Completion(State.DELIVERED, now - 90, status_code=201, roark_call_id="rk-1"))
+    assert backend.schedule_results(("evaluation", "sentiment"), 1, now - 1000, 10) is not None
+    assert {r.kind for r in backend.list_results()} == {"evaluation", "sentiment"}
+    assert backend.prune(now - 50, [State.DELIVERED], 100) == 1
+    assert backend.list_results() == []
