@@ -12,8 +12,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,25 +174,42 @@ def ingest(bench: Bench) -> dict:
 def latency(bench: Bench) -> dict:
     """2. Ack latency at a fixed offered rate (open loop) while the forwarder delivers
     each webhook as it comes (the steady state), then with the forwarder held back
-    (acknowledging only), and the bare endpoint's at the same rate."""
+    (acknowledging only), and the bare endpoint's at the same rate. While forwarding,
+    also each webhook's receipt-to-Roark latency (its receipt to Roark's 201, from the
+    outbox's own times) and the relay's CPU per webhook received and delivered; both
+    again at a tenth of the rate."""
     sizes = bench.sizes
     runs = {}
-    for name, hold in (("relay", False), ("ingest_only", True)):
+    for name, hold, rate in (("relay", False, sizes.latency_rate), ("ingest_only", True, sizes.latency_rate),
+                             ("relay_tenth", False, sizes.latency_rate / 10)):
         store = bench.new_store()
         try:
             with (servers.running(lambda name=name, hold=hold: servers.upstream(
                       bench.log(f"upstream-latency-{name}"), hold=hold)) as up,
                   servers.running(lambda store=store, up=up, name=name, hold=hold: bench.relay(
                       store, up, f"latency-{name}", held=hold)) as relay):
-                result = bench.open_loop(relay.url, f"latency-{name}", sizes.latency_rate,
-                                         sizes.latency_seconds)
-                runs[name] = {**result, "durable": store.rows() >= result["accepted"]}
+                cpu = relay.cpu_seconds()
+                result = bench.open_loop(relay.url, f"latency-{name}", rate, sizes.latency_seconds)
+                if not hold:
+                    _wait_drained(store, timeout=60)
+                cpu = relay.cpu_seconds() - cpu
+                runs[name] = {**result, "rate": rate, "durable": store.rows() >= result["accepted"]}
+                if not hold:
+                    runs[name] |= {"to_roark_ms": _percentiles(store.delivery_seconds()),
+                                   "cpu_seconds_per_million": round(cpu / max(result["accepted"], 1) * 1e6)}
         finally:
             store.drop()
     with servers.running(bench.bare) as bare:
         ceiling = bench.open_loop(bare.url, "latency-bare", sizes.latency_rate, sizes.latency_seconds)
     return {**runs, "bare": ceiling,
             "durable": all(run["durable"] for run in runs.values())}
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float] | None:
+    """p50 and p99 in milliseconds of sorted durations in seconds."""
+    if not seconds:
+        return None
+    return {f"p{q}": round(seconds[min(len(seconds) - 1, int(len(seconds) * q / 100))] * 1000, 2) for q in (50, 99)}
 
 
 def drain(bench: Bench, rows: int, delay: float, *, history: int = 0, destination: bool = False) -> dict:
@@ -207,9 +225,11 @@ def drain(bench: Bench, rows: int, delay: float, *, history: int = 0, destinatio
                                                        delay=delay)) as up,
               servers.running(lambda: bench.relay(store, up, name, destination=destination)) as relay,
               store.lock_probe() as probe):
-            cpu = relay.cpu_seconds(), up.cpu_seconds()
+            cpu = relay.cpu_seconds(), up.cpu_seconds(), relay.cpu_seconds_by_process()
             initial, seconds = _wait_drained(store, timeout=60 + rows / 50)
             relay_cpu, upstream_cpu = relay.cpu_seconds() - cpu[0], up.cpu_seconds() - cpu[1]
+            # The forwarding process is the server's child (relay serve, RELAY_FORWARD=process).
+            forwarder_cpu = sum(relay.cpu_seconds_by_process()[1:]) - sum(cpu[2][1:])
             memory = relay.memory_kb()
         delivered = store.rows() - store.undelivered() - history
     finally:
@@ -218,6 +238,7 @@ def drain(bench: Bench, rows: int, delay: float, *, history: int = 0, destinatio
             "measured_rows": initial, "seconds": round(seconds, 2), "rate": initial / seconds,
             "delivered": delivered, "seed_seconds": round(seeded, 1),
             "relay_cpu_seconds": round(relay_cpu, 2), "upstream_cpu_seconds": round(upstream_cpu, 2),
+            "forwarder_cpu_us_per_delivery": round(forwarder_cpu / max(initial, 1) * 1e6),
             "relay_peak_rss_mb": memory["VmHWM"] / 1024, **(probe.figures() if probe else {})}
 
 
@@ -261,11 +282,13 @@ def memory(bench: Bench) -> dict:
                       bench.log(f"upstream-{name}"), hold=hold)) as up,
                   servers.running(lambda store=store, up=up, name=name, hold=hold: bench.relay(
                       store, up, f"memory-{name}", held=hold)) as relay):
-                idle = relay.memory_kb()["VmRSS"]
-                result = bench.closed_loop(relay.url, f"large-{name}", **load)
-                if not hold:
-                    _wait_drained(store, timeout=120)
+                idle, idle_pss = relay.memory_kb()["VmRSS"], relay.pss_kb()
+                with _peak(relay.pss_kb) as peak_pss:
+                    result = bench.closed_loop(relay.url, f"large-{name}", **load)
+                    if not hold:
+                        _wait_drained(store, timeout=120)
                 peaks[name] = {"accepted": result["accepted"], "idle_rss_mb": idle / 1024,
+                               "idle_pss_mb": idle_pss / 1024, "peak_pss_mb": peak_pss() / 1024,
                                "peak_rss_mb": relay.memory_kb()["VmHWM"] / 1024,
                                "peak_rss_mb_by_process": [p["VmHWM"] / 1024 for p in relay.memory_kb_by_process()]}
         finally:
@@ -277,6 +300,27 @@ def memory(bench: Bench) -> dict:
     return {"reports": sizes.large_reports, "report_bytes": sizes.large_bytes, **peaks["forwarding"],
             "ingest_only": peaks["ingest_only"],
             "bare_idle_rss_mb": bare_idle / 1024, "bare_peak_rss_mb": bare_peak / 1024}
+
+
+@contextlib.contextmanager
+def _peak(sample: Callable[[], int], every: float = 0.05) -> Iterator[Callable[[], int]]:
+    """The largest of `sample()`'s values, taken every `every` seconds meanwhile: the
+    kernel keeps a peak of RSS (VmHWM) but none of PSS."""
+    highest = [sample()]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(every):
+            with contextlib.suppress(OSError):  # a process that just ended
+                highest[0] = max(highest[0], sample())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield lambda: highest[0]
+    finally:
+        done.set()
+        watcher.join()
 
 
 def _split(total: int, parts: int) -> list[int]:

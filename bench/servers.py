@@ -94,6 +94,21 @@ class Server:
             each.append(fields)
         return each
 
+    def pss_kb(self) -> int:
+        """Proportional set size summed over the server's processes: each shared page
+        counted once in all, as the machine pays for it (a forked forwarding process
+        shares most of the server's pages)."""
+        total = 0
+        for pid in self.processes():
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        return total
+
+    def cpu_seconds_by_process(self) -> list[float]:
+        """User + system CPU time of the server process, then of each descendant."""
+        return [(int(f[11]) + int(f[12])) / 100 for f in map(_stat, self.processes())]
+
     def cpu_seconds(self) -> float:
         """User + system CPU time the server's processes have used (all threads; ended
         children included once reaped)."""

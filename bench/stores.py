@@ -105,6 +105,15 @@ class Store(abc.ABC):
     def rows(self) -> int:
         return self._scalar("SELECT count(*) FROM deliveries")
 
+    def delivery_seconds(self) -> list[float]:
+        """Per delivered webhook, from its receipt (stored before it was acknowledged) to
+        its delivery (recorded once Roark's 201 came), sorted."""
+        return sorted(self._column("SELECT delivered_at - received_at FROM deliveries "
+                                   "WHERE state = 'delivered' ORDER BY 1"))
+
+    @abc.abstractmethod
+    def _column(self, query: str) -> list[float]: ...
+
     @abc.abstractmethod
     def _execute(self, statement: str, params: dict[str, object]) -> None: ...
 
@@ -144,6 +153,10 @@ class SQLiteStore(Store):
         with closing(self._connect()) as conn:
             return conn.execute(query).fetchone()[0]
 
+    def _column(self, query: str) -> list[float]:
+        with closing(self._connect()) as conn:
+            return [row[0] for row in conn.execute(query)]
+
     def _analyze(self) -> None:
         """Nothing: the relay never analyzes a SQLite database."""
 
@@ -179,6 +192,10 @@ class PostgresStore(Store):
     def _scalar(self, query: str) -> int:
         with psycopg.connect(self.url, autocommit=True) as conn:
             return conn.execute(query).fetchone()[0]
+
+    def _column(self, query: str) -> list[float]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            return [row[0] for row in conn.execute(query)]
 
     def _analyze(self) -> None:
         # What autovacuum does soon after such an insert. Left to it, the vacuum of a

@@ -5,11 +5,12 @@ understands. Retrying is the forwarder's job (persisted per row), never this mod
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
 
-from relay.core.transport import describe_error
+from relay.core.transport import Answer, Transport, describe_error
 from relay.forwarding.retry import AttemptResult
 from relay.outbox import Delivery
 
@@ -32,32 +33,42 @@ def claimed_body(delivery: Delivery) -> bytes:
     return delivery.body
 
 
-def error_text(response: httpx.Response) -> str:
+def error_text(answer: Answer) -> str:
     try:
-        body = response.json()
+        body = answer.json()
     except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:MAX_ERROR_TEXT]}".strip()
+        text = answer.content.decode("utf-8", "replace")
+        return f"HTTP {answer.status}: {text[:MAX_ERROR_TEXT]}".strip()
     if isinstance(body, dict) and "message" in body:
         code = body.get("error_code") or body.get("error_type") or "error"
-        return f"HTTP {response.status_code} {code}: {str(body['message'])[:MAX_ERROR_TEXT]}"
-    return f"HTTP {response.status_code}: {json.dumps(body)[:MAX_ERROR_TEXT]}"
+        return f"HTTP {answer.status} {code}: {str(body['message'])[:MAX_ERROR_TEXT]}"
+    return f"HTTP {answer.status}: {json.dumps(body)[:MAX_ERROR_TEXT]}"
 
 
-async def send(transport: httpx.AsyncBaseTransport,
-               request: httpx.Request) -> tuple[Outcome, httpx.Response | None]:
-    """One attempt: what it came to, and the (whole, read) response when there was one.
+async def post(transport: httpx.AsyncBaseTransport, url: str, headers: Sequence[tuple[str, str]], body: bytes,
+               timeout: Mapping[str, float | None]) -> tuple[Outcome, Answer | None]:
+    """One attempt: what it came to, and the whole answer when there was one.
 
-    Requests carry their body as `stream=`, not `content=`: httpx then neither sets Host
-    and Content-Length (the transport writes both from the URL and the body) nor copies
-    the body again, on every delivery."""
+    The relay's own Transport sends it straight through aiohttp (`Transport.post`); any
+    other (a test's httpx.MockTransport) gets an httpx Request, as httpx would send it."""
     try:
-        response = await transport.handle_async_request(request)
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
+        if isinstance(transport, Transport):
+            answer = await transport.post(url, headers, body, timeout.get("connect"), timeout.get("read"))
+        else:
+            answer = await _through_httpx(transport, url, headers, body, timeout)
     except httpx.TransportError as error:
         message = describe_error(error)[:MAX_ERROR_TEXT]
         return Outcome(AttemptResult(None, error=message), error=message), None
-    result = AttemptResult(response.status_code, response.headers)
-    return Outcome(result, error=None if response.is_success else error_text(response)), response
+    result = AttemptResult(answer.status, answer.headers)
+    return Outcome(result, error=None if answer.is_success else error_text(answer)), answer
+
+
+async def _through_httpx(transport: httpx.AsyncBaseTransport, url: str, headers: Sequence[tuple[str, str]],
+                         body: bytes, timeout: Mapping[str, float | None]) -> Answer:
+    request = httpx.Request("POST", url, headers=list(headers), content=body, extensions={"timeout": dict(timeout)})
+    response = await transport.handle_async_request(request)
+    try:
+        content = await response.aread()
+    finally:
+        await response.aclose()
+    return Answer(response.status_code, response.headers, content)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Mapping
 from urllib.parse import quote
 
 import httpx
@@ -19,7 +20,7 @@ import httpx
 from relay import __version__
 from relay.core.transport import Transport, request_timeout
 from relay.destinations.config import Destination
-from relay.forwarding.attempt import OFF_LOOP_BYTES, Outcome, claimed_body, send
+from relay.forwarding.attempt import OFF_LOOP_BYTES, Outcome, claimed_body, post
 from relay.forwarding.retry import destination_receiver
 from relay.outbox import Delivery
 
@@ -32,6 +33,20 @@ def header_value(text: str) -> str:
     (UTF-8). A provider's call id or event name may hold any printable character, and a
     header cannot carry them as they are."""
     return text if text.isascii() and text.isprintable() else quote(text, safe=_PLAIN)
+
+
+def _as_sent(credentials: Mapping[str, str]) -> dict[str, str]:
+    """The provider's headers as they arrived. Stored decoded as latin-1, they are sent as
+    text an HTTP client writes as UTF-8: so they read as UTF-8 when they were (what httpx
+    did with them before, too), as latin-1 otherwise."""
+    sent = {}
+    for name, value in credentials.items():
+        raw = value.encode("latin-1")
+        try:
+            sent[name] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            sent[name] = value
+    return sent
 
 
 def message_id(provider: str, dedupe_key: str) -> str:
@@ -47,8 +62,8 @@ class DestinationClient:
         self.destination = destination
         self.receiver = destination_receiver(destination.name)
         self._transport = transport or Transport(max_connections=destination.concurrency, proxy=proxy)
-        self._url = httpx.URL(destination.url)
-        self._timeouts = {"timeout": request_timeout(destination.timeout_seconds).as_dict()}
+        self._url = destination.url
+        self._timeout = request_timeout(destination.timeout_seconds).as_dict()
 
     async def deliver(self, delivery: Delivery, now: float) -> Outcome:
         msg_id, timestamp = message_id(delivery.provider, delivery.dedupe_key), int(now)
@@ -57,10 +72,8 @@ class DestinationClient:
             signature = self.destination.sign(msg_id, timestamp, body)
         else:  # a body of many MB: hashed on a worker thread, the loop keeps answering
             signature = await asyncio.to_thread(self.destination.sign, msg_id, timestamp, body)
-        headers: dict[str, str | bytes] = {
-            # As they arrived: a header decodes as latin-1, so this gives back its bytes.
-            **({name: value.encode("latin-1") for name, value in (delivery.credentials or {}).items()}
-               if self.destination.original_headers else {}),
+        headers: dict[str, str] = {
+            **(_as_sent(delivery.credentials or {}) if self.destination.original_headers else {}),
             "content-type": "application/json",
             "user-agent": f"roark-relay/{__version__}",
             "webhook-id": msg_id,
@@ -73,12 +86,7 @@ class DestinationClient:
             headers["x-relay-call-id"] = header_value(delivery.call_id)
         if delivery.request_id:
             headers["x-request-id"] = delivery.request_id
-        # stream=: see relay.forwarding.attempt.send. httpx takes str and bytes values in one
-        # mapping (Headers encodes each as it comes); its hints admit one kind per mapping.
-        request = httpx.Request("POST", self._url, stream=httpx.ByteStream(body),
-                                headers=headers,  # type: ignore[arg-type]
-                                extensions=self._timeouts)
-        outcome, _ = await send(self._transport, request)
+        outcome, _ = await post(self._transport, self._url, list(headers.items()), body, self._timeout)
         return outcome
 
     async def aclose(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -97,6 +98,10 @@ class ForwardingProcess:
             return
         parent = os.getpid()
         sys.stdout.flush()
+        # Everything imported so far moves out of the collector's reach in both processes:
+        # a collection writes to every object it visits, so without this the child copied
+        # the interpreter's pages it shares with the server on its first collection.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             _forward_then_exit(settings, self.metrics_file, parent)
