@@ -69,6 +69,9 @@ def forward(settings: Settings, metrics_file: Path | None = None, parent_pid: in
     behind that nobody supervises)."""
     if parent_pid is not None:
         _die_with(parent_pid)
+        # Beside the server on one machine: when both want the CPU, webhooks are
+        # acknowledged first, and deliveries take what is left (they are durable already).
+        os.nice(settings.forward_nice)
     runtime.tune()
 
     async def main() -> None:

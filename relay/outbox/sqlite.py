@@ -48,9 +48,11 @@ SQL = Statements(mark="?", binary_mark="?")
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 #: How often a listener reads `PRAGMA data_version` (seconds): a wake-up comes this much
-#: after another process's commit at worst, and an idle relay reads it 20 times a second,
-#: each a few microseconds that touch only the shared-memory WAL index.
-LISTEN_INTERVAL_SECONDS = 0.05
+#: after another process's commit at worst, and half of it on average, which is most of
+#: a webhook's way to Roark when the forwarder is idle (BENCHMARKS.md). An idle relay
+#: reads it 100 times a second, each a few microseconds that touch only the
+#: shared-memory WAL index.
+LISTEN_INTERVAL_SECONDS = 0.01
 
 #: How often a writer waiting for the write lock tries again (seconds). SQLite's own busy
 #: handler sleeps up to 100 ms between tries, while a process writing transaction after

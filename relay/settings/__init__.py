@@ -219,6 +219,12 @@ class Settings:
         one interpreter; inline: in the server process; off: not here (a `relay forward`
         elsewhere delivers, e.g. a Heroku worker dyno).""",
         section="Forwarding")
+    forward_nice: int = setting(
+        "RELAY_FORWARD_NICE", 10, Integer(0, 19),
+        """With RELAY_FORWARD=process: how much lower the forwarding process's CPU priority
+        is than the server's (Unix nice). When both want the CPU, webhooks are acknowledged
+        first and deliveries take what is left; on a machine with CPU to spare, nothing
+        changes. 0: equal.""")
     forward_concurrency: int = setting(
         "RELAY_FORWARD_CONCURRENCY", 128, Integer(1, 512),
         """Deliveries in flight at once. It bounds a drain at this many per Roark latency
