@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -220,11 +220,13 @@ class AdminApi:
             raise BadRequest(f"kind must be one of {', '.join(RESULT_KINDS)}", parameter="kind")
         since = _single(params, "since")
         try:
-            parsed = None if not since else datetime.fromisoformat(since)
-            since_at = None if parsed is None else (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+            parsed = datetime.fromisoformat(since) if since else None
         except ValueError:
+            parsed = None
+        if since and (parsed is None or parsed.tzinfo is None):
             raise BadRequest("since must be an ISO 8601 time with its offset, e.g. 2026-12-08T09:00:00Z",
-                             parameter="since") from None
+                             parameter="since")
+        since_at = None if parsed is None else parsed.timestamp()
         cursor, limit = _single(params, "cursor"), _single(params, "limit")
         if cursor is not None and not re.fullmatch(CURSOR_PATTERN, cursor):
             raise BadRequest("cursor must be the next_cursor of a previous page", parameter="cursor")

@@ -22,7 +22,8 @@ def results() -> None:
 @results.command("list")
 @click.option("--failing", is_flag=True, help="Only calls whose evaluation Roark classified as a failure.")
 @click.option("--since", "since", help="Only verdicts completed within this long: 90m, 24h, 7d.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True,
+              help="Most verdicts to print (a call has one per kind).")
 @click.option("--json", "as_json", is_flag=True, help="Print the admin API's JSON instead.")
 def list_results(failing: bool, since: str | None, limit: int, as_json: bool) -> None:
     """Verdicts, newest delivery first: kind, state, score and classification."""
