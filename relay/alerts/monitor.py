@@ -173,13 +173,15 @@ class Monitor:
             found = rule.find(observation, self._thresholds)
             if found is None:
                 continue  # this observation cannot tell: its alerts stay as they are
-            holding = {(c.kind, c.subject): c for c in found}
-            for key, condition in holding.items():
+            holding = {}
+            for condition in found:
+                key = (condition.kind, condition.subject)
                 alert = by_key.get(key)
                 if alert is None:
                     if condition.opens:
                         await self._open(condition, muted, now)
-                else:
+                elif condition.holds:
+                    holding[key] = condition
                     await self._still(alert, condition, muted, now)
             for (kind, subject), alert in by_key.items():
                 if kind == rule.kind and (kind, subject) not in holding \

@@ -88,7 +88,8 @@ class Condition:
 
     `opens` False: it keeps an open alert open, but opens none (a receiver failing for
     less than the threshold, or one not tried since a restart while deliveries wait for
-    it); then an empty `summary` leaves the alert's own as it is."""
+    it); then an empty `summary` leaves the alert's own as it is. `holds` False: it opens
+    an alert if none was (a burst summed up after it ended), but keeps none open."""
 
     kind: str
     subject: str
@@ -96,6 +97,17 @@ class Condition:
     details: Mapping[str, Any] = field(default_factory=dict)
     held_up: int = 0
     opens: bool = True
+    holds: bool = True
+
+
+def _burst(first_at: float, last_at: float, window: float, now: float) -> bool | None:
+    """Whether a burst (dead letters, bad evaluations) still holds its alert open: None
+    while it is gathering (its first is less than a window old); False once a window has
+    passed without another, when it is still summed up if no check saw it go by, however
+    short it was."""
+    if now - first_at < window:
+        return None
+    return now - last_at <= window
 
 
 Find = Callable[[Observation, Thresholds], "list[Condition] | None"]
@@ -172,8 +184,9 @@ def dead_letter(observation: Observation, thresholds: Thresholds) -> list[Condit
     found = []
     for destination, letters in sorted(observation.dead_letters.items()):
         now = observation.now
-        if now - letters.last_at > window or now - letters.first_at < window:
-            continue  # quiet for a window, or still gathering the burst
+        holds = _burst(letters.first_at, letters.last_at, window, now)
+        if holds is None:
+            continue
         if destination in receivers and _held_back(receivers[destination]):
             continue
         name = names.get(destination, f"destination {destination}")
@@ -185,7 +198,7 @@ def dead_letter(observation: Observation, thresholds: Thresholds) -> list[Condit
             {"receiver": name, "count": letters.count, "last_error": letters.last_error,
              "call_ids": list(letters.call_ids), "since": letters.first_at,
              "replay": f"relay replay --all-failed --destination {destination}"},
-            letters.count))
+            letters.count, holds=holds))
     return found
 
 
@@ -223,7 +236,8 @@ def evaluation(observation: Observation, thresholds: Thresholds) -> list[Conditi
     """Calls whose evaluation failed or scored below RELAY_ALERT_SCORE_BELOW, summed like
     dead letters: a bad afternoon is one message, not fifty."""
     bad, window, now = observation.bad_calls, thresholds.evaluation_window, observation.now
-    if bad is None or now - bad.last_at > window or now - bad.first_at < window:
+    holds = None if bad is None else _burst(bad.first_at, bad.last_at, window, now)
+    if bad is None or holds is None:
         return []
     noun = "call" if bad.count == 1 else "calls"
     return [Condition(
@@ -232,7 +246,7 @@ def evaluation(observation: Observation, thresholds: Thresholds) -> list[Conditi
         f"{iso(bad.first_at)}" + (f"; {bad.summaries[0]}" if bad.summaries else ""),
         {"count": bad.count, "call_ids": list(bad.call_ids), "summaries": list(bad.summaries),
          "since": bad.first_at, "score_below": thresholds.score_below},
-        bad.count)]
+        bad.count, holds=holds)]
 
 
 RULES: tuple[Rule, ...] = (

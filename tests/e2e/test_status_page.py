@@ -207,13 +207,17 @@ def test_the_page_fits_a_laptop_and_a_phone_without_scrolling_sideways(
     seeded = seed_a_week(relay_env["RELAY_DATABASE_URL"], time.time())
     secret = new_secret()
     with FakeEndpoint(secret) as crm:
+        # The failures below open a dead-letter alert, whose banner and forms the page shows on top.
         relay = start_relay({**relay_env, "RELAY_ADMIN_TOKEN": TOKEN, "RELAY_DESTINATIONS": json.dumps(
-            [{"name": "crm", "url": f"{crm.url}/hooks", "secret": secret}])})
+            [{"name": "crm", "url": f"{crm.url}/hooks", "secret": secret}]),
+            "RELAY_ALERT_DEAD_LETTER_WINDOW_SECONDS": "0.5", "RELAY_ALERT_CHECK_SECONDS": "0.2"})
         ids = [send(relay, "vapi", LONG_CALL_ID), send(relay, "retell", "retell-narrow-1"),
                send(relay, "vapi", "vapi-narrow-2")]
         for delivery_id in ids:
             eventually(lambda delivery_id=delivery_id: state_of(relay, delivery_id) == "failed", WAIT)
         eventually(lambda: len(crm.accepted()) == len(ids), WAIT)
+        eventually(lambda: httpx.get(f"{relay.url}/admin/api/alerts", headers={"Authorization": f"Bearer {TOKEN}"},
+                                     timeout=5).json()["data"]["open"], WAIT, message="no alert opened")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
             page = browser.new_page(viewport={"width": width, "height": height},
