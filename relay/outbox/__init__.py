@@ -10,6 +10,7 @@
     reconciliation.py  reconciliation's part: leases, progress, what is held
     alerts.py        alerts' part: alerts, their messages, channels, mutes, dead letters
     results.py       Roark's verdicts: owed fetches, leases, what Roark answered
+    leases.py        the leased claim alert messages and verdict fetches share
     migrations/      the schema's history
 """
 

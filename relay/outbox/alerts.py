@@ -16,6 +16,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from relay.outbox.leases import claim_due
 from relay.outbox.model import Alert, AlertMessage, ChannelHealth, DeadLetters, MessageType
 
 Query = tuple[str, Sequence[object]]
@@ -92,14 +93,8 @@ class AlertStatements:
                 params)
 
     def claim_messages(self, token: str, now: float, lease_seconds: float, limit: int) -> Query:
-        m = self.mark
-        # The conditions are repeated outside the subquery: a row another instance claimed
-        # meanwhile no longer matches them when PostgreSQL re-reads it after the wait.
-        due = f"state = 'pending' AND next_attempt_at <= {m} AND (lease_expires_at IS NULL OR lease_expires_at <= {m})"
-        return (f"UPDATE alert_messages SET lease_token = {m}, lease_expires_at = {m} WHERE id IN "
-                f"(SELECT id FROM alert_messages WHERE {due} ORDER BY id LIMIT {m}) AND {due} "
-                "RETURNING id, alert_id, channel, type, attempts",
-                (token, now + lease_seconds, now, now, limit, now, now))
+        return claim_due(self.mark, "alert_messages", "id", "next_attempt_at",
+                         "id, alert_id, channel, type, attempts", token, now, lease_seconds, limit)
 
     def finish_message(self, message_id: int, token: str, sent: bool, next_attempt_at: float | None,
                        error: str | None, now: float) -> Query:

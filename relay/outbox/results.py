@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from relay.core.names import ROARK
+from relay.outbox.leases import claim_due
 from relay.outbox.model import BadCalls, Result, ResultState
 
 Query = tuple[str, Sequence[object]]
@@ -59,14 +60,8 @@ class ResultStatements:
                 "ON CONFLICT (delivery_id, kind) DO NOTHING", params)
 
     def claim_results(self, token: str, now: float, lease_seconds: float, limit: int) -> Query:
-        m = self.mark
-        # Repeated outside the subquery, as for alert messages: a row another instance
-        # claimed meanwhile no longer matches when PostgreSQL re-reads it after the wait.
-        due = f"state = 'pending' AND next_fetch_at <= {m} AND (lease_expires_at IS NULL OR lease_expires_at <= {m})"
-        return (f"UPDATE results SET lease_token = {m}, lease_expires_at = {m} WHERE (delivery_id, kind) IN "
-                f"(SELECT delivery_id, kind FROM results WHERE {due} ORDER BY next_fetch_at LIMIT {m}) AND {due} "
-                "RETURNING delivery_id, kind",
-                (token, now + lease_seconds, now, now, limit, now, now))
+        return claim_due(self.mark, "results", "(delivery_id, kind)", "next_fetch_at", "delivery_id, kind",
+                         token, now, lease_seconds, limit)
 
     def results_of(self, delivery_ids: Sequence[int]) -> Query:
         return (f"SELECT {RESULT_COLUMNS} FROM {RESULTS_JOINED} WHERE {self._in('results.delivery_id', delivery_ids)}",
