@@ -86,39 +86,34 @@ class Transport(AiohttpTransport):
         """POST `body` and read the whole answer, as `handle_async_request` does but without
         an httpx Request and Response around it: the forwarders' hot path, where building
         those cost more CPU per delivery than the rest of the exchange. Raises httpx errors."""
-        if not isinstance(self.client, aiohttp.ClientSession):
-            self.client = self.get_client()
-        try:
-            with map_aiohttp_exceptions():
-                async with self.client.request(
-                    "POST", url, headers=headers, data=body, allow_redirects=False, auto_decompress=False,
-                    compress=False, timeout=_client_timeout(connect, deadline, None),
-                ) as response:
-                    return Answer(response.status, response.headers, await self._read(response, None))
-        except aiohttp.ClientError as error:
-            raise httpx.RemoteProtocolError(str(error)) from error
-        except TimeoutError as error:
-            raise httpx.ReadTimeout(f"no whole answer within {deadline:g} s") from error
+        response, content = await self._exchange("POST", url, headers, body, connect, deadline, None, None)
+        return Answer(response.status, response.headers, content)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeout = request.extensions.get("timeout", {})
+        response, content = await self._exchange(
+            request.method, str(request.url), request.headers.multi_items(), await request.aread(),
+            timeout.get("connect"), timeout.get("read"), timeout.get("pool"), request.extensions.get("hold"))
+        return httpx.Response(response.status, headers=response.raw_headers, content=content,
+                              request=request)
+
+    async def _exchange(self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes,
+                        connect: float | None, deadline: float | None, pool: float | None,
+                        hold: BodyHold | None) -> tuple[aiohttp.ClientResponse, bytes]:
+        """One request and its whole answer (read within `hold`), or an httpx error."""
         if not isinstance(self.client, aiohttp.ClientSession):
             self.client = self.get_client()
-        timeout = request.extensions.get("timeout", {})
-        deadline = timeout.get("read")
         try:
             with map_aiohttp_exceptions():
                 async with self.client.request(
-                    request.method, str(request.url), headers=request.headers.multi_items(),
-                    data=await request.aread(), allow_redirects=False, auto_decompress=False, compress=False,
-                    timeout=_client_timeout(timeout.get("connect"), deadline, timeout.get("pool")),
+                    method, url, headers=headers, data=body, allow_redirects=False, auto_decompress=False,
+                    compress=False, timeout=_client_timeout(connect, deadline, pool),
                 ) as response:
-                    content = await self._read(response, request.extensions.get("hold"))
+                    return response, await self._read(response, hold)
         except aiohttp.ClientError as error:  # left unmapped by httpx-aiohttp: a malformed response
             raise httpx.RemoteProtocolError(str(error)) from error
         except TimeoutError as error:  # the deadline, which httpx-aiohttp leaves unmapped
             raise httpx.ReadTimeout(f"no whole answer within {deadline:g} s") from error
-        return httpx.Response(response.status, headers=response.raw_headers, content=content,
-                              request=request)
 
     async def _read(self, response: aiohttp.ClientResponse, hold: BodyHold | None) -> bytes:
         """The whole answer, counted against `hold` as it arrives (all at once when its
