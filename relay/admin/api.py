@@ -9,7 +9,7 @@ shared with the status page, so both show and accept exactly the same things.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -131,22 +131,34 @@ def _single(params: QueryParams, name: str) -> str | None:
     return values[0] if values else None
 
 
-def parse_listing(params: QueryParams, *, default_state: str, extra: tuple[str, ...] = ()) -> Listing:
-    """state, provider, destination, call_id, cursor, limit; anything else is refused (a
-    typo such as `status=failed` must not silently list everything)."""
-    unknown = set(params.keys()) - {"state", "provider", "destination", "call_id", "classification", "cursor", "limit",
-                                    *extra}
+def refuse_unknown(params: QueryParams, known: Collection[str]) -> None:
+    """Anything but `known` is refused: a typo such as `status=failed` must not silently
+    list everything."""
+    unknown = sorted(set(params.keys()) - set(known))
     if unknown:
-        raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}", parameter=sorted(unknown)[0])
-    state = _single(params, "state") or default_state
-    if state not in (*STATES, RETRYING, "all"):
-        raise BadRequest(f"state must be one of {', '.join(STATES)}, {RETRYING} or all", parameter="state")
+        raise BadRequest(f"unknown query parameter {unknown[0]!r}", parameter=unknown[0])
+
+
+def parse_page(params: QueryParams) -> tuple[int | None, int]:
+    """cursor and limit: the id to list below (None: from the newest), and how many."""
     cursor = _single(params, "cursor")
     if cursor is not None and not re.fullmatch(CURSOR_PATTERN, cursor):
         raise BadRequest("cursor must be the next_cursor of a previous page", parameter="cursor")
     limit = _single(params, "limit")
     if limit is not None and not (_DIGITS.fullmatch(limit) and 1 <= int(limit) <= MAX_LIMIT):
         raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", parameter="limit")
+    return parse_id(cursor, "cursor") if cursor else None, DEFAULT_LIMIT if limit is None else int(limit)
+
+
+def parse_listing(params: QueryParams, *, default_state: str, extra: tuple[str, ...] = ()) -> Listing:
+    """state, provider, destination, call_id, classification, cursor, limit; anything
+    else is refused."""
+    refuse_unknown(params, ("state", "provider", "destination", "call_id", "classification", "cursor", "limit",
+                            *extra))
+    state = _single(params, "state") or default_state
+    if state not in (*STATES, RETRYING, "all"):
+        raise BadRequest(f"state must be one of {', '.join(STATES)}, {RETRYING} or all", parameter="state")
+    before_id, limit = parse_page(params)
     states, tried = state_selection(() if state == "all" else (state,))
     return Listing(
         where=DeliveryFilter(
@@ -158,8 +170,8 @@ def parse_listing(params: QueryParams, *, default_state: str, extra: tuple[str, 
             classification=parse_classification(_single(params, "classification")),
         ),
         state=state,
-        before_id=parse_id(cursor, "cursor") if cursor else None,
-        limit=DEFAULT_LIMIT if limit is None else int(limit),
+        before_id=before_id,
+        limit=limit,
     )
 
 
@@ -212,9 +224,7 @@ class AdminApi:
         """Roark's verdicts, newest delivery first: ?kind=&classification=&since=&cursor=&limit="""
         self.auth.require_bearer(request)
         params = request.query_params
-        unknown = set(params.keys()) - {"kind", "classification", "since", "cursor", "limit"}
-        if unknown:
-            raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}", parameter=sorted(unknown)[0])
+        refuse_unknown(params, ("kind", "classification", "since", "cursor", "limit"))
         kind = _single(params, "kind") or None
         if kind is not None and kind not in RESULT_KINDS:
             raise BadRequest(f"kind must be one of {', '.join(RESULT_KINDS)}", parameter="kind")
@@ -227,14 +237,9 @@ class AdminApi:
             raise BadRequest("since must be an ISO 8601 time with its offset, e.g. 2026-12-08T09:00:00Z",
                              parameter="since")
         since_at = None if parsed is None else parsed.timestamp()
-        cursor, limit = _single(params, "cursor"), _single(params, "limit")
-        if cursor is not None and not re.fullmatch(CURSOR_PATTERN, cursor):
-            raise BadRequest("cursor must be the next_cursor of a previous page", parameter="cursor")
-        if limit is not None and not (_DIGITS.fullmatch(limit) and 1 <= int(limit) <= MAX_LIMIT):
-            raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", parameter="limit")
+        before_id, limit = parse_page(params)
         page, next_cursor = await self.operations.results(
-            kind, parse_classification(_single(params, "classification")), since_at,
-            parse_id(cursor, "cursor") if cursor else None, DEFAULT_LIMIT if limit is None else int(limit))
+            kind, parse_classification(_single(params, "classification")), since_at, before_id, limit)
         return JSONResponse({"data": [result_json(r) for r in page], "next_cursor": next_cursor})
 
     async def replay_one(self, request: Request) -> JSONResponse:
@@ -278,8 +283,7 @@ class AdminApi:
 
     async def list_alerts(self, request: Request) -> JSONResponse:
         self.auth.require_bearer(request)
-        if unknown := sorted(request.query_params.keys()):
-            raise BadRequest(f"unknown query parameter {unknown[0]!r}", parameter=unknown[0])
+        refuse_unknown(request.query_params, ())
         return JSONResponse({"data": await self.operations.alerts()})
 
     async def acknowledge_alert(self, request: Request) -> JSONResponse:
