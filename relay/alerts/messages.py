@@ -21,9 +21,7 @@ from relay.outbox import Alert
 
 #: relay.alert.<type>: opened, reminder, resolved (relay.outbox.MessageType) and test.
 TEST = "test"
-TITLES = {"delivery": "Delivery", "dead_letter": "Dead letters", "backlog": "Backlog",
-          "forwarding": "Forwarding", "reconciliation": "Reconciliation", "storage": "Storage",
-          "evaluation": "Evaluations"}
+TITLES = {rule.kind: rule.title for rule in RULES}
 HELD_UP = {rule.kind: rule.held_up for rule in RULES}
 #: Slack's limits (https://api.slack.com/reference/block-kit/blocks): a header's text,
 #: a section's text.

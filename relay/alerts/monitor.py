@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from relay.alerts.messages import render
-from relay.alerts.rules import RULES, Condition, Observation, Receiver, Refusals, Rule, Thresholds, storage
+from relay.alerts.rules import RULES, Condition, Observation, Receiver, Refusals, Thresholds, storage
 from relay.alerts.sending import ChannelClient, Sent, next_try
 from relay.core.errors import StoreUnavailable
 from relay.core.metrics import Metrics
@@ -67,19 +67,16 @@ def _bursts_since(recent: Sequence[Alert], kind: str, subjects: Sequence[str], w
 
 class Monitor:
     def __init__(self, settings: Settings, outbox: AsyncOutbox, metrics: Metrics, forwarders: ForwarderViews,
-                 reconcilers: Reconcilers, *, rules: Sequence[Rule] = RULES,
-                 clients: dict[str, ChannelClient] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 reconcilers: Reconcilers, *, clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
         self._outbox = outbox
         self._metrics = metrics
         self._forwarders = forwarders
         self._reconcilers = reconcilers
-        self._rules = rules
         self._clock = clock
         self._thresholds = Thresholds.of(settings, STALE_AFTER_SECONDS)
-        self.clients = clients if clients is not None else {
-            c.name: ChannelClient(c, settings.alert_timeout_seconds, settings.proxy_for(c.url))
-            for c in settings.alerts}
+        self._clients = {c.name: ChannelClient(c, settings.alert_timeout_seconds, settings.proxy_for(c.url))
+                         for c in settings.alerts}
         self._refused_total = 0.0
         self._refusals: deque[tuple[float, int]] = deque()
         #: A storage alert the outbox could not record, sent from memory, and the channels
@@ -97,7 +94,7 @@ class Monitor:
     async def stop(self) -> None:
         self._stop.set()
         await asyncio.gather(*self._tasks)
-        for client in self.clients.values():
+        for client in self._clients.values():
             await client.aclose()
 
     # --- observing and deciding ----------------------------------------------------------
@@ -169,7 +166,7 @@ class Monitor:
                 if recorded is not None:
                     by_key["storage", told.subject] = recorded
             self._unrecorded, self._unsent = None, {}
-        for rule in self._rules:
+        for rule in RULES:
             found = rule.find(observation, self._thresholds)
             if found is None:
                 continue  # this observation cannot tell: its alerts stay as they are
@@ -260,7 +257,7 @@ class Monitor:
         await asyncio.gather(*(self._send(message) for message in messages))
 
     async def _send(self, message: AlertMessage) -> None:
-        if message.channel not in self.clients:
+        if message.channel not in self._clients:
             # Taken out of RELAY_ALERTS since: nobody will send it.
             await self._outbox.finish_alert_message(message, False, None, "channel no longer configured",
                                                     self._clock())
@@ -278,7 +275,7 @@ class Monitor:
         return again
 
     async def _deliver(self, channel: str, message_id: str, alert: Alert, type_: str, now: float) -> Sent:
-        client = self.clients[channel]
+        client = self._clients[channel]
         body = render(client.channel.format, alert, type_, now, self._settings.public_url)
         sent = await client.send(message_id, body)
         if sent.ok:

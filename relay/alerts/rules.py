@@ -8,7 +8,7 @@ nobody knows whether Roark answers) answers None: its alerts are left as they ar
 neither opened nor resolved. The monitor opens an alert for a condition with none open,
 and resolves one whose condition nobody has seen for RELAY_ALERT_CLEAR_SECONDS.
 
-A new kind plugs in as a `Rule` in RULES, and its name in ALERT_KINDS
+A new kind plugs in as a `Rule` in RULES (its rule, its title in messages), and its name in ALERT_KINDS
 (relay.destinations.channels), which channels filter on: nothing else changes.
 """
 
@@ -71,8 +71,8 @@ class Thresholds:
     backlog_age: float
     dead_letter_window: float
     forwarding_silence: float
-    evaluation_window: float = 900.0
-    score_below: float = 0.5
+    evaluation_window: float
+    score_below: float
 
     @classmethod
     def of(cls, settings: Settings, forwarding_stale_after: float) -> Thresholds:
@@ -117,6 +117,8 @@ Find = Callable[[Observation, Thresholds], "list[Condition] | None"]
 class Rule:
     kind: str
     find: Find
+    #: The kind in a message's words ("Dead letters alert opened").
+    title: str
     #: What `held_up` counts, in a resolved message ("12 deliveries waiting at most").
     held_up: str = "deliveries waiting at most"
 
@@ -250,11 +252,11 @@ def evaluation(observation: Observation, thresholds: Thresholds) -> list[Conditi
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("delivery", delivery),
-    Rule("dead_letter", dead_letter, held_up="deliveries failed for good"),
-    Rule("backlog", backlog),
-    Rule("forwarding", forwarding),
-    Rule("reconciliation", reconciliation, held_up=""),
-    Rule("storage", storage, held_up="webhooks refused"),
-    Rule("evaluation", evaluation, held_up="calls evaluated badly"),
+    Rule("delivery", delivery, "Delivery"),
+    Rule("dead_letter", dead_letter, "Dead letters", held_up="deliveries failed for good"),
+    Rule("backlog", backlog, "Backlog"),
+    Rule("forwarding", forwarding, "Forwarding"),
+    Rule("reconciliation", reconciliation, "Reconciliation", held_up=""),
+    Rule("storage", storage, "Storage", held_up="webhooks refused"),
+    Rule("evaluation", evaluation, "Evaluations", held_up="calls evaluated badly"),
 )

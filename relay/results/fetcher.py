@@ -67,8 +67,7 @@ class ResultFetcher:
             headers={"Authorization": f"Bearer {settings.roark_api_key.reveal()}",
                      "User-Agent": f"roark-relay/{__version__}"})
         self._scheduled_after: float | None = None
-        self.paused_until = 0.0
-        self.pause_reason: str | None = None
+        self._paused_until = 0.0
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -92,7 +91,7 @@ class ResultFetcher:
         """Schedule what was newly delivered, then fetch what is due; returns how many were fetched."""
         now = self._clock()
         await self.schedule(now)
-        if now < self.paused_until:
+        if now < self._paused_until:
             return 0
         claimed = await self._outbox.claim_results(secrets.token_hex(8), now,
                                                    self._settings.roark_timeout_seconds * 2 + 10,
@@ -124,13 +123,13 @@ class ResultFetcher:
             return
         status = response.status_code
         if status in (401, 403):
-            self.paused_until = now + self._settings.auth_pause_seconds
-            self.pause_reason = f"Roark answered {status} to a results fetch: check ROARK_API_KEY"
-            log.error("results_paused", status=status, reason=self.pause_reason,
+            self._paused_until = now + self._settings.auth_pause_seconds
+            reason = f"Roark answered {status} to a results fetch: check ROARK_API_KEY"
+            log.error("results_paused", status=status, reason=reason,
                       retry_in_seconds=self._settings.auth_pause_seconds)
             self._metrics.result_fetches.labels(kind, "paused").inc()
-            await self._outbox.record_result(result, ResultState.PENDING, self.paused_until, status=status,
-                                             error=self.pause_reason, now=now, counted=False)
+            await self._outbox.record_result(result, ResultState.PENDING, self._paused_until, status=status,
+                                             error=reason, now=now, counted=False)
             return
         if status == 200:
             try:

@@ -20,7 +20,8 @@ from relay.destinations import ALERT_KINDS
 from relay.outbox import DeadLetters
 
 NOW = 1_800_000_000.0
-LIMITS = Thresholds(after=300, backlog_age=900, dead_letter_window=60, forwarding_silence=300)
+LIMITS = Thresholds(after=300, backlog_age=900, dead_letter_window=60, forwarding_silence=300,
+                    evaluation_window=600, score_below=0.5)
 ROARK = Receiver("roark", "Roark")
 
 
