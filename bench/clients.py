@@ -1,9 +1,9 @@
 """HTTP clients' CPU per request, the forwarders' largest cost: 128 concurrent POSTs of
 a 7 KB body to the stand-in Roark (bench/upstream.py) on 127.0.0.1, uvloop, one process,
 `getrusage` (every thread) around 5,000 requests after as many to warm up, each client
-twice, alternating. aiohttp is the relay's; pyreqwest (a Rust-backed client) is measured
-when installed (`pip install pyreqwest`), as the next lever of the fourth performance
-round (BENCHMARKS.md).
+twice, alternating: aiohttp, which the relay's other requests use (relay.core.transport),
+and pyreqwest, a Rust-backed client, which sends its deliveries
+(relay.core.delivery_transport) since the fourth performance round (BENCHMARKS.md).
 
     python -m bench.clients
 """
@@ -11,9 +11,7 @@ round (BENCHMARKS.md).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import resource
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -68,11 +66,7 @@ async def _pyreqwest(url: str) -> tuple[float, float]:
 
 
 def main() -> None:
-    clients = {"aiohttp": _aiohttp}
-    if importlib.util.find_spec("pyreqwest") is not None:
-        clients["pyreqwest"] = _pyreqwest
-    else:
-        print("pyreqwest is not installed: measuring aiohttp alone", file=sys.stderr)
+    clients = {"aiohttp": _aiohttp, "pyreqwest": _pyreqwest}
     upstream = servers.upstream(Path(tempfile.mkdtemp(prefix="relay-bench-clients-")) / "upstream.log")
     try:
         for _ in range(2):

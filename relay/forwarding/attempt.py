@@ -1,16 +1,18 @@
-"""One attempt to deliver, to Roark or to a destination: the request sent over a pooled
-transport and its whole answer read, reported in the form `relay.forwarding.retry.decide`
-understands. Retrying is the forwarder's job (persisted per row), never this module's."""
+"""One attempt to deliver, to Roark or to a destination: the request sent over the
+delivery transport's pool (relay.core.delivery_transport) and its whole answer read,
+reported in the form `relay.forwarding.retry.decide` understands. Retrying is the
+forwarder's job (persisted per row), never this module's."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
 
-from relay.core.transport import Answer, Transport, describe_error
+from relay.core.delivery_transport import DeliveryTransport, SendFailed
+from relay.core.transport import Answer, describe_error, request_timeout
 from relay.forwarding.retry import AttemptResult
 from relay.outbox import Delivery
 
@@ -45,27 +47,28 @@ def error_text(answer: Answer) -> str:
     return f"HTTP {answer.status}: {json.dumps(body)[:MAX_ERROR_TEXT]}"
 
 
-async def post(transport: httpx.AsyncBaseTransport, url: str, headers: Sequence[tuple[str, str]], body: bytes,
-               timeout: Mapping[str, float | None]) -> tuple[Outcome, Answer | None]:
-    """One attempt: what it came to, and the whole answer when there was one.
+async def post(transport: DeliveryTransport | httpx.AsyncBaseTransport, url: str,
+               headers: Sequence[tuple[str, str]], body: bytes, deadline: float) -> tuple[Outcome, Answer | None]:
+    """One attempt, whose whole answer must come within `deadline` seconds: what it came
+    to, and the whole answer when there was one.
 
-    The relay's own Transport sends it straight through aiohttp (`Transport.post`); any
-    other (a test's httpx.MockTransport) gets an httpx Request, as httpx would send it."""
+    A test's transport (httpx.MockTransport) gets an httpx Request, as httpx would send it."""
     try:
-        if isinstance(transport, Transport):
-            answer = await transport.post(url, headers, body, timeout.get("connect"), timeout.get("read"))
+        if isinstance(transport, DeliveryTransport):
+            answer = await transport.post(url, headers, body, deadline)
         else:
-            answer = await _through_httpx(transport, url, headers, body, timeout)
-    except httpx.TransportError as error:
-        message = describe_error(error)[:MAX_ERROR_TEXT]
+            answer = await _through_httpx(transport, url, headers, body, deadline)
+    except (SendFailed, httpx.TransportError) as error:
+        message = (str(error) if isinstance(error, SendFailed) else describe_error(error))[:MAX_ERROR_TEXT]
         return Outcome(AttemptResult(None, error=message), error=message), None
     result = AttemptResult(answer.status, answer.headers)
     return Outcome(result, error=None if answer.is_success else error_text(answer)), answer
 
 
 async def _through_httpx(transport: httpx.AsyncBaseTransport, url: str, headers: Sequence[tuple[str, str]],
-                         body: bytes, timeout: Mapping[str, float | None]) -> Answer:
-    request = httpx.Request("POST", url, headers=list(headers), content=body, extensions={"timeout": dict(timeout)})
+                         body: bytes, deadline: float) -> Answer:
+    request = httpx.Request("POST", url, headers=list(headers), content=body,
+                            extensions={"timeout": request_timeout(deadline).as_dict()})
     response = await transport.handle_async_request(request)
     try:
         content = await response.aread()

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from relay import __version__
-from relay.core.transport import Transport, request_timeout
+from relay.core.delivery_transport import DeliveryTransport
 from relay.destinations.config import Destination
 from relay.forwarding.attempt import OFF_LOOP_BYTES, Outcome, claimed_body, post
 from relay.forwarding.retry import destination_receiver
@@ -58,12 +58,11 @@ def message_id(provider: str, dedupe_key: str) -> str:
 
 class DestinationClient:
     def __init__(self, destination: Destination, proxy: str | None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: DeliveryTransport | httpx.AsyncBaseTransport | None = None) -> None:
         self.destination = destination
         self.receiver = destination_receiver(destination.name)
-        self._transport = transport or Transport(max_connections=destination.concurrency, proxy=proxy)
+        self._transport = transport or DeliveryTransport(max_connections=destination.concurrency, proxy=proxy)
         self._url = destination.url
-        self._timeout = request_timeout(destination.timeout_seconds).as_dict()
 
     async def deliver(self, delivery: Delivery, now: float) -> Outcome:
         msg_id, timestamp = message_id(delivery.provider, delivery.dedupe_key), int(now)
@@ -86,7 +85,8 @@ class DestinationClient:
             headers["x-relay-call-id"] = header_value(delivery.call_id)
         if delivery.request_id:
             headers["x-request-id"] = delivery.request_id
-        outcome, _ = await post(self._transport, self._url, list(headers.items()), body, self._timeout)
+        outcome, _ = await post(self._transport, self._url, list(headers.items()), body,
+                                  self.destination.timeout_seconds)
         return outcome
 
     async def aclose(self) -> None:

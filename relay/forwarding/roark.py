@@ -1,5 +1,5 @@
 """The Roark API client: the request Roark's spec defines for a stored webhook, sent over
-one shared pool of keep-alive connections (relay.core.transport) with explicit timeouts,
+one shared pool of keep-alive connections (relay.core.delivery_transport) with a deadline,
 one attempt at a time (relay.forwarding.attempt)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import httpx
 
 from relay import __version__
 from relay.core import jsonbody
+from relay.core.delivery_transport import DeliveryTransport
 from relay.core.redaction import Redactor
-from relay.core.transport import Transport, request_timeout
 from relay.forwarding.attempt import OFF_LOOP_BYTES, Outcome, claimed_body, post
 from relay.forwarding.retry import ROARK_RECEIVER, AttemptResult
 from relay.outbox import Delivery
@@ -64,10 +64,11 @@ class RoarkClient:
 
     receiver = ROARK_RECEIVER
 
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: Settings,
+                 transport: DeliveryTransport | httpx.AsyncBaseTransport | None = None) -> None:
         self._settings = settings
         self._strip_secrets = Redactor(settings.redact_keys) if settings.strip_secrets_upstream else None
-        self._transport = transport or Transport(
+        self._transport = transport or DeliveryTransport(
             max_connections=settings.forward_concurrency, proxy=settings.roark_proxy)
         # Settings read for forwarding (Settings.from_env) require it.
         assert settings.roark_api_key is not None
@@ -78,7 +79,6 @@ class RoarkClient:
             ("User-Agent", f"roark-relay/{__version__}"),
             ("Content-Type", "application/json"),
         ]
-        self._timeout = request_timeout(settings.roark_timeout_seconds).as_dict()
 
     async def deliver(self, delivery: Delivery, now: float) -> Outcome:
         provider = PROVIDERS[delivery.provider]
@@ -105,7 +105,8 @@ class RoarkClient:
             return Outcome(AttemptResult(None, error=message, permanent=True), error=message)
         # The request id lets Roark's support and our logs name the same webhook.
         headers = [*self._headers, ("X-Request-ID", delivery.request_id)] if delivery.request_id else self._headers
-        outcome, answer = await post(self._transport, self._urls[delivery.provider], headers, body, self._timeout)
+        outcome, answer = await post(self._transport, self._urls[delivery.provider], headers, body,
+                                    self._settings.roark_timeout_seconds)
         if answer is not None and answer.is_success:
             try:
                 call_id = roark_call_id(answer.json())

@@ -1,4 +1,4 @@
-"""The Roark client's transport (relay.core.transport) against raw loopback servers that answer
+"""The delivery transport (relay.core.delivery_transport) against raw loopback servers that answer
 the ways servers do: with interim responses, by length, chunked, until close, slowly, not
 at all, too much, through a proxy, over TLS; and that close idle keep-alive connections."""
 
@@ -164,6 +164,16 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused():
     run(scenario())
 
 
+def test_a_redirect_is_an_answer_not_followed():
+    async def scenario():
+        async with Server() as elsewhere:
+            moved = b"HTTP/1.1 302 Found\r\nLocation: %s/v1/vapi/call\r\nContent-Length: 0\r\n\r\n"
+            async with Server(moved % elsewhere.url().encode()) as server:
+                outcome = await deliver_once(server.url())
+        assert outcome.result.status_code == 302 and elsewhere.requests == []
+    run(scenario())
+
+
 class Proxy:
     """A forward proxy that knows the only address of `roark.test`: the upstream's."""
 
@@ -219,6 +229,8 @@ def certificate(tmp_path_factory) -> tuple[str, str]:
     cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    # A server's certificate, not a CA's: the verifier refuses a CA's as a server's.
+                    "-addext", "basicConstraints=critical,CA:FALSE",
                     "-keyout", key, "-out", cert], check=True, capture_output=True)
     return cert, key
 
@@ -232,7 +244,8 @@ def test_verifies_tls_against_the_certificates_in_ssl_cert_file(monkeypatch, cer
     async def scenario():
         async with Server(tls=tls) as server:
             monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-            assert_retried(await deliver_once(server.url(scheme="https")), "ClientConnectorCertificateError")
+            assert_retried(await deliver_once(server.url(scheme="https")),
+                           "ConnectError: invalid peer certificate: UnknownIssuer")
             monkeypatch.setenv("SSL_CERT_FILE", cert)
             assert_delivered(await deliver_once(server.url(scheme="https")))
     run(scenario())
@@ -240,15 +253,19 @@ def test_verifies_tls_against_the_certificates_in_ssl_cert_file(monkeypatch, cer
 
 def test_transport_failures_are_retried_and_named_for_what_they_are():
     async def scenario():
-        assert_retried(await deliver_once(f"http://127.0.0.1:{free_port()}"), "ClientConnectorError")
+        refused = await deliver_once(f"http://127.0.0.1:{free_port()}")
+        assert_retried(refused, "ConnectError: tcp connect error: Connection refused")
         async with Server(None) as silent:
             assert_retried(await deliver_once(silent.url(), timeout=1), "ReadTimeout: no whole answer within 1 s")
         async with Server(b"", close_after=True) as dropping:  # reads the request, closes without a word
-            assert_retried(await deliver_once(dropping.url()), "ServerDisconnectedError")
+            assert_retried(await deliver_once(dropping.url()),
+                           "ConnectError: connection closed before message completed")
         async with Server(b"HTTP/1.1 201 Created\r\nContent-Length: 50\r\n\r\ncut", close_after=True) as cut:
-            assert_retried(await deliver_once(cut.url()), "ClientPayloadError")
+            assert_retried(await deliver_once(cut.url()),
+                           "BodyDecodeError: error decoding response body: error reading a body from connection: "
+                           "end of file before message length reached")
         async with Server(b"not http at all\r\n\r\n") as garbled:
-            assert_retried(await deliver_once(garbled.url()), "ClientResponseError")
+            assert_retried(await deliver_once(garbled.url()), "DecodeError: invalid HTTP version parsed")
     run(scenario())
 
 
