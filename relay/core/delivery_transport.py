@@ -66,7 +66,7 @@ class DeliveryTransport:
         return builder.build()
 
     async def post(self, url: str, headers: Sequence[tuple[str, str]], body: bytes,
-                   deadline: float | None) -> Answer:
+                   deadline: float) -> Answer:
         """POST `body` and read the whole answer within `deadline` seconds; SendFailed when
         no whole answer came."""
         if self._client is None:
