@@ -20,23 +20,41 @@ request do not matter for. Both keep the same behaviours, which the transport te
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import ConnectTimeoutError, PyreqwestError
 from pyreqwest.proxy import ProxyBuilder
 from pyreqwest.response import Response
 
-from relay.core.transport import CONNECT_SECONDS, KEEPALIVE_SECONDS, MAX_RESPONSE_BYTES, Answer
+from relay.core.transport import CONNECT_SECONDS, KEEPALIVE_SECONDS, MAX_RESPONSE_BYTES
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole answer: its status, headers (any case) and body."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 class SendFailed(Exception):
-    """No whole answer came: `kind` names what went wrong, `str()` says it in full."""
+    """No whole answer came; `str()` names what went wrong and says it in full."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind = kind
 
 
 class DeliveryTransport:

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import email.utils
 import functools
-import json
 import math
 import os
 import ssl
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
 
 import aiohttp
 import httpx
@@ -43,22 +40,6 @@ def request_timeout(seconds: float) -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=min(seconds, CONNECT_SECONDS))
 
 
-@dataclass(frozen=True)
-class Answer:
-    """A whole answer: its status, headers (any case) and body."""
-
-    status: int
-    headers: Mapping[str, str]
-    content: bytes
-
-    @property
-    def is_success(self) -> bool:
-        return 200 <= self.status < 300
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-
 class AnswerTooLarge(httpx.RemoteProtocolError):
     """The answer is larger than this client may hold: its own limit, or the budget the
     request named (`extensions["hold"]`, a relay.core.budget.BodyHold) has no room for it."""
@@ -83,30 +64,24 @@ class Transport(AiohttpTransport):
         self._max_response_bytes = max_response_bytes
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeout = request.extensions.get("timeout", {})
-        response, content = await self._exchange(
-            request.method, str(request.url), request.headers.multi_items(), await request.aread(),
-            timeout.get("connect"), timeout.get("read"), timeout.get("pool"), request.extensions.get("hold"))
-        return httpx.Response(response.status, headers=response.raw_headers, content=content,
-                              request=request)
-
-    async def _exchange(self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes,
-                        connect: float | None, deadline: float | None, pool: float | None,
-                        hold: BodyHold | None) -> tuple[aiohttp.ClientResponse, bytes]:
-        """One request and its whole answer (read within `hold`), or an httpx error."""
         if not isinstance(self.client, aiohttp.ClientSession):
             self.client = self.get_client()
+        timeout = request.extensions.get("timeout", {})
+        deadline = timeout.get("read")
         try:
             with map_aiohttp_exceptions():
                 async with self.client.request(
-                    method, url, headers=headers, data=body, allow_redirects=False, auto_decompress=False,
-                    compress=False, timeout=_client_timeout(connect, deadline, pool),
+                    request.method, str(request.url), headers=request.headers.multi_items(),
+                    data=await request.aread(), allow_redirects=False, auto_decompress=False, compress=False,
+                    timeout=_client_timeout(timeout.get("connect"), deadline, timeout.get("pool")),
                 ) as response:
-                    return response, await self._read(response, hold)
+                    content = await self._read(response, request.extensions.get("hold"))
         except aiohttp.ClientError as error:  # left unmapped by httpx-aiohttp: a malformed response
             raise httpx.RemoteProtocolError(str(error)) from error
         except TimeoutError as error:  # the deadline, which httpx-aiohttp leaves unmapped
             raise httpx.ReadTimeout(f"no whole answer within {deadline:g} s") from error
+        return httpx.Response(response.status, headers=response.raw_headers, content=content,
+                              request=request)
 
     async def _read(self, response: aiohttp.ClientResponse, hold: BodyHold | None) -> bytes:
         """The whole answer, counted against `hold` as it arrives (all at once when its

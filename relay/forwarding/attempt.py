@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from relay.core.delivery_transport import DeliveryTransport, SendFailed
-from relay.core.transport import Answer, describe_error, request_timeout
+from relay.core.delivery_transport import Answer, DeliveryTransport, SendFailed
+from relay.core.transport import describe_error, request_timeout
 from relay.forwarding.retry import AttemptResult
 from relay.outbox import Delivery
 
